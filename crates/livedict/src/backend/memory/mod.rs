@@ -1,0 +1,627 @@
+//! The in-memory backend: the default, ephemeral and fastest.
+//!
+//! Keys are spread over shards by hash; each shard is a `RwLock` around a hash table and a timer
+//! queue. Reads take the shard's read lock only: a sliding deadline and the last-access time are
+//! atomics, so readers never exclude each other. Writes take the write lock and keep the timer queue
+//! exact (one record per entry with a deadline); a read that slides a deadline forward leaves the
+//! timer record where it was, and the sweep that finds it early moves it to the new deadline.
+
+mod timers;
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_utils::CachePadded;
+use hashbrown::HashTable;
+use parking_lot::{RwLock, RwLockWriteGuard};
+
+use super::{
+    Backend, BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue,
+    ReadMode, Removed, Updated, WriteExpiry, Written,
+};
+use crate::clock::Millis;
+use crate::error::Result;
+use timers::{TimerId, TimerQueue};
+
+type Hasher = foldhash::fast::RandomState;
+
+/// The in-memory backend (the default of [`LiveDict::new`](crate::LiveDict::new)).
+///
+/// # Examples
+/// ```
+/// use livedict::{LiveDict, MemoryBackend};
+///
+/// let store = LiveDict::builder().backend(MemoryBackend::with_shards(16)).build()?;
+/// store.set("k", &"v")?;
+/// # Ok::<(), livedict::Error>(())
+/// ```
+pub struct MemoryBackend {
+    shards: Box<[CachePadded<RwLock<Shard>>]>,
+    shard_mask: u64,
+    hasher: Hasher,
+    pop_cursor: AtomicUsize,
+}
+
+struct Slot {
+    key: Arc<str>,
+    value: Bytes,
+    /// Deadline in ms since the epoch; 0 = none.
+    deadline: AtomicU64,
+    /// Sliding TTL in ms; 0 = the deadline is fixed.
+    sliding: Millis,
+    last_access: AtomicU64,
+    /// This entry's record in the shard's timer queue (present iff it has a deadline).
+    timer: Option<TimerId>,
+}
+
+impl Slot {
+    #[inline]
+    fn is_live(&self, now: Millis) -> bool {
+        let d = self.deadline.load(Relaxed);
+        d == 0 || d > now
+    }
+
+    fn deadline(&self) -> Option<Millis> {
+        match self.deadline.load(Relaxed) {
+            0 => None,
+            d => Some(d),
+        }
+    }
+
+    /// Sets the deadline and keeps the timer record in step.
+    fn set_deadline(&mut self, timers: &mut TimerQueue, deadline: Option<Millis>) {
+        if self.timer.map(|t| t.deadline) != deadline {
+            if let Some(old) = self.timer.take() {
+                timers.cancel(old);
+            }
+            if let Some(d) = deadline {
+                self.timer = Some(timers.schedule(d, self.key.clone()));
+            }
+        }
+        *self.deadline.get_mut() = deadline.unwrap_or(0);
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    table: HashTable<Slot>,
+    timers: TimerQueue,
+}
+
+impl Shard {
+    fn find(&self, hash: u64, key: &str) -> Option<&Slot> {
+        self.table.find(hash, |s| &*s.key == key)
+    }
+
+    fn write(
+        &mut self,
+        hasher: &Hasher,
+        hash: u64,
+        key: &str,
+        value: Bytes,
+        expiry: WriteExpiry,
+        condition: Condition,
+        now: Millis,
+    ) -> Written {
+        let Shard { table, timers } = self;
+        match table.find_entry(hash, |s| &*s.key == key) {
+            Ok(mut occupied) => {
+                let slot = occupied.get_mut();
+                let live = slot.is_live(now);
+                if live && condition == Condition::IfAbsent {
+                    return Written {
+                        written: false,
+                        previous: Some(slot.value.clone()),
+                        expired: None,
+                    };
+                }
+                if !live && condition == Condition::IfPresent {
+                    let (dead, _) = occupied.remove();
+                    if let Some(t) = dead.timer {
+                        timers.cancel(t);
+                    }
+                    return Written {
+                        written: false,
+                        previous: None,
+                        expired: Some(dead.value),
+                    };
+                }
+                let (deadline, sliding) = if live && expiry.keep_existing {
+                    let kept = slot
+                        .deadline()
+                        .map(|d| if slot.sliding > 0 { now + slot.sliding } else { d });
+                    (kept, slot.sliding)
+                } else {
+                    expiry.expiry.deadline_at(now)
+                };
+                slot.set_deadline(timers, deadline);
+                slot.sliding = sliding;
+                *slot.last_access.get_mut() = now;
+                let old = std::mem::replace(&mut slot.value, value);
+                if live {
+                    Written {
+                        written: true,
+                        previous: Some(old),
+                        expired: None,
+                    }
+                } else {
+                    Written {
+                        written: true,
+                        previous: None,
+                        expired: Some(old),
+                    }
+                }
+            }
+            Err(absent) => {
+                if condition == Condition::IfPresent {
+                    return Written::default();
+                }
+                let (deadline, sliding) = expiry.expiry.deadline_at(now);
+                let key: Arc<str> = Arc::from(key);
+                let timer = deadline.map(|d| timers.schedule(d, key.clone()));
+                let slot = Slot {
+                    key,
+                    value,
+                    deadline: AtomicU64::new(deadline.unwrap_or(0)),
+                    sliding,
+                    last_access: AtomicU64::new(now),
+                    timer,
+                };
+                absent
+                    .into_table()
+                    .insert_unique(hash, slot, |s| hasher.hash_one(&*s.key));
+                Written {
+                    written: true,
+                    ..Written::default()
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, hash: u64, key: &str, now: Millis) -> Removed {
+        let Shard { table, timers } = self;
+        match table.find_entry(hash, |s| &*s.key == key) {
+            Ok(occupied) => {
+                let (slot, _) = occupied.remove();
+                if let Some(t) = slot.timer {
+                    timers.cancel(t);
+                }
+                if slot.is_live(now) {
+                    Removed {
+                        previous: Some(slot.value),
+                        expired: None,
+                    }
+                } else {
+                    Removed {
+                        previous: None,
+                        expired: Some(slot.value),
+                    }
+                }
+            }
+            Err(_) => Removed::default(),
+        }
+    }
+
+    fn apply(&mut self, hasher: &Hasher, hash: u64, op: BatchOp, now: Millis) -> Removed {
+        match op {
+            BatchOp::Set { key, value, expiry } => {
+                let w = self.write(hasher, hash, &key, value, expiry, Condition::Always, now);
+                Removed {
+                    previous: w.previous,
+                    expired: w.expired,
+                }
+            }
+            BatchOp::Delete { key } => self.remove(hash, &key, now),
+        }
+    }
+
+    /// Entries whose timer is due but which are still stored and past their deadline.
+    fn dead_count(&self, hasher: &Hasher, now: Millis) -> usize {
+        self.timers
+            .due(now)
+            .filter(|key| {
+                self.find(hasher.hash_one(&***key), key)
+                    .is_some_and(|s| !s.is_live(now))
+            })
+            .count()
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    /// A memory backend with 64 shards.
+    pub fn new() -> Self {
+        Self::with_shards(64)
+    }
+
+    /// A memory backend with `shards` shards (rounded up to a power of two, at least 1). More
+    /// shards mean less contention between writers of different keys.
+    pub fn with_shards(shards: usize) -> Self {
+        let n = shards.max(1).next_power_of_two();
+        MemoryBackend {
+            shards: (0..n)
+                .map(|_| CachePadded::new(RwLock::new(Shard::default())))
+                .collect(),
+            shard_mask: (n - 1) as u64,
+            hasher: Hasher::default(),
+            pop_cursor: AtomicUsize::new(0),
+        }
+    }
+
+    #[inline]
+    fn locate(&self, key: &str) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
+        // The table uses the low bits and the top 7; pick the shard from the middle.
+        (hash, ((hash >> 32) & self.shard_mask) as usize)
+    }
+
+    #[inline]
+    fn shard(&self, key: &str) -> (u64, &RwLock<Shard>) {
+        let (hash, i) = self.locate(key);
+        (hash, &self.shards[i])
+    }
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend for MemoryBackend {
+    #[inline]
+    fn get(&self, key: &str, now: Millis, mode: ReadMode) -> Result<Option<Bytes>> {
+        let (hash, shard) = self.shard(key);
+        let shard = shard.read();
+        let Some(slot) = shard.find(hash, key) else {
+            return Ok(None);
+        };
+        if !slot.is_live(now) {
+            return Ok(None);
+        }
+        if mode == ReadMode::Touch {
+            if slot.sliding > 0 {
+                // Under the read lock: writers are excluded, readers only ever push it forward.
+                slot.deadline.fetch_max(now + slot.sliding, Relaxed);
+            }
+            if slot.last_access.load(Relaxed) < now {
+                slot.last_access.store(now, Relaxed);
+            }
+        }
+        Ok(Some(slot.value.clone()))
+    }
+
+    fn contains(&self, key: &str, now: Millis) -> Result<bool> {
+        let (hash, shard) = self.shard(key);
+        Ok(shard.read().find(hash, key).is_some_and(|s| s.is_live(now)))
+    }
+
+    fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        expiry: WriteExpiry,
+        condition: Condition,
+        now: Millis,
+    ) -> Result<Written> {
+        let (hash, shard) = self.shard(key);
+        Ok(shard
+            .write()
+            .write(&self.hasher, hash, key, value, expiry, condition, now))
+    }
+
+    fn delete(&self, key: &str, now: Millis) -> Result<Removed> {
+        let (hash, shard) = self.shard(key);
+        Ok(shard.write().remove(hash, key, now))
+    }
+
+    fn update(
+        &self,
+        key: &str,
+        now: Millis,
+        f: &mut dyn FnMut(Option<&Bytes>) -> Result<Change>,
+    ) -> Result<Updated> {
+        let (hash, shard) = self.shard(key);
+        let mut shard = shard.write();
+        let current = shard
+            .find(hash, key)
+            .filter(|s| s.is_live(now))
+            .map(|s| s.value.clone());
+        match f(current.as_ref())? {
+            Change::Keep => Ok(Updated {
+                previous: current,
+                expired: None,
+            }),
+            Change::Write { value, expiry } => {
+                let w = shard.write(
+                    &self.hasher,
+                    hash,
+                    key,
+                    value,
+                    expiry,
+                    Condition::Always,
+                    now,
+                );
+                Ok(Updated {
+                    previous: w.previous,
+                    expired: w.expired,
+                })
+            }
+            Change::Delete => {
+                let r = shard.remove(hash, key, now);
+                Ok(Updated {
+                    previous: r.previous,
+                    expired: r.expired,
+                })
+            }
+        }
+    }
+
+    fn ttl(&self, key: &str, now: Millis) -> Result<KeyTtl> {
+        let (hash, shard) = self.shard(key);
+        let shard = shard.read();
+        Ok(match shard.find(hash, key).filter(|s| s.is_live(now)) {
+            None => KeyTtl::Missing,
+            Some(slot) => match slot.deadline() {
+                None => KeyTtl::Never,
+                Some(d) => KeyTtl::Remaining(Duration::from_millis(d - now)),
+            },
+        })
+    }
+
+    fn set_expiry(&self, key: &str, expiry: Expiry, now: Millis) -> Result<bool> {
+        let (hash, shard) = self.shard(key);
+        let mut shard = shard.write();
+        let Shard { table, timers } = &mut *shard;
+        match table.find_mut(hash, |s| &*s.key == key) {
+            Some(slot) if slot.is_live(now) => {
+                let (deadline, sliding) = expiry.deadline_at(now);
+                slot.set_deadline(timers, deadline);
+                slot.sliding = sliding;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        now: Millis,
+        with_values: bool,
+    ) -> Result<Vec<(String, Option<Bytes>)>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            out.extend(
+                shard
+                    .table
+                    .iter()
+                    .filter(|s| s.is_live(now) && s.key.starts_with(prefix))
+                    .map(|s| (s.key.to_string(), with_values.then(|| s.value.clone()))),
+            );
+        }
+        Ok(out)
+    }
+
+    fn len(&self, now: Millis) -> Result<usize> {
+        Ok(self
+            .shards
+            .iter()
+            .map(|shard| {
+                let shard = shard.read();
+                shard.table.len() - shard.dead_count(&self.hasher, now)
+            })
+            .sum())
+    }
+
+    fn clear(&self, now: Millis) -> Result<Cleared> {
+        let mut cleared = Cleared::default();
+        for shard in self.shards.iter() {
+            let mut shard = shard.write();
+            for slot in shard.table.drain() {
+                if slot.is_live(now) {
+                    cleared.removed += 1;
+                } else {
+                    cleared.expired.push(ExpiredEntry {
+                        key: slot.key.to_string(),
+                        value: slot.value,
+                        deadline: slot.deadline.load(Relaxed),
+                    });
+                }
+            }
+            shard.timers.clear();
+        }
+        Ok(cleared)
+    }
+
+    fn pop_any(&self, now: Millis) -> Result<Option<KeyValue>> {
+        let n = self.shards.len();
+        let start = self.pop_cursor.fetch_add(1, Relaxed);
+        for i in 0..n {
+            let mut shard = self.shards[(start + i) % n].write();
+            let Some(key) = shard
+                .table
+                .iter()
+                .find(|s| s.is_live(now))
+                .map(|s| s.key.clone())
+            else {
+                continue;
+            };
+            let removed = shard.remove(self.hasher.hash_one(&*key), &key, now);
+            if let Some(value) = removed.previous {
+                return Ok(Some((key.to_string(), value)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn apply_batch(&self, ops: Vec<BatchOp>, now: Millis) -> Result<Vec<Removed>> {
+        let located: Vec<(u64, usize)> = ops.iter().map(|op| self.locate(op.key())).collect();
+        let mut order: Vec<usize> = located.iter().map(|&(_, i)| i).collect();
+        order.sort_unstable();
+        order.dedup();
+        // Lock every shard involved, in index order (so batches cannot deadlock each other).
+        let mut guards: Vec<RwLockWriteGuard<'_, Shard>> =
+            order.iter().map(|&i| self.shards[i].write()).collect();
+        Ok(ops
+            .into_iter()
+            .zip(located)
+            .map(|(op, (hash, i))| {
+                let g = order.binary_search(&i).expect("shard was locked");
+                guards[g].apply(&self.hasher, hash, op, now)
+            })
+            .collect())
+    }
+
+    fn sweep(&self, now: Millis, limit: usize) -> Result<Vec<ExpiredEntry>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            if !shard.read().timers.first_deadline().is_some_and(|d| d <= now) {
+                continue;
+            }
+            let mut shard = shard.write();
+            let Shard { table, timers } = &mut *shard;
+            while out.len() < limit {
+                let Some((_, key)) = timers.pop_due(now) else {
+                    break;
+                };
+                let hash = self.hasher.hash_one(&*key);
+                let Ok(mut occupied) = table.find_entry(hash, |s| Arc::ptr_eq(&s.key, &key))
+                else {
+                    debug_assert!(false, "timer record without its entry");
+                    continue;
+                };
+                let slot = occupied.get_mut();
+                slot.timer = None;
+                match slot.deadline.load(Relaxed) {
+                    0 => {}
+                    d if d <= now => {
+                        let (slot, _) = occupied.remove();
+                        out.push(ExpiredEntry {
+                            key: key.to_string(),
+                            value: slot.value,
+                            deadline: d,
+                        });
+                    }
+                    // A sliding entry read since it was scheduled: follow its new deadline.
+                    d => slot.timer = Some(timers.schedule(d, key)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn next_deadline(&self) -> Result<Option<Millis>> {
+        Ok(self
+            .shards
+            .iter()
+            .filter_map(|s| s.read().timers.first_deadline())
+            .min())
+    }
+
+    fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Result<Vec<KeyValue>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.write();
+            let Shard { table, timers } = &mut *shard;
+            for slot in table.extract_if(|s| {
+                s.is_live(now) && s.last_access.load(Relaxed) < idle_since
+            }) {
+                if let Some(t) = slot.timer {
+                    timers.cancel(t);
+                }
+                out.push((slot.key.to_string(), slot.value));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXED: WriteExpiry = WriteExpiry {
+        expiry: Expiry::After {
+            ttl: 100,
+            sliding: false,
+        },
+        keep_existing: false,
+    };
+
+    fn timer_records(b: &MemoryBackend) -> usize {
+        b.shards.iter().map(|s| s.read().timers.len()).sum()
+    }
+
+    #[test]
+    fn timer_records_track_entries_with_deadlines_only() {
+        let b = MemoryBackend::with_shards(4);
+        let never = WriteExpiry::replace(Expiry::Never);
+        for i in 0..1000 {
+            b.set(&format!("n{i}"), Bytes::new(), never, Condition::Always, 0)
+                .unwrap();
+        }
+        assert_eq!(timer_records(&b), 0);
+        for round in 0..5 {
+            for i in 0..1000 {
+                b.set(&format!("t{i}"), Bytes::new(), FIXED, Condition::Always, round)
+                    .unwrap();
+            }
+        }
+        assert_eq!(timer_records(&b), 1000);
+        for i in 0..1000 {
+            b.delete(&format!("t{i}"), 0).unwrap();
+        }
+        assert_eq!(timer_records(&b), 0);
+    }
+
+    #[test]
+    fn sweep_follows_slid_deadlines_and_removes_due_entries() {
+        let b = MemoryBackend::with_shards(1);
+        let sliding = WriteExpiry::replace(Expiry::After {
+            ttl: 100,
+            sliding: true,
+        });
+        b.set("s", Bytes::from_static(b"s"), sliding, Condition::Always, 0)
+            .unwrap();
+        b.set("f", Bytes::from_static(b"f"), FIXED, Condition::Always, 0)
+            .unwrap();
+        assert!(b.get("s", 90, ReadMode::Touch).unwrap().is_some()); // now due at 190
+        let expired = b.sweep(100, 10).unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].key, "f");
+        assert_eq!(expired[0].deadline, 100);
+        assert_eq!(b.next_deadline().unwrap(), Some(190));
+        assert!(b.sweep(189, 10).unwrap().is_empty());
+        assert_eq!(b.sweep(190, 10).unwrap().len(), 1);
+        assert_eq!(timer_records(&b), 0);
+    }
+
+    #[test]
+    fn len_excludes_dead_entries_not_yet_swept() {
+        let b = MemoryBackend::with_shards(2);
+        for i in 0..10 {
+            b.set(&format!("k{i}"), Bytes::new(), FIXED, Condition::Always, 0)
+                .unwrap();
+        }
+        b.set("forever", Bytes::new(), WriteExpiry::replace(Expiry::Never), Condition::Always, 0)
+            .unwrap();
+        assert_eq!(b.len(99).unwrap(), 11);
+        assert_eq!(b.len(100).unwrap(), 1);
+    }
+}

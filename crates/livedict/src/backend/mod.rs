@@ -1,0 +1,291 @@
+//! The storage backend contract: small, byte-level, atomic operations with deadlines.
+//!
+//! A backend stores opaque values (already encoded, with their header) under string keys, each with
+//! an optional deadline. Everything that does no I/O (key validation, TTL policy, codecs, statistics,
+//! the expiry driver) lives in the front-end's engine, once; a backend only has to make each
+//! operation below atomic, and to treat an entry as absent from the instant `now >= deadline`,
+//! whether or not it has been removed yet.
+//!
+//! Times are [`Millis`] since the Unix epoch. Operations receive the store clock's `now`; a backend
+//! with a clock of its own (Redis judges deadlines by the server's clock) may use that instead.
+
+pub mod memory;
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::clock::Millis;
+use crate::error::Result;
+
+/// When an entry expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// No deadline.
+    Never,
+    /// `ttl` milliseconds after the operation; if `sliding`, every read or write pushes the deadline
+    /// to that time + `ttl` again.
+    After {
+        /// Time to live in milliseconds (never zero).
+        ttl: Millis,
+        /// Whether accesses renew the deadline.
+        sliding: bool,
+    },
+}
+
+impl Expiry {
+    /// The deadline this expiry gives at `now`, and the sliding TTL to remember (0 = fixed).
+    pub fn deadline_at(self, now: Millis) -> (Option<Millis>, Millis) {
+        match self {
+            Expiry::Never => (None, 0),
+            Expiry::After { ttl, sliding } => {
+                (Some(now.saturating_add(ttl)), if sliding { ttl } else { 0 })
+            }
+        }
+    }
+}
+
+/// The expiry a write applies, and whether an existing live entry keeps the deadline it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteExpiry {
+    /// Expiry of the written value (of a new key only, when `keep_existing`).
+    pub expiry: Expiry,
+    /// Keep the deadline (and sliding TTL) of a live entry being overwritten.
+    pub keep_existing: bool,
+}
+
+impl WriteExpiry {
+    /// Always apply `expiry`.
+    pub fn replace(expiry: Expiry) -> Self {
+        WriteExpiry {
+            expiry,
+            keep_existing: false,
+        }
+    }
+
+    /// Keep an existing entry's deadline; a new entry gets `expiry`.
+    pub fn keep_or(expiry: Expiry) -> Self {
+        WriteExpiry {
+            expiry,
+            keep_existing: true,
+        }
+    }
+}
+
+/// Whether a read renews a sliding deadline and the entry's last-access time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// A real access: renews a sliding deadline and the last-access time.
+    Touch,
+    /// A look that leaves the entry as it was.
+    Peek,
+}
+
+/// When a `set` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Always (plain `SET`).
+    Always,
+    /// Only if no live entry exists (`SET NX`); otherwise the live value is returned as `previous`.
+    IfAbsent,
+    /// Only if a live entry exists (`SET XX`).
+    IfPresent,
+}
+
+/// What a `set` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Whether the value was written (false only when the [`Condition`] refused it).
+    pub written: bool,
+    /// The live value that was replaced or, when not written under `IfAbsent`, the live value found.
+    pub previous: Option<Bytes>,
+    /// A value whose deadline had passed but which was still stored, removed by this operation.
+    pub expired: Option<Bytes>,
+}
+
+/// What a removal (`delete`, an update that deletes) found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// The live value removed, if any.
+    pub previous: Option<Bytes>,
+    /// A dead (past-deadline) value removed along the way.
+    pub expired: Option<Bytes>,
+}
+
+/// The decision of an update closure, made while the backend holds the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Leave the entry as it is.
+    Keep,
+    /// Store a new value.
+    Write {
+        /// The encoded value.
+        value: Bytes,
+        /// Its expiry.
+        expiry: WriteExpiry,
+    },
+    /// Remove the entry.
+    Delete,
+}
+
+/// What an update did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Updated {
+    /// The live value the closure saw.
+    pub previous: Option<Bytes>,
+    /// A dead value removed along the way.
+    pub expired: Option<Bytes>,
+}
+
+/// An entry removed by [`Backend::sweep`] because its deadline passed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiredEntry {
+    /// Its key.
+    pub key: String,
+    /// Its last value.
+    pub value: Bytes,
+    /// The deadline it had.
+    pub deadline: Millis,
+}
+
+/// A key and its value, from a scan or a removal.
+pub type KeyValue = (String, Bytes);
+
+/// What [`Backend::clear`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cleared {
+    /// Live entries removed.
+    pub removed: usize,
+    /// Entries found past their deadline and removed with them.
+    pub expired: Vec<ExpiredEntry>,
+}
+
+/// One write of an all-or-nothing batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Store `value` under `key`.
+    Set {
+        /// The key (validated).
+        key: String,
+        /// The encoded value.
+        value: Bytes,
+        /// Its expiry.
+        expiry: WriteExpiry,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key (validated).
+        key: String,
+    },
+}
+
+impl BatchOp {
+    /// The key this operation writes.
+    pub fn key(&self) -> &str {
+        match self {
+            BatchOp::Set { key, .. } | BatchOp::Delete { key } => key,
+        }
+    }
+}
+
+/// The remaining life of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyTtl {
+    /// No live entry under the key.
+    Missing,
+    /// The entry never expires.
+    Never,
+    /// The entry expires after this long (for a sliding entry: unless read or written before).
+    Remaining(Duration),
+}
+
+/// A storage backend: byte-level, atomic operations with deadlines.
+///
+/// Every method is atomic with respect to every other on the same key, in this process and, for
+/// shared backends, across processes. An entry whose deadline is `<= now` is invisible to every
+/// method: reads treat it as missing, writes as absent (reporting its value as `expired` when they
+/// remove it). Object safe, so a store holds `Arc<dyn Backend>`.
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// The live value under `key`. With [`ReadMode::Touch`] a sliding deadline is renewed and the
+    /// last-access time set to `now`.
+    fn get(&self, key: &str, now: Millis, mode: ReadMode) -> Result<Option<Bytes>>;
+
+    /// The live values under `keys`, in order. Backends with round trips should override this.
+    fn get_many(&self, keys: &[&str], now: Millis, mode: ReadMode) -> Result<Vec<Option<Bytes>>> {
+        keys.iter().map(|k| self.get(k, now, mode)).collect()
+    }
+
+    /// Whether a live entry exists, without touching it.
+    fn contains(&self, key: &str, now: Millis) -> Result<bool> {
+        Ok(self.get(key, now, ReadMode::Peek)?.is_some())
+    }
+
+    /// Stores `value` under `key` if `condition` allows, with `expiry`.
+    fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        expiry: WriteExpiry,
+        condition: Condition,
+        now: Millis,
+    ) -> Result<Written>;
+
+    /// Removes `key`.
+    fn delete(&self, key: &str, now: Millis) -> Result<Removed>;
+
+    /// Runs `f` on the live value under `key` while holding the key, and applies its [`Change`].
+    ///
+    /// `f` is called exactly once; if it returns an error, nothing changes and the error is
+    /// returned. Other writers of the key wait until the change is applied.
+    fn update(
+        &self,
+        key: &str,
+        now: Millis,
+        f: &mut dyn FnMut(Option<&Bytes>) -> Result<Change>,
+    ) -> Result<Updated>;
+
+    /// The remaining life of `key`.
+    fn ttl(&self, key: &str, now: Millis) -> Result<KeyTtl>;
+
+    /// Gives a live entry a new expiry (`Expiry::Never` removes its deadline). False when there is
+    /// no live entry.
+    fn set_expiry(&self, key: &str, expiry: Expiry, now: Millis) -> Result<bool>;
+
+    /// Live entries whose key starts with `prefix` (all with `""`), with their values if
+    /// `with_values`. The order is unspecified; the result is consistent per key, not a snapshot of
+    /// the whole store.
+    fn scan(&self, prefix: &str, now: Millis, with_values: bool)
+    -> Result<Vec<(String, Option<Bytes>)>>;
+
+    /// The number of live entries.
+    fn len(&self, now: Millis) -> Result<usize>;
+
+    /// Removes every entry.
+    fn clear(&self, now: Millis) -> Result<Cleared>;
+
+    /// Removes and returns some live entry (which one is unspecified), or `None` when empty.
+    fn pop_any(&self, now: Millis) -> Result<Option<KeyValue>>;
+
+    /// Applies every operation or none; no reader sees some applied and others not. Returns, per
+    /// operation, what it replaced or removed.
+    fn apply_batch(&self, ops: Vec<BatchOp>, now: Millis) -> Result<Vec<Removed>>;
+
+    /// Removes up to `limit` entries whose deadline is `<= now` and returns them. Each expired
+    /// entry is returned by exactly one call, across threads and processes.
+    fn sweep(&self, now: Millis, limit: usize) -> Result<Vec<ExpiredEntry>>;
+
+    /// The earliest deadline that may be due, if the backend can tell cheaply; the expiry driver
+    /// sleeps until then. `None` means "nothing scheduled" (or unknown, for shared backends, which
+    /// are also polled).
+    fn next_deadline(&self) -> Result<Option<Millis>>;
+
+    /// Removes live entries last read or written before `idle_since`, and returns them.
+    fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Result<Vec<KeyValue>>;
+
+    /// Whether other processes may change this backend's data (then waits poll, and the expiry
+    /// driver polls too).
+    fn is_shared(&self) -> bool {
+        false
+    }
+}

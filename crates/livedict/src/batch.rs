@@ -1,0 +1,120 @@
+//! All-or-nothing batches of writes.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::backend::BatchOp;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::key;
+use crate::ttl::WriteOptions;
+
+/// Writes collected to be applied all together or not at all, with
+/// [`LiveDict::apply`](crate::LiveDict::apply).
+///
+/// Each write is validated and encoded when added, so a bad key or an oversized value fails there
+/// and the batch stays as it was. No reader ever sees part of an applied batch.
+///
+/// # Examples
+/// ```
+/// use livedict::LiveDict;
+///
+/// let store = LiveDict::new();
+/// store.set("old", &0)?;
+/// let mut batch = store.batch();
+/// batch.set("a", &1)?.set("b", &2)?.delete("old")?;
+/// assert!(batch.set("", &3).is_err()); // refused; the batch keeps its three writes
+/// store.apply(batch)?;
+/// assert_eq!(store.get::<i32>("b")?, Some(2));
+/// assert!(!store.contains("old")?);
+/// # Ok::<(), livedict::Error>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "a batch does nothing until applied"]
+pub struct Batch {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) ops: Vec<BatchOp>,
+}
+
+impl Batch {
+    pub(crate) fn new(engine: Arc<Engine>) -> Batch {
+        Batch {
+            engine,
+            ops: Vec::new(),
+        }
+    }
+
+    /// Adds a write of `value` with the store's default TTL.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`](crate::Error::InvalidKey), [`Error::Encode`](crate::Error::Encode),
+    /// [`Error::ValueTooLarge`](crate::Error::ValueTooLarge); the batch is unchanged.
+    pub fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<&mut Self> {
+        self.set_with(key, value, WriteOptions::new())
+    }
+
+    /// Adds a write with options (see [`WriteOptions`]).
+    ///
+    /// # Errors
+    /// As [`set`](Self::set), plus [`Error::InvalidTtl`](crate::Error::InvalidTtl).
+    pub fn set_with<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+        options: impl Into<WriteOptions>,
+    ) -> Result<&mut Self> {
+        key::validate(key)?;
+        let expiry = self.engine.expiry(options.into())?;
+        let value = self.engine.encode(value)?;
+        self.ops.push(BatchOp::Set {
+            key: key.to_owned(),
+            value,
+            expiry,
+        });
+        Ok(self)
+    }
+
+    /// Adds a write of raw bytes.
+    ///
+    /// # Errors
+    /// As [`set_with`](Self::set_with).
+    pub fn set_bytes_with(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        options: impl Into<WriteOptions>,
+    ) -> Result<&mut Self> {
+        key::validate(key)?;
+        let expiry = self.engine.expiry(options.into())?;
+        let value = self.engine.encode_raw(value)?;
+        self.ops.push(BatchOp::Set {
+            key: key.to_owned(),
+            value,
+            expiry,
+        });
+        Ok(self)
+    }
+
+    /// Adds a deletion.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`](crate::Error::InvalidKey); the batch is unchanged.
+    pub fn delete(&mut self, key: &str) -> Result<&mut Self> {
+        key::validate(key)?;
+        self.ops.push(BatchOp::Delete {
+            key: key.to_owned(),
+        });
+        Ok(self)
+    }
+
+    /// The number of writes collected.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether no write was collected.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}

@@ -1,0 +1,140 @@
+//! The builder every store starts from.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::Backend;
+use crate::backend::memory::MemoryBackend;
+use crate::clock::Clock;
+use crate::codec::Codec;
+use crate::engine::{DEFAULT_MAX_VALUE_SIZE, Engine, EngineConfig};
+use crate::error::{Error, Result};
+use crate::expiry::ExpiryDriver;
+use crate::sync::LiveDict;
+use crate::ttl::TtlPolicy;
+
+/// Configures and builds a store.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use livedict::{Codec, LiveDict, MemoryBackend};
+///
+/// let store = LiveDict::builder()
+///     .default_ttl(Duration::from_secs(300))
+///     .sliding(true)
+///     .codec(Codec::Json)
+///     .max_value_size(1 << 20)
+///     .backend(MemoryBackend::new())
+///     .build()?;
+/// store.set("session", &"data")?;
+/// # Ok::<(), livedict::Error>(())
+/// ```
+#[must_use]
+#[derive(Debug)]
+pub struct Builder {
+    default_ttl: Option<Duration>,
+    sliding: bool,
+    codec: Codec,
+    clock: Clock,
+    max_value_size: usize,
+    backend: Option<Arc<dyn Backend>>,
+    active_expiry: bool,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            default_ttl: None,
+            sliding: false,
+            codec: Codec::default(),
+            clock: Clock::default(),
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            backend: None,
+            active_expiry: true,
+        }
+    }
+}
+
+impl Builder {
+    /// A builder with the defaults: memory backend, no default TTL, fixed TTLs, JSON, the system
+    /// clock, 16 MiB maximum value size, active expiry on.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The TTL of writes that do not give their own. Zero is refused by [`build`](Self::build).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
+        self
+    }
+
+    /// Makes TTLs sliding by default: reads and writes push a key's deadline to now + TTL.
+    pub fn sliding(mut self, sliding: bool) -> Self {
+        self.sliding = sliding;
+        self
+    }
+
+    /// The codec of typed values (JSON by default).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The clock deadlines are measured with ([`Clock::System`] by default).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The largest encoded value accepted, in bytes (16 MiB by default).
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// The storage backend ([`MemoryBackend`] by default).
+    pub fn backend(self, backend: impl Backend) -> Self {
+        self.shared_backend(Arc::new(backend))
+    }
+
+    /// A backend already behind an `Arc`, possibly shared with other stores of this process.
+    pub fn shared_backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Whether a background thread removes entries as their deadlines pass (on by default).
+    /// Off, expired entries are still invisible to every read, and are removed when touched or by
+    /// [`LiveDict::sweep_expired`].
+    pub fn active_expiry(mut self, on: bool) -> Self {
+        self.active_expiry = on;
+        self
+    }
+
+    /// Builds the synchronous store.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTtl`] for a zero default TTL; [`Error::Backend`] if the expiry thread cannot
+    /// be started.
+    pub fn build(self) -> Result<LiveDict> {
+        let engine = Arc::new(Engine::new(EngineConfig {
+            clock: self.clock,
+            codec: self.codec,
+            policy: TtlPolicy::new(self.default_ttl, self.sliding)?,
+            max_value_size: self.max_value_size,
+        }));
+        let backend = self
+            .backend
+            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        let driver = if self.active_expiry {
+            Some(
+                ExpiryDriver::start(engine.clone(), backend.clone())
+                    .map_err(|e| Error::Backend(Box::new(e)))?,
+            )
+        } else {
+            None
+        };
+        Ok(LiveDict::from_parts(engine, backend, driver))
+    }
+}

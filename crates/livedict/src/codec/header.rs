@@ -1,0 +1,165 @@
+//! The small self-describing header in front of every stored value.
+//!
+//! ```text
+//! byte 0   magic 0xD7 ("this is a livedict value")
+//! byte 1   format version (currently 1)
+//! byte 2   bits 0-3: payload kind (0 raw bytes, 1 JSON, 2 MessagePack)
+//!          bit  4:   payload is encrypted (an envelope follows instead of the plain payload)
+//!          bits 5-7: reserved, must be zero
+//! ```
+//! A reader refuses anything else with [`Error::Format`], so a corrupted value, a value from a newer
+//! livedict, or bytes that never came from livedict are reported, not misread.
+
+use crate::error::{Error, Result};
+
+/// First byte of every stored value.
+pub(crate) const MAGIC: u8 = 0xD7;
+/// The format version this build writes and the newest it reads.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+/// Length of the header in bytes.
+pub(crate) const HEADER_LEN: usize = 3;
+
+const KIND_MASK: u8 = 0x0F;
+const ENCRYPTED: u8 = 0x10;
+const RESERVED: u8 = 0xE0;
+
+/// What the payload after the header is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PayloadKind {
+    /// Bytes stored as given (`set_bytes`).
+    Raw,
+    /// A serde value encoded as JSON.
+    Json,
+    /// A serde value encoded as MessagePack (maps with field names).
+    MessagePack,
+}
+
+impl PayloadKind {
+    fn code(self) -> u8 {
+        match self {
+            PayloadKind::Raw => 0,
+            PayloadKind::Json => 1,
+            PayloadKind::MessagePack => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Result<Self> {
+        match code {
+            0 => Ok(PayloadKind::Raw),
+            1 => Ok(PayloadKind::Json),
+            2 => Ok(PayloadKind::MessagePack),
+            other => Err(Error::Format(format!("unknown payload kind {other}"))),
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            PayloadKind::Raw => "raw bytes",
+            PayloadKind::Json => "JSON",
+            PayloadKind::MessagePack => "MessagePack",
+        }
+    }
+}
+
+/// A parsed header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) kind: PayloadKind,
+    pub(crate) encrypted: bool,
+}
+
+impl Header {
+    pub(crate) fn plain(kind: PayloadKind) -> Self {
+        Header {
+            kind,
+            encrypted: false,
+        }
+    }
+
+    /// The three header bytes.
+    pub(crate) fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let flags = self.kind.code() | if self.encrypted { ENCRYPTED } else { 0 };
+        [MAGIC, FORMAT_VERSION, flags]
+    }
+
+    /// Splits `stored` into its header and the rest.
+    ///
+    /// # Errors
+    /// [`Error::Format`] for a truncated header, a wrong magic byte, a newer format version, or
+    /// reserved bits set.
+    pub(crate) fn parse(stored: &[u8]) -> Result<(Header, &[u8])> {
+        let Some((head, rest)) = stored.split_first_chunk::<HEADER_LEN>() else {
+            return Err(Error::Format(format!(
+                "value of {} bytes is shorter than the {HEADER_LEN}-byte header",
+                stored.len()
+            )));
+        };
+        let [magic, version, flags] = *head;
+        if magic != MAGIC {
+            return Err(Error::Format(format!(
+                "not a livedict value (first byte {magic:#04x})"
+            )));
+        }
+        if version == 0 || version > FORMAT_VERSION {
+            return Err(Error::Format(format!(
+                "value format version {version} is not supported (this build reads 1..={FORMAT_VERSION})"
+            )));
+        }
+        if flags & RESERVED != 0 {
+            return Err(Error::Format(format!(
+                "reserved header bits set ({flags:#04x})"
+            )));
+        }
+        let header = Header {
+            kind: PayloadKind::from_code(flags & KIND_MASK)?,
+            encrypted: flags & ENCRYPTED != 0,
+        };
+        Ok((header, rest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_kind() {
+        for kind in [PayloadKind::Raw, PayloadKind::Json, PayloadKind::MessagePack] {
+            for encrypted in [false, true] {
+                let h = Header { kind, encrypted };
+                let mut bytes = h.to_bytes().to_vec();
+                bytes.extend_from_slice(b"payload");
+                let (parsed, rest) = Header::parse(&bytes).unwrap();
+                assert_eq!(parsed, h);
+                assert_eq!(rest, b"payload");
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_bad_headers() {
+        let cases: &[&[u8]] = &[
+            b"",
+            &[MAGIC],
+            &[MAGIC, 1],
+            &[0x7B, 1, 1],          // '{': a bare JSON document
+            &[MAGIC, 0, 1],         // version 0
+            &[MAGIC, 2, 1],         // newer format
+            &[MAGIC, 1, 0x0F],      // unknown kind
+            &[MAGIC, 1, 0x21],      // reserved bit
+        ];
+        for bytes in cases {
+            assert!(
+                matches!(Header::parse(bytes), Err(Error::Format(_))),
+                "{bytes:?} was accepted"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..16)) {
+            let _ = Header::parse(&bytes);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! # livedict
+//!
+//! A living dictionary: a key-value store whose values expire on time, with the dictionary API of
+//! Python's `dict`, the atomic operations of Redis, and one contract over several backends.
+//!
+//! - **Time to live**: per-write or store-wide default TTLs, fixed or sliding ("active"), with
+//!   millisecond resolution; an entry is invisible from the instant of its deadline, and a
+//!   background driver removes expired entries without any read touching them.
+//! - **The whole dict protocol**: `get`/`require`/`get_or`, `set`, `delete`, `contains`, `len`,
+//!   `keys`/`values`/`items`/`iter`, `set_many`/`get_many`, `setdefault`, `pop`, `popitem`,
+//!   `clear`, partial updates of map-shaped values (`merge`).
+//! - **Atomic read-modify-write**: `update(key, |old| new)` and `incr`, linearizable per key, the
+//!   closure run exactly once; `replace` returns the true previous value; all-or-nothing batches.
+//! - **Typed values** through serde, encoded as JSON (default) or MessagePack (feature
+//!   `msgpack`), behind a small self-describing header; raw bytes too.
+//! - **Backends** behind one small byte-level trait, [`Backend`]: [`MemoryBackend`] (default).
+//! - **Testable time**: give the store a [`ManualClock`] and TTL tests need no sleeps.
+//!
+//! ## Cargo features
+//! - `msgpack`: the MessagePack codec ([`Codec::MessagePack`]).
+//! - `full`: every feature.
+//!
+//! ## Example
+//! ```
+//! use std::time::Duration;
+//! use livedict::{Clock, KeyTtl, LiveDict, ManualClock, WriteOptions};
+//!
+//! let clock = ManualClock::new();
+//! let store = LiveDict::builder()
+//!     .clock(Clock::Manual(clock.clone()))
+//!     .default_ttl(Duration::from_secs(60))
+//!     .build()?;
+//!
+//! store.set("user:1", &serde_json::json!({"name": "ann"}))?;
+//! store.set_with("session", &"abc", WriteOptions::ttl(Duration::from_secs(10)).sliding(true))?;
+//! assert_eq!(store.incr("hits", 5)?, 5);
+//!
+//! clock.advance(Duration::from_secs(9));
+//! assert!(store.get::<String>("session")?.is_some()); // a read renews the sliding TTL
+//! clock.advance(Duration::from_secs(9));
+//! assert!(store.contains("session")?);
+//! clock.advance(Duration::from_secs(10));
+//! assert!(!store.contains("session")?);                // 10 s without a read: gone
+//!
+//! assert!(matches!(store.ttl("hits")?, KeyTtl::Remaining(_)));
+//! assert_eq!(store.stats().hits, 1);
+//! # Ok::<(), livedict::Error>(())
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(html_no_source)]
+
+pub mod backend;
+mod batch;
+mod builder;
+mod clock;
+mod codec;
+mod engine;
+mod error;
+mod expiry;
+mod key;
+mod stats;
+mod sync;
+mod ttl;
+
+pub use backend::memory::MemoryBackend;
+pub use backend::{Backend, KeyTtl};
+pub use batch::Batch;
+pub use builder::Builder;
+pub use clock::{Clock, ManualClock, Millis};
+pub use codec::Codec;
+pub use engine::DEFAULT_MAX_VALUE_SIZE;
+pub use error::{BoxError, Error, Result};
+pub use key::MAX_KEY_LEN;
+pub use stats::Stats;
+pub use sync::LiveDict;
+pub use ttl::{MAX_TTL, Ttl, WriteOptions};
+
+/// Shared buffer type of raw values ([`LiveDict::get_bytes`]), re-exported from `bytes`.
+pub use bytes::Bytes;
+
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,796 @@
+//! The synchronous front-end, [`LiveDict`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::{Backend, Change, Condition, Expiry, KeyTtl, ReadMode};
+use crate::batch::Batch;
+use crate::builder::Builder;
+use crate::codec;
+use crate::engine::{self, Engine};
+use crate::error::{BoxError, Error, Result};
+use crate::expiry::ExpiryDriver;
+use crate::stats::Stats;
+use crate::ttl::{self, WriteOptions};
+
+/// How often `wait_for` re-reads a key on a backend other processes write to.
+const SHARED_WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// A living dictionary: a key-value store whose values expire, with the dictionary API of Python's
+/// `dict` and the atomic operations of Redis.
+///
+/// Cloning is cheap and gives another handle on the same store. The store stops its background
+/// work when the last handle is dropped or [`close`](Self::close) is called.
+///
+/// Reads that count as an *access* (renewing a sliding TTL and the last-access time) are `get` and
+/// its forms (`get_bytes`, `require`, `get_or`, `get_many`) and writes; `peek`, `contains`, `len`,
+/// `keys`, `values`, `items` and `ttl` leave entries as they were.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use livedict::LiveDict;
+///
+/// let store = LiveDict::new();
+/// store.set("greeting", &"hello")?;
+/// store.set_with("token", &42u32, Duration::from_secs(60))?;
+/// assert_eq!(store.get::<String>("greeting")?.as_deref(), Some("hello"));
+/// assert_eq!(store.incr("visits", 1)?, 1);
+/// assert_eq!(store.len()?, 3);
+/// # Ok::<(), livedict::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct LiveDict {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Arc<Engine>,
+    backend: Arc<dyn Backend>,
+    driver: Mutex<Option<ExpiryDriver>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.engine.close();
+        if let Some(mut d) = self.driver.lock().take() {
+            d.stop();
+        }
+    }
+}
+
+impl fmt::Debug for LiveDict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveDict")
+            .field("backend", &self.inner.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LiveDict {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LiveDict {
+    /// A store with every default: in memory, no default TTL, JSON.
+    ///
+    /// # Panics
+    /// If the operating system refuses to start the expiry thread; use
+    /// [`builder`](Self::builder) to handle that as an error.
+    pub fn new() -> Self {
+        Builder::new().build().expect("cannot start the livedict expiry thread")
+    }
+
+    /// A [`Builder`] to configure a store.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    pub(crate) fn from_parts(
+        engine: Arc<Engine>,
+        backend: Arc<dyn Backend>,
+        driver: Option<ExpiryDriver>,
+    ) -> LiveDict {
+        LiveDict {
+            inner: Arc::new(Inner {
+                engine,
+                backend,
+                driver: Mutex::new(driver),
+            }),
+        }
+    }
+
+    #[inline]
+    fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    #[inline]
+    fn backend(&self) -> &dyn Backend {
+        &*self.inner.backend
+    }
+
+    // ---- reading ------------------------------------------------------------------------------
+
+    /// The value under `key`, or `None` if it is missing or expired. Counts as an access.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::Decode`] if the value is not a `T`; [`Error::Format`] if
+    /// the stored bytes are not a livedict value; [`Error::Backend`].
+    ///
+    /// # Examples
+    /// ```
+    /// # let store = livedict::LiveDict::new();
+    /// store.set("n", &5)?;
+    /// assert_eq!(store.get::<i64>("n")?, Some(5));
+    /// assert_eq!(store.get::<i64>("missing")?, None);
+    /// assert!(store.get::<String>("n").is_err()); // wrong type
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        engine::decode_opt(self.read(key, ReadMode::Touch)?)
+    }
+
+    /// Raw bytes stored with [`set_bytes`](Self::set_bytes), sharing the stored buffer.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get); [`Error::Decode`] if the value is a typed value.
+    pub fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
+        engine::decode_raw_opt(self.read(key, ReadMode::Touch)?)
+    }
+
+    /// The value under `key` without counting as an access: a sliding deadline is not renewed.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn peek<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        engine::decode_opt(self.read(key, ReadMode::Peek)?)
+    }
+
+    /// The value under `key`, which must exist.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`] if missing or expired; otherwise as [`get`](Self::get).
+    pub fn require<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
+        self.get(key)?.ok_or_else(|| Error::KeyNotFound {
+            key: key.to_owned(),
+        })
+    }
+
+    /// The value under `key`, or `default` if missing or expired.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn get_or<T: DeserializeOwned>(&self, key: &str, default: T) -> Result<T> {
+        Ok(self.get(key)?.unwrap_or(default))
+    }
+
+    fn read(&self, key: &str, mode: ReadMode) -> Result<Option<Bytes>> {
+        let now = self.engine().begin_key(key)?;
+        let found = self.backend().get(key, now, mode)?;
+        if mode == ReadMode::Touch {
+            self.engine().read(found.is_some());
+        }
+        Ok(found)
+    }
+
+    /// The values under `keys`, in order, `None` for missing ones. Counts as an access of each.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get), for any of the keys.
+    pub fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<Option<T>>> {
+        for k in keys {
+            crate::key::validate(k)?;
+        }
+        let now = self.engine().begin()?;
+        let found = self.backend().get_many(keys, now, ReadMode::Touch)?;
+        found
+            .into_iter()
+            .map(|v| {
+                self.engine().read(v.is_some());
+                engine::decode_opt(v)
+            })
+            .collect()
+    }
+
+    /// Whether a live value is stored under `key` (not an access).
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::Backend`].
+    pub fn contains(&self, key: &str) -> Result<bool> {
+        let now = self.engine().begin_key(key)?;
+        self.backend().contains(key, now)
+    }
+
+    /// The number of live entries.
+    ///
+    /// # Errors
+    /// [`Error::Backend`].
+    pub fn len(&self) -> Result<usize> {
+        let now = self.engine().begin()?;
+        self.backend().len(now)
+    }
+
+    /// Whether there are no live entries.
+    ///
+    /// # Errors
+    /// [`Error::Backend`].
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The keys of all live entries, in no particular order.
+    ///
+    /// # Errors
+    /// [`Error::Backend`].
+    pub fn keys(&self) -> Result<Vec<String>> {
+        let now = self.engine().begin()?;
+        Ok(self
+            .backend()
+            .scan("", now, false)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// The values of all live entries, in no particular order.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] if any value is not a `T`; [`Error::Backend`].
+    pub fn values<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.iter()?.map(|r| r.map(|(_, v)| v)).collect()
+    }
+
+    /// All live entries as pairs, in no particular order.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] if any value is not a `T`; [`Error::Backend`].
+    pub fn items<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
+        self.iter()?.collect()
+    }
+
+    /// An iterator over a snapshot of the live entries, decoding each value as it is reached (so
+    /// one undecodable value is one `Err` item, not the end of the iteration).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] while taking the snapshot.
+    ///
+    /// # Examples
+    /// ```
+    /// # let store = livedict::LiveDict::new();
+    /// store.set("a", &1)?;
+    /// store.set("b", &2)?;
+    /// let mut total = 0;
+    /// for item in store.iter::<i32>()? {
+    ///     let (_key, value) = item?;
+    ///     total += value;
+    /// }
+    /// assert_eq!(total, 3);
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn iter<T: DeserializeOwned>(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<(String, T)>> + use<T>> {
+        let now = self.engine().begin()?;
+        let entries = self.backend().scan("", now, true)?;
+        Ok(entries.into_iter().filter_map(|(k, v)| {
+            let v = v?;
+            Some(codec::decode::<T>(&v).map(|v| (k, v)))
+        }))
+    }
+
+    /// The remaining life of `key`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::Backend`].
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use livedict::{KeyTtl, LiveDict};
+    /// # let store = LiveDict::new();
+    /// store.set_with("k", &1, Duration::from_secs(30))?;
+    /// assert!(matches!(store.ttl("k")?, KeyTtl::Remaining(d) if d <= Duration::from_secs(30)));
+    /// store.persist("k")?;
+    /// assert_eq!(store.ttl("k")?, KeyTtl::Never);
+    /// assert_eq!(store.ttl("nope")?, KeyTtl::Missing);
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn ttl(&self, key: &str) -> Result<KeyTtl> {
+        let now = self.engine().begin_key(key)?;
+        self.backend().ttl(key, now)
+    }
+
+    // ---- writing ------------------------------------------------------------------------------
+
+    /// Stores `value` under `key` with the store's default TTL, replacing any previous value and
+    /// its TTL.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`], [`Error::Encode`], [`Error::ValueTooLarge`] (nothing is written);
+    /// [`Error::Backend`].
+    pub fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<()> {
+        self.set_with(key, value, WriteOptions::new())
+    }
+
+    /// Stores `value` with a TTL or other [`WriteOptions`] (a [`Duration`] or [`Ttl`](crate::Ttl)
+    /// converts).
+    ///
+    /// # Errors
+    /// As [`set`](Self::set), plus [`Error::InvalidTtl`].
+    pub fn set_with<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        options: impl Into<WriteOptions>,
+    ) -> Result<()> {
+        self.write(key, |e| e.encode(value), options.into(), Condition::Always)?;
+        Ok(())
+    }
+
+    /// Stores raw bytes (no codec) with the default TTL.
+    ///
+    /// # Errors
+    /// As [`set`](Self::set).
+    pub fn set_bytes(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.set_bytes_with(key, value, WriteOptions::new())
+    }
+
+    /// Stores raw bytes with options.
+    ///
+    /// # Errors
+    /// As [`set_with`](Self::set_with).
+    pub fn set_bytes_with(
+        &self,
+        key: &str,
+        value: &[u8],
+        options: impl Into<WriteOptions>,
+    ) -> Result<()> {
+        self.write(key, |e| e.encode_raw(value), options.into(), Condition::Always)?;
+        Ok(())
+    }
+
+    /// Stores `value` and returns the value it replaced, atomically: of many concurrent callers,
+    /// each sees the true previous value.
+    ///
+    /// # Errors
+    /// As [`set`](Self::set); [`Error::Decode`] if the previous value is not a `T` (the new value
+    /// is written all the same).
+    pub fn replace<T: Serialize + DeserializeOwned>(&self, key: &str, value: &T) -> Result<Option<T>> {
+        let written = self.write(key, |e| e.encode(value), WriteOptions::new(), Condition::Always)?;
+        engine::decode_opt(written.previous)
+    }
+
+    /// Returns the value under `key`; if there is none, stores `default` and returns it, atomically
+    /// (Python's `dict.setdefault`).
+    ///
+    /// # Errors
+    /// As [`set`](Self::set) and [`get`](Self::get).
+    ///
+    /// # Examples
+    /// ```
+    /// # let store = livedict::LiveDict::new();
+    /// assert_eq!(store.setdefault("k", 1)?, 1);
+    /// assert_eq!(store.setdefault("k", 2)?, 1);
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn setdefault<T: Serialize + DeserializeOwned>(&self, key: &str, default: T) -> Result<T> {
+        let written = self.write(
+            key,
+            |e| e.encode(&default),
+            WriteOptions::new(),
+            Condition::IfAbsent,
+        )?;
+        match written.previous {
+            Some(existing) if !written.written => codec::decode(&existing),
+            _ => Ok(default),
+        }
+    }
+
+    fn write(
+        &self,
+        key: &str,
+        encode: impl FnOnce(&Engine) -> Result<Bytes>,
+        options: WriteOptions,
+        condition: Condition,
+    ) -> Result<crate::backend::Written> {
+        let engine = self.engine();
+        let now = engine.begin_key(key)?;
+        let expiry = engine.expiry(options)?;
+        let value = encode(engine)?;
+        let written = self.backend().set(key, value, expiry, condition, now)?;
+        engine.wrote(&written, expiry, now);
+        Ok(written)
+    }
+
+    /// Stores many pairs all-or-nothing (Python's `dict.update`).
+    ///
+    /// # Errors
+    /// The first invalid key or value (nothing is written); [`Error::Backend`].
+    pub fn set_many<'k, T, I>(&self, pairs: I) -> Result<()>
+    where
+        T: Serialize,
+        I: IntoIterator<Item = (&'k str, T)>,
+    {
+        let mut batch = self.batch();
+        for (k, v) in pairs {
+            batch.set(k, &v)?;
+        }
+        self.apply(batch)
+    }
+
+    /// A new, empty [`Batch`] of writes for this store.
+    pub fn batch(&self) -> Batch {
+        Batch::new(self.inner.engine.clone())
+    }
+
+    /// Applies a batch all-or-nothing.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] (nothing is applied).
+    pub fn apply(&self, batch: Batch) -> Result<()> {
+        let engine = self.engine();
+        let now = engine.begin()?;
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        let expiries: Vec<_> = batch
+            .ops
+            .iter()
+            .map(|op| match op {
+                crate::backend::BatchOp::Set { expiry, .. } => Some(*expiry),
+                crate::backend::BatchOp::Delete { .. } => None,
+            })
+            .collect();
+        let outcomes = self.backend().apply_batch(batch.ops, now)?;
+        for (removed, expiry) in outcomes.iter().zip(expiries) {
+            match expiry {
+                Some(expiry) => engine.wrote(
+                    &crate::backend::Written {
+                        written: true,
+                        previous: removed.previous.clone(),
+                        expired: removed.expired.clone(),
+                    },
+                    expiry,
+                    now,
+                ),
+                None => engine.removed(removed),
+            }
+        }
+        Ok(())
+    }
+
+    // ---- atomic read-modify-write ---------------------------------------------------------------
+
+    /// Replaces the value under `key` with `f(old)`, atomically: concurrent updates of the key
+    /// (from any thread, and for shared backends any process) are applied one after the other.
+    /// `f` runs exactly once. The key keeps its TTL; a new key gets the default TTL. Returns the
+    /// new value.
+    ///
+    /// Using this store from inside `f` is [`Error::Reentrant`].
+    ///
+    /// # Errors
+    /// [`Error::Decode`] if the old value is not a `T`; as [`set`](Self::set) for the new one.
+    ///
+    /// # Examples
+    /// ```
+    /// # let store = livedict::LiveDict::new();
+    /// let list = store.update("list", |old: Option<Vec<u32>>| {
+    ///     let mut v = old.unwrap_or_default();
+    ///     v.push(1);
+    ///     v
+    /// })?;
+    /// assert_eq!(list, vec![1]);
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn update<T, F>(&self, key: &str, f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(Option<T>) -> T,
+    {
+        let new = self.try_update(key, |old| Ok::<_, std::convert::Infallible>(Some(f(old))))?;
+        Ok(new.expect("the closure returned a value"))
+    }
+
+    /// Like [`update`](Self::update), but `f` may fail (nothing changes, [`Error::Aborted`]) or
+    /// return `None` to delete the key. Returns the new value.
+    ///
+    /// # Errors
+    /// [`Error::Aborted`] with `f`'s error; otherwise as [`update`](Self::update).
+    pub fn try_update<T, E, F>(&self, key: &str, f: F) -> Result<Option<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Into<BoxError>,
+        F: FnOnce(Option<T>) -> Result<Option<T>, E>,
+    {
+        let expiry = self.engine().update_expiry();
+        self.update_inner(key, f, expiry)
+    }
+
+    /// Like [`try_update`](Self::try_update), with the new value written with `options` (a new
+    /// TTL, for instance) instead of keeping the key's TTL.
+    ///
+    /// # Errors
+    /// As [`try_update`](Self::try_update), plus [`Error::InvalidTtl`].
+    pub fn update_with<T, E, F>(
+        &self,
+        key: &str,
+        options: impl Into<WriteOptions>,
+        f: F,
+    ) -> Result<Option<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Into<BoxError>,
+        F: FnOnce(Option<T>) -> Result<Option<T>, E>,
+    {
+        let expiry = self.engine().expiry(options.into())?;
+        self.update_inner(key, f, expiry)
+    }
+
+    fn update_inner<T, E, F>(
+        &self,
+        key: &str,
+        f: F,
+        expiry: crate::backend::WriteExpiry,
+    ) -> Result<Option<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Into<BoxError>,
+        F: FnOnce(Option<T>) -> Result<Option<T>, E>,
+    {
+        let mut f = Some(f);
+        let mut out = None;
+        self.modify(key, |engine, current| {
+            let f = f.take().ok_or(Error::Reentrant)?;
+            engine.decide(current, f, expiry, &mut out)
+        })?;
+        Ok(out)
+    }
+
+    /// Adds `delta` to the integer under `key` (a missing key counts as 0) and returns the result,
+    /// atomically. The key keeps its TTL.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] if the value is not an integer; [`Error::Overflow`].
+    pub fn incr(&self, key: &str, delta: i64) -> Result<i64> {
+        let mut out = 0;
+        self.modify(key, |engine, current| {
+            engine.increment(key, current, delta, &mut out)
+        })?;
+        Ok(out)
+    }
+
+    /// Sets the fields of `patch` into the map stored under `key` (a missing key starts as an
+    /// empty map), atomically; other fields are kept. The key keeps its TTL.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if `patch` is not map-shaped; [`Error::Decode`] if the stored value is not
+    /// a map.
+    ///
+    /// # Examples
+    /// ```
+    /// use serde_json::json;
+    /// # let store = livedict::LiveDict::new();
+    /// store.set("user", &json!({"name": "ann", "age": 30}))?;
+    /// store.merge("user", &json!({"age": 31}))?;
+    /// assert_eq!(store.get::<serde_json::Value>("user")?, Some(json!({"name": "ann", "age": 31})));
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn merge<P: Serialize + ?Sized>(&self, key: &str, patch: &P) -> Result<()> {
+        let patch = serde_json::to_value(patch).map_err(|e| Error::Encode(Box::new(e)))?;
+        self.modify(key, |engine, current| engine.merge(current, &patch))?;
+        Ok(())
+    }
+
+    /// Runs a decision on the current value inside the backend's atomic update.
+    fn modify(
+        &self,
+        key: &str,
+        mut decide: impl FnMut(&Engine, Option<&Bytes>) -> Result<Change>,
+    ) -> Result<()> {
+        let engine = self.engine();
+        let now = engine.begin_key(key)?;
+        let mut change = None;
+        let updated = self.backend().update(key, now, &mut |current| {
+            let c = decide(engine, current)?;
+            change = Some(c.clone());
+            Ok(c)
+        })?;
+        engine.updated(&updated, change.as_ref(), now);
+        Ok(())
+    }
+
+    // ---- removing -----------------------------------------------------------------------------
+
+    /// Removes `key`; true if a live value was there. Of two racing deletes of a key, exactly one
+    /// returns true.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::Backend`].
+    pub fn delete(&self, key: &str) -> Result<bool> {
+        Ok(self.remove(key)?.is_some())
+    }
+
+    /// Removes `key` and returns its value.
+    ///
+    /// # Errors
+    /// As [`delete`](Self::delete); [`Error::Decode`] if the value is not a `T` (it is removed
+    /// all the same).
+    pub fn pop<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        engine::decode_opt(self.remove(key)?)
+    }
+
+    fn remove(&self, key: &str) -> Result<Option<Bytes>> {
+        let now = self.engine().begin_key(key)?;
+        let removed = self.backend().delete(key, now)?;
+        self.engine().removed(&removed);
+        Ok(removed.previous)
+    }
+
+    /// Removes and returns some entry (which one is unspecified), or `None` if the store is empty.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] if the value is not a `T` (it is removed all the same); [`Error::Backend`].
+    pub fn popitem<T: DeserializeOwned>(&self) -> Result<Option<(String, T)>> {
+        let now = self.engine().begin()?;
+        let Some((key, value)) = self.backend().pop_any(now)? else {
+            return Ok(None);
+        };
+        self.engine().deleted(1);
+        Ok(Some((key, codec::decode(&value)?)))
+    }
+
+    /// Removes every entry; returns how many live ones there were.
+    ///
+    /// # Errors
+    /// [`Error::Backend`].
+    pub fn clear(&self) -> Result<usize> {
+        let now = self.engine().begin()?;
+        let cleared = self.backend().clear(now)?;
+        self.engine().expired(&cleared.expired);
+        self.engine().deleted(cleared.removed);
+        Ok(cleared.removed)
+    }
+
+    // ---- time to live -------------------------------------------------------------------------
+
+    /// Gives `key` a new TTL from now (keeping whether it slides); false if there is no live value.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`], [`Error::InvalidTtl`]; [`Error::Backend`].
+    pub fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
+        self.expire_with(key, WriteOptions::ttl(ttl))
+    }
+
+    /// Gives `key` a new expiry from [`WriteOptions`] (for instance a sliding TTL);
+    /// [`Ttl::Keep`](crate::Ttl::Keep) changes nothing.
+    ///
+    /// # Errors
+    /// As [`expire`](Self::expire).
+    pub fn expire_with(&self, key: &str, options: impl Into<WriteOptions>) -> Result<bool> {
+        let engine = self.engine();
+        let now = engine.begin_key(key)?;
+        let expiry = engine.expiry(options.into())?;
+        if expiry.keep_existing {
+            return self.backend().contains(key, now);
+        }
+        let changed = self.backend().set_expiry(key, expiry.expiry, now)?;
+        if changed {
+            engine.schedule(expiry, now);
+        }
+        Ok(changed)
+    }
+
+    /// Removes the deadline of `key`; false if there is no live value.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::Backend`].
+    pub fn persist(&self, key: &str) -> Result<bool> {
+        let now = self.engine().begin_key(key)?;
+        self.backend().set_expiry(key, Expiry::Never, now)
+    }
+
+    /// Removes entries not read or written for longer than `idle`; returns how many.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTtl`] for a zero `idle`; [`Error::Backend`].
+    pub fn cleanup_inactive(&self, idle: Duration) -> Result<usize> {
+        let idle = ttl::to_millis(idle)?;
+        let now = self.engine().begin()?;
+        let removed = self
+            .backend()
+            .remove_inactive(now.saturating_sub(idle), now)?;
+        self.engine().inactive_removed(removed.len());
+        Ok(removed.len())
+    }
+
+    /// Removes every entry whose deadline has passed now, in the calling thread, and returns how
+    /// many. The background driver does this by itself; this is for stores built with
+    /// [`active_expiry(false)`](Builder::active_expiry).
+    ///
+    /// # Errors
+    /// [`Error::Backend`].
+    pub fn sweep_expired(&self) -> Result<usize> {
+        let now = self.engine().begin()?;
+        let mut total = 0;
+        loop {
+            let expired = self.backend().sweep(now, 1024)?;
+            self.engine().expired(&expired);
+            total += expired.len();
+            if expired.len() < 1024 {
+                return Ok(total);
+            }
+        }
+    }
+
+    // ---- waiting ------------------------------------------------------------------------------
+
+    /// Blocks until the value under `key` satisfies `predicate` (at once if it already does) and
+    /// returns it, or returns `None` when `timeout` passes first. The timeout is real time, even
+    /// with a manual clock. Reading here does not count as an access.
+    ///
+    /// # Errors
+    /// As [`peek`](Self::peek).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// # let store = livedict::LiveDict::new();
+    /// let writer = store.clone();
+    /// let t = std::thread::spawn(move || writer.set("ready", &true));
+    /// let ready = store.wait_for("ready", Duration::from_secs(5), |v: &bool| *v)?;
+    /// assert_eq!(ready, Some(true));
+    /// # t.join().unwrap()?;
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn wait_for<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        timeout: Duration,
+        mut predicate: impl FnMut(&T) -> bool,
+    ) -> Result<Option<T>> {
+        let give_up = Instant::now() + timeout;
+        let poll = if self.backend().is_shared() {
+            SHARED_WAIT_POLL
+        } else {
+            Duration::MAX
+        };
+        let mut waiter = self.engine().changes.register();
+        loop {
+            if let Some(v) = self.peek::<T>(key)?
+                && predicate(&v)
+            {
+                return Ok(Some(v));
+            }
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            waiter.wait(left.min(poll));
+        }
+    }
+
+    // ---- the store ----------------------------------------------------------------------------
+
+    /// What the store has done so far.
+    pub fn stats(&self) -> Stats {
+        self.engine().counters.snapshot()
+    }
+
+    /// Stops the store: background work ends, and every later call on any handle is
+    /// [`Error::Closed`]. Also done when the last handle is dropped.
+    pub fn close(&self) {
+        self.engine().close();
+        if let Some(mut d) = self.inner.driver.lock().take() {
+            d.stop();
+        }
+    }
+}
