@@ -1,1 +1,91 @@
-fn main() {}
+//! Benchmarks of livedict against its peers, printed as ratios measured in the same run.
+//!
+//! ```text
+//! cargo run --release -p livedict-bench -- SUITE [--quick]
+//! ```
+//! `SUITE` is `memory` (livedict's memory store against `moka::sync::Cache` with the same TTL and
+//! `quick_cache` without TTL, on the same byte values, plus bytes per entry and expiry lateness)
+//! or `all`. `--quick` is a smoke run with small sizes (seconds), for the test suite.
+//!
+//! Each comparison runs livedict and the peer interleaved (livedict, peer, livedict, peer, ...)
+//! for several rounds with the same operations, and prints the medians as one line:
+//! `SUITE/CASE: livedict N ops/s, PEER N ops/s, ratio R` (ratio = livedict / peer). Other figures
+//! print as `SUITE/CASE: NAME VALUE UNIT`; lines starting with `#` are the machine header, notes
+//! and warnings. `scripts/bench-table` turns the output into Markdown tables. See
+//! `design/BENCHMARKS.md` for the method.
+//!
+//! A new suite is one module with `settings` and `run` functions, listed in [`SUITES`].
+
+mod alloc_counter;
+mod harness;
+mod memory;
+
+use std::process::ExitCode;
+
+use harness::Config;
+
+struct Suite {
+    name: &'static str,
+    /// The suite's sizes, for the header line.
+    settings: fn(&Config) -> String,
+    run: fn(&Config),
+}
+
+const SUITES: &[Suite] = &[Suite {
+    name: "memory",
+    settings: memory::settings,
+    run: memory::run,
+}];
+
+fn usage() -> String {
+    let names: Vec<_> = SUITES.iter().map(|s| s.name).collect();
+    format!(
+        "usage: livedict-bench SUITE [--quick]\n  SUITE: {} | all",
+        names.join(" | ")
+    )
+}
+
+fn main() -> ExitCode {
+    let mut suite = None;
+    let mut quick = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "-h" | "--help" => {
+                println!("{}", usage());
+                return ExitCode::SUCCESS;
+            }
+            s if !s.starts_with('-') && suite.is_none() => suite = Some(s.to_owned()),
+            other => {
+                eprintln!("unexpected argument {other:?}\n{}", usage());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(suite) = suite else {
+        eprintln!("{}", usage());
+        return ExitCode::from(2);
+    };
+    let selected: Vec<&Suite> = if suite == "all" {
+        SUITES.iter().collect()
+    } else if let Some(s) = SUITES.iter().find(|s| s.name == suite) {
+        vec![s]
+    } else {
+        eprintln!("unknown suite {suite:?}\n{}", usage());
+        return ExitCode::from(2);
+    };
+
+    let cfg = Config::new(quick);
+    let settings: Vec<String> = selected.iter().map(|s| (s.settings)(&cfg)).collect();
+    println!(
+        "# machine: {}; settings: quick {}, rounds {}; {}",
+        harness::machine(),
+        if quick { "yes" } else { "no" },
+        cfg.rounds,
+        settings.join("; ")
+    );
+    for s in selected {
+        (s.run)(&cfg);
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,149 @@
+//! The conformance suite: SPEC sections 1-3 as one list of cases, written once and instantiated
+//! per backend with one line:
+//!
+//! ```ignore
+//! mod conformance;
+//! conformance_suite!(memory, || std::sync::Arc::new(livedict::MemoryBackend::new()));
+//! ```
+//!
+//! The setup closure returns a fresh, empty backend each time it is called. TTL cases use a
+//! manual clock; nothing here sleeps to let time pass.
+
+#![allow(dead_code)]
+
+pub mod cases;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use livedict::{Backend, Builder, Clock, LiveDict, ManualClock};
+
+/// Creates stores over fresh backends of one kind.
+pub struct Harness {
+    setup: Box<dyn Fn() -> Arc<dyn Backend>>,
+}
+
+impl Harness {
+    pub fn new(setup: impl Fn() -> Arc<dyn Backend> + 'static) -> Self {
+        Harness {
+            setup: Box::new(setup),
+        }
+    }
+
+    /// A fresh backend.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        (self.setup)()
+    }
+
+    /// A store with the defaults over a fresh backend.
+    pub fn store(&self) -> LiveDict {
+        self.build(|b| b)
+    }
+
+    /// A store over a fresh backend, configured by `configure`.
+    pub fn build(&self, configure: impl FnOnce(Builder) -> Builder) -> LiveDict {
+        configure(LiveDict::builder().shared_backend(self.backend()))
+            .build()
+            .expect("build store")
+    }
+
+    /// A store with a manual clock.
+    pub fn manual(&self) -> (LiveDict, ManualClock) {
+        self.manual_with(|b| b)
+    }
+
+    /// A store with a manual clock, configured by `configure`.
+    pub fn manual_with(
+        &self,
+        configure: impl FnOnce(Builder) -> Builder,
+    ) -> (LiveDict, ManualClock) {
+        let clock = ManualClock::new();
+        let store = self.build(|b| configure(b.clock(Clock::Manual(clock.clone()))));
+        (store, clock)
+    }
+}
+
+/// Waits (bounded) for a background effect, such as active expiry, to become visible.
+/// Returns whether `condition` became true within `limit`.
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let give_up = Instant::now() + limit;
+    while Instant::now() < give_up {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    condition()
+}
+
+/// Instantiates every conformance case for one backend: `conformance_suite!(name, setup)`.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($name:ident, $setup:expr) => {
+        $crate::conformance_suite!(@cases $name, $setup, [
+            // SPEC 1: keys and values
+            invalid_keys_are_refused_and_change_nothing,
+            longest_key_and_unicode_keys_work,
+            typed_values_round_trip,
+            null_is_a_value,
+            raw_bytes_round_trip_and_do_not_mix_with_typed,
+            wrong_type_read_is_decode_error_and_keeps_value,
+            oversized_values_are_refused_and_change_nothing,
+            corrupted_or_foreign_bytes_are_format_errors,
+            codecs_read_each_others_values,
+            // SPEC 2: the dictionary
+            get_forms_on_missing_keys,
+            set_overwrites_and_delete_reports_existence,
+            contains_len_keys_values_items_iter,
+            set_many_and_get_many,
+            set_many_with_a_bad_pair_writes_nothing,
+            setdefault_gets_or_inserts,
+            pop_popitem_and_clear,
+            merge_updates_fields_of_a_map,
+            replace_returns_previous_value,
+            update_runs_closure_once_and_returns_new_value,
+            try_update_error_or_none,
+            reentrant_use_inside_update_is_an_error,
+            incr_counts_and_refuses_non_integers_and_overflow,
+            batch_is_all_or_nothing,
+            batch_is_never_seen_half_applied,
+            wait_for_returns_at_once_later_or_on_timeout,
+            stats_count_operations,
+            closed_store_refuses_calls,
+            // SPEC 3: time to live
+            zero_ttl_is_refused,
+            entry_is_invisible_from_its_deadline_on_every_read_path,
+            overwrite_replaces_ttl_unless_kept,
+            default_ttl_applies_and_never_overrides_it,
+            ttl_expire_and_persist,
+            millisecond_resolution,
+            sliding_ttl_renews_on_get_and_write_not_on_peek,
+            sliding_by_default,
+            active_expiry_removes_entries_without_reads,
+            old_deadline_never_removes_newer_value,
+            update_keeps_ttl_unless_told,
+            expired_entry_is_counted_once,
+            cleanup_inactive_removes_idle_entries,
+            // concurrency
+            concurrent_incr_loses_nothing,
+            concurrent_update_loses_nothing,
+            racing_deletes_exactly_one_wins,
+            concurrent_replace_sees_true_previous_values,
+            concurrent_setdefault_has_one_winner,
+            concurrent_sets_and_expiry_stay_consistent,
+        ]);
+    };
+    (@cases $name:ident, $setup:expr, [$($case:ident),* $(,)?]) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $case() -> livedict::Result<()> {
+                    let harness = $crate::conformance::Harness::new($setup);
+                    $crate::conformance::cases::$case(&harness)
+                }
+            )*
+        }
+    };
+}
