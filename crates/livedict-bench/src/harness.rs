@@ -128,8 +128,16 @@ pub fn timed_threads(threads: usize, work: impl Fn(usize) -> u64 + Sync) -> Run 
             .map(|h| h.join().expect("a bench thread panicked"))
             .collect()
     });
-    let start = spans.iter().map(|s| s.0).min().expect("at least one thread");
-    let end = spans.iter().map(|s| s.1).max().expect("at least one thread");
+    let start = spans
+        .iter()
+        .map(|s| s.0)
+        .min()
+        .expect("at least one thread");
+    let end = spans
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .expect("at least one thread");
     Run {
         elapsed: end - start,
         count: spans.iter().map(|s| s.2).sum(),
@@ -189,8 +197,5 @@ pub fn machine() -> String {
                 .map(|(_, m)| m.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!(
-        "nproc {cpus}, {model}, {}",
-        env!("LIVEDICT_BENCH_RUSTC")
-    )
+    format!("nproc {cpus}, {model}, {}", env!("LIVEDICT_BENCH_RUSTC"))
 }

@@ -184,9 +184,7 @@ fn orders(op: Op, keys: usize, ops: usize, threads: usize) -> Vec<Vec<u32>> {
             let mut rng = XorShift::new(1 + t as u64);
             match op {
                 // Each thread inserts its own slice of the keys, shuffled.
-                Op::SetInsert => {
-                    rng.permutation(t * keys / threads, (t + 1) * keys / threads)
-                }
+                Op::SetInsert => rng.permutation(t * keys / threads, (t + 1) * keys / threads),
                 Op::Mixed => (0..ops / threads)
                     .map(|_| {
                         let i = rng.below(keys as u64) as u32;
@@ -349,11 +347,7 @@ fn typed(cfg: &Config, sizes: &Sizes, data: &Data) {
         "typed_get",
         "moka",
         ops,
-        || {
-            timed(&|i| {
-                black_box(store.get::<Item>(&keys[i]).expect("livedict get")).is_some()
-            })
-        },
+        || timed(&|i| black_box(store.get::<Item>(&keys[i]).expect("livedict get")).is_some()),
         || timed(&|i| black_box(cache.get(keys[i].as_str())).is_some()),
         check,
     );
@@ -365,7 +359,9 @@ fn typed(cfg: &Config, sizes: &Sizes, data: &Data) {
         ops,
         || {
             timed(&|i| {
-                store.set_with(&keys[i], &items[i], TTL).expect("livedict set_with");
+                store
+                    .set_with(&keys[i], &items[i], TTL)
+                    .expect("livedict set_with");
                 true
             })
         },
@@ -416,7 +412,13 @@ fn bytes_per_entry(n: usize, data: &Data) {
     if len != n || count != n as u64 {
         println!("# warning: {SUITE}/bytes_per_entry: livedict holds {len}, moka {count}, of {n}");
     }
-    print_figure(SUITE, "bytes_per_entry", "livedict", livedict / n as isize, "bytes");
+    print_figure(
+        SUITE,
+        "bytes_per_entry",
+        "livedict",
+        livedict / n as isize,
+        "bytes",
+    );
     print_figure(SUITE, "bytes_per_entry", "moka", moka / n as isize, "bytes");
 }
 
@@ -449,8 +451,20 @@ fn expiry_lateness(n: usize, spread: Duration, data: &Data) {
         inserted.as_secs_f64(),
         done.as_secs_f64()
     );
-    print_figure(SUITE, "expiry_lateness", "p50", ms(stats.expiry_lag_p50), "ms");
-    print_figure(SUITE, "expiry_lateness", "p99", ms(stats.expiry_lag_p99), "ms");
+    print_figure(
+        SUITE,
+        "expiry_lateness",
+        "p50",
+        ms(stats.expiry_lag_p50),
+        "ms",
+    );
+    print_figure(
+        SUITE,
+        "expiry_lateness",
+        "p99",
+        ms(stats.expiry_lag_p99),
+        "ms",
+    );
     print_figure(
         SUITE,
         "expiry_lateness",
@@ -477,10 +491,25 @@ pub fn run(cfg: &Config) {
     populate(&moka, &data, sizes.keys);
     moka.run_pending_tasks();
     let fresh_moka = || new_moka::<Bytes>(sizes.keys);
-    for op in [Op::GetHit, Op::GetMiss, Op::SetInsert, Op::SetOverwrite, Op::Mixed] {
+    for op in [
+        Op::GetHit,
+        Op::GetMiss,
+        Op::SetInsert,
+        Op::SetOverwrite,
+        Op::Mixed,
+    ] {
         for threads in THREADS {
             compare_op(
-                cfg, &sizes, &data, op, threads, "", "moka", &livedict, &moka, &fresh_moka,
+                cfg,
+                &sizes,
+                &data,
+                op,
+                threads,
+                "",
+                "moka",
+                &livedict,
+                &moka,
+                &fresh_moka,
             );
         }
     }

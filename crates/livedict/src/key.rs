@@ -41,7 +41,11 @@ mod tests {
 
     #[test]
     fn refuses_empty_long_and_nul() {
-        for bad in [String::new(), "x".repeat(MAX_KEY_LEN + 1), "a\0b".to_string()] {
+        for bad in [
+            String::new(),
+            "x".repeat(MAX_KEY_LEN + 1),
+            "a\0b".to_string(),
+        ] {
             assert!(matches!(validate(&bad), Err(Error::InvalidKey { .. })));
         }
         // 1024 bytes, but a multi-byte character pushes it over.

@@ -85,7 +85,9 @@ fn stripe_index() -> usize {
 impl Counters {
     pub(crate) fn new() -> Self {
         Counters {
-            stripes: (0..STRIPES).map(|_| CachePadded::new(Stripe::default())).collect(),
+            stripes: (0..STRIPES)
+                .map(|_| CachePadded::new(Stripe::default()))
+                .collect(),
             // 1 µs to 1 hour with 2 significant digits: a few kilobytes.
             lag: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)

@@ -86,7 +86,9 @@ impl LiveDict {
     /// If the operating system refuses to start the expiry thread; use
     /// [`builder`](Self::builder) to handle that as an error.
     pub fn new() -> Self {
-        Builder::new().build().expect("cannot start the livedict expiry thread")
+        Builder::new()
+            .build()
+            .expect("cannot start the livedict expiry thread")
     }
 
     /// A [`Builder`] to configure a store.
@@ -354,7 +356,12 @@ impl LiveDict {
         value: &[u8],
         options: impl Into<WriteOptions>,
     ) -> Result<()> {
-        self.write(key, |e| e.encode_raw(value), options.into(), Condition::Always)?;
+        self.write(
+            key,
+            |e| e.encode_raw(value),
+            options.into(),
+            Condition::Always,
+        )?;
         Ok(())
     }
 
@@ -364,8 +371,17 @@ impl LiveDict {
     /// # Errors
     /// As [`set`](Self::set); [`Error::Decode`] if the previous value is not a `T` (the new value
     /// is written all the same).
-    pub fn replace<T: Serialize + DeserializeOwned>(&self, key: &str, value: &T) -> Result<Option<T>> {
-        let written = self.write(key, |e| e.encode(value), WriteOptions::new(), Condition::Always)?;
+    pub fn replace<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<Option<T>> {
+        let written = self.write(
+            key,
+            |e| e.encode(value),
+            WriteOptions::new(),
+            Condition::Always,
+        )?;
         engine::decode_opt(written.previous)
     }
 
@@ -662,7 +678,8 @@ impl LiveDict {
 
     // ---- time to live -------------------------------------------------------------------------
 
-    /// Gives `key` a new TTL from now (keeping whether it slides); false if there is no live value.
+    /// Gives `key` a new TTL from now (sliding only if the store slides by default; see
+    /// [`expire_with`](Self::expire_with)); false if there is no live value.
     ///
     /// # Errors
     /// [`Error::InvalidKey`], [`Error::InvalidTtl`]; [`Error::Backend`].

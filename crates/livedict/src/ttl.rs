@@ -169,7 +169,10 @@ mod tests {
 
     #[test]
     fn millis_conversion() {
-        assert!(matches!(to_millis(Duration::ZERO), Err(Error::InvalidTtl { .. })));
+        assert!(matches!(
+            to_millis(Duration::ZERO),
+            Err(Error::InvalidTtl { .. })
+        ));
         assert_eq!(to_millis(Duration::from_micros(1)).unwrap(), 1);
         assert_eq!(to_millis(Duration::from_micros(1001)).unwrap(), 2);
         assert_eq!(to_millis(Duration::from_secs(2)).unwrap(), 2000);
@@ -182,11 +185,18 @@ mod tests {
         let p = TtlPolicy::new(Some(Duration::from_secs(5)), true).unwrap();
         assert_eq!(
             p.resolve(WriteOptions::new()).unwrap(),
-            WriteExpiry::replace(Expiry::After { ttl: 5000, sliding: true })
+            WriteExpiry::replace(Expiry::After {
+                ttl: 5000,
+                sliding: true
+            })
         );
         assert_eq!(
-            p.resolve(WriteOptions::ttl(Duration::from_secs(1)).sliding(false)).unwrap(),
-            WriteExpiry::replace(Expiry::After { ttl: 1000, sliding: false })
+            p.resolve(WriteOptions::ttl(Duration::from_secs(1)).sliding(false))
+                .unwrap(),
+            WriteExpiry::replace(Expiry::After {
+                ttl: 1000,
+                sliding: false
+            })
         );
         assert_eq!(
             p.resolve(WriteOptions::never()).unwrap(),

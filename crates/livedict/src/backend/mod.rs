@@ -255,8 +255,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Live entries whose key starts with `prefix` (all with `""`), with their values if
     /// `with_values`. The order is unspecified; the result is consistent per key, not a snapshot of
     /// the whole store.
-    fn scan(&self, prefix: &str, now: Millis, with_values: bool)
-    -> Result<Vec<(String, Option<Bytes>)>>;
+    fn scan(
+        &self,
+        prefix: &str,
+        now: Millis,
+        with_values: bool,
+    ) -> Result<Vec<(String, Option<Bytes>)>>;
 
     /// The number of live entries.
     fn len(&self, now: Millis) -> Result<usize>;

@@ -124,7 +124,11 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind() {
-        for kind in [PayloadKind::Raw, PayloadKind::Json, PayloadKind::MessagePack] {
+        for kind in [
+            PayloadKind::Raw,
+            PayloadKind::Json,
+            PayloadKind::MessagePack,
+        ] {
             for encrypted in [false, true] {
                 let h = Header { kind, encrypted };
                 let mut bytes = h.to_bytes().to_vec();
@@ -142,11 +146,11 @@ mod tests {
             b"",
             &[MAGIC],
             &[MAGIC, 1],
-            &[0x7B, 1, 1],          // '{': a bare JSON document
-            &[MAGIC, 0, 1],         // version 0
-            &[MAGIC, 2, 1],         // newer format
-            &[MAGIC, 1, 0x0F],      // unknown kind
-            &[MAGIC, 1, 0x21],      // reserved bit
+            &[0x7B, 1, 1],     // '{': a bare JSON document
+            &[MAGIC, 0, 1],    // version 0
+            &[MAGIC, 2, 1],    // newer format
+            &[MAGIC, 1, 0x0F], // unknown kind
+            &[MAGIC, 1, 0x21], // reserved bit
         ];
         for bytes in cases {
             assert!(

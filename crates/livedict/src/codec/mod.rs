@@ -188,7 +188,10 @@ mod tests {
     fn corrupted_payload_is_a_decode_error() {
         let mut stored = Codec::Json.encode(&vec![1, 2, 3]).unwrap().to_vec();
         stored[4] = b'}';
-        assert!(matches!(decode::<Vec<u8>>(&stored), Err(Error::Decode { .. })));
+        assert!(matches!(
+            decode::<Vec<u8>>(&stored),
+            Err(Error::Decode { .. })
+        ));
     }
 
     proptest::proptest! {

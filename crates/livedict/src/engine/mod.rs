@@ -132,14 +132,8 @@ impl Engine {
     /// Counts a read.
     #[inline]
     pub(crate) fn read(&self, found: bool) {
-        self.counters.add(
-            if found {
-                Counter::Hit
-            } else {
-                Counter::Miss
-            },
-            1,
-        );
+        self.counters
+            .add(if found { Counter::Hit } else { Counter::Miss }, 1);
     }
 
     /// Accounts for a write made at `now` with `expiry`.
@@ -276,9 +270,15 @@ impl Engine {
     }
 
     /// The change `merge(patch)` makes: the patch's fields set into the stored map.
-    pub(crate) fn merge(&self, current: Option<&Bytes>, patch: &serde_json::Value) -> Result<Change> {
+    pub(crate) fn merge(
+        &self,
+        current: Option<&Bytes>,
+        patch: &serde_json::Value,
+    ) -> Result<Change> {
         let serde_json::Value::Object(fields) = patch else {
-            return Err(Error::Encode("merge: the patch must serialize to a map".into()));
+            return Err(Error::Encode(
+                "merge: the patch must serialize to a map".into(),
+            ));
         };
         let mut map = match current {
             None => serde_json::Map::new(),
@@ -286,7 +286,10 @@ impl Engine {
                 serde_json::Value::Object(map) => map,
                 other => {
                     return Err(Error::decode(
-                        format!("merge: the stored value is not a map but {}", json_kind(&other)),
+                        format!(
+                            "merge: the stored value is not a map but {}",
+                            json_kind(&other)
+                        ),
                         None,
                     ));
                 }

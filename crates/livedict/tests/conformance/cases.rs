@@ -63,7 +63,9 @@ pub fn invalid_keys_are_refused_and_change_nothing(h: &Harness) -> Result<()> {
         assert!(invalid(store.contains(bad).map(drop)));
         assert!(invalid(store.delete(bad).map(drop)));
         assert!(invalid(store.incr(bad, 1).map(drop)));
-        assert!(invalid(store.update(bad, |v: Option<i32>| v.unwrap_or(0)).map(drop)));
+        assert!(invalid(
+            store.update(bad, |v: Option<i32>| v.unwrap_or(0)).map(drop)
+        ));
         assert!(invalid(store.merge(bad, &json!({"a": 1}))));
         assert!(invalid(store.expire(bad, SEC).map(drop)));
         assert!(invalid(store.persist(bad).map(drop)));
@@ -82,7 +84,15 @@ pub fn longest_key_and_unicode_keys_work(h: &Harness) -> Result<()> {
     let store = h.store();
     let longest = "é".repeat(livedict::MAX_KEY_LEN / 2);
     assert_eq!(longest.len(), livedict::MAX_KEY_LEN);
-    for key in [longest.as_str(), "ключ:🔑", "a b\tc\n", "*", "user:{id}", "%", "'; DROP TABLE x; --"] {
+    for key in [
+        longest.as_str(),
+        "ключ:🔑",
+        "a b\tc\n",
+        "*",
+        "user:{id}",
+        "%",
+        "'; DROP TABLE x; --",
+    ] {
         store.set(key, &key)?;
         assert_eq!(store.get::<String>(key)?.as_deref(), Some(key));
     }
@@ -121,7 +131,10 @@ pub fn null_is_a_value(h: &Harness) -> Result<()> {
     assert_eq!(store.len()?, 1);
     assert_eq!(store.get::<Option<i32>>("n")?, Some(None));
     assert_eq!(store.get::<Option<i32>>("missing")?, None);
-    assert_eq!(store.get::<serde_json::Value>("n")?, Some(serde_json::Value::Null));
+    assert_eq!(
+        store.get::<serde_json::Value>("n")?,
+        Some(serde_json::Value::Null)
+    );
     assert!(store.delete("n")?);
     Ok(())
 }
@@ -133,9 +146,15 @@ pub fn raw_bytes_round_trip_and_do_not_mix_with_typed(h: &Harness) -> Result<()>
     store.set_bytes("empty", b"")?;
     assert_eq!(store.get_bytes("raw")?.as_deref(), Some(&all[..]));
     assert_eq!(store.get_bytes("empty")?.as_deref(), Some(&b""[..]));
-    assert!(matches!(store.get::<Vec<u8>>("raw"), Err(Error::Decode { .. })));
+    assert!(matches!(
+        store.get::<Vec<u8>>("raw"),
+        Err(Error::Decode { .. })
+    ));
     store.set("typed", &vec![1u8, 2])?;
-    assert!(matches!(store.get_bytes("typed"), Err(Error::Decode { .. })));
+    assert!(matches!(
+        store.get_bytes("typed"),
+        Err(Error::Decode { .. })
+    ));
     // Both still there, unchanged.
     assert_eq!(store.get_bytes("raw")?.as_deref(), Some(&all[..]));
     assert_eq!(store.get::<Vec<u8>>("typed")?, Some(vec![1, 2]));
@@ -145,9 +164,18 @@ pub fn raw_bytes_round_trip_and_do_not_mix_with_typed(h: &Harness) -> Result<()>
 pub fn wrong_type_read_is_decode_error_and_keeps_value(h: &Harness) -> Result<()> {
     let store = h.store();
     store.set("user", &ann())?;
-    assert!(matches!(store.get::<u64>("user"), Err(Error::Decode { .. })));
-    assert!(matches!(store.get::<Vec<String>>("user"), Err(Error::Decode { .. })));
-    assert!(matches!(store.pop::<u64>("user"), Err(Error::Decode { .. })));
+    assert!(matches!(
+        store.get::<u64>("user"),
+        Err(Error::Decode { .. })
+    ));
+    assert!(matches!(
+        store.get::<Vec<String>>("user"),
+        Err(Error::Decode { .. })
+    ));
+    assert!(matches!(
+        store.pop::<u64>("user"),
+        Err(Error::Decode { .. })
+    ));
     // pop removes even when the value cannot be decoded as asked (it was removed atomically).
     assert!(!store.contains("user")?);
     store.set("s", "text")?;
@@ -159,7 +187,15 @@ pub fn wrong_type_read_is_decode_error_and_keeps_value(h: &Harness) -> Result<()
 pub fn oversized_values_are_refused_and_change_nothing(h: &Harness) -> Result<()> {
     let store = h.build(|b| b.max_value_size(100));
     store.set_bytes("k", &[1; 100])?; // exactly the limit
-    let too_big = |r: Result<()>| matches!(r, Err(Error::ValueTooLarge { size: 101, max: 100 }));
+    let too_big = |r: Result<()>| {
+        matches!(
+            r,
+            Err(Error::ValueTooLarge {
+                size: 101,
+                max: 100
+            })
+        )
+    };
     assert!(too_big(store.set_bytes("k", &[2; 101])));
     assert!(too_big(store.set_bytes("new", &[2; 101])));
     assert!(matches!(
@@ -204,7 +240,13 @@ pub fn corrupted_or_foreign_bytes_are_format_errors(h: &Harness) -> Result<()> {
     ];
     for (i, bytes) in samples.iter().enumerate() {
         let key = format!("bad{i}");
-        backend.set(&key, Bytes::copy_from_slice(bytes), never, Condition::Always, now)?;
+        backend.set(
+            &key,
+            Bytes::copy_from_slice(bytes),
+            never,
+            Condition::Always,
+            now,
+        )?;
         assert!(
             matches!(store.get::<serde_json::Value>(&key), Err(Error::Format(_))),
             "sample {i} was not a format error"
@@ -218,8 +260,17 @@ pub fn corrupted_or_foreign_bytes_are_format_errors(h: &Harness) -> Result<()> {
         );
     }
     // A valid header with a corrupted JSON payload is a decode error.
-    backend.set("badjson", Bytes::from_static(&[0xD7, 1, 1, b'{']), never, Condition::Always, now)?;
-    assert!(matches!(store.get::<serde_json::Value>("badjson"), Err(Error::Decode { .. })));
+    backend.set(
+        "badjson",
+        Bytes::from_static(&[0xD7, 1, 1, b'{']),
+        never,
+        Condition::Always,
+        now,
+    )?;
+    assert!(matches!(
+        store.get::<serde_json::Value>("badjson"),
+        Err(Error::Decode { .. })
+    ));
     Ok(())
 }
 
@@ -242,7 +293,10 @@ pub fn codecs_read_each_others_values(h: &Harness) -> Result<()> {
         // merge works on MessagePack maps too, and keeps them readable by both.
         mp.set("m", &json!({"a": 1}))?;
         json.merge("m", &json!({"b": 2}))?;
-        assert_eq!(mp.get::<serde_json::Value>("m")?, Some(json!({"a": 1, "b": 2})));
+        assert_eq!(
+            mp.get::<serde_json::Value>("m")?,
+            Some(json!({"a": 1, "b": 2}))
+        );
         assert_eq!(mp.incr("n", 2)?, 2);
         assert_eq!(json.incr("n", 2)?, 4);
     }
@@ -293,14 +347,20 @@ pub fn contains_len_keys_values_items_iter(h: &Harness) -> Result<()> {
     assert!(store.contains("k07")?);
     assert!(!store.contains("k50")?);
     let keys = sorted(store.keys()?);
-    assert_eq!(keys, (0..50).map(|i| format!("k{i:02}")).collect::<Vec<_>>());
+    assert_eq!(
+        keys,
+        (0..50).map(|i| format!("k{i:02}")).collect::<Vec<_>>()
+    );
     let mut values: Vec<i32> = store.values()?;
     values.sort();
     assert_eq!(values, (0..50).collect::<Vec<_>>());
     let mut items: Vec<(String, i32)> = store.items()?;
     items.sort();
     assert_eq!(items[7], ("k07".to_string(), 7));
-    let total: i32 = store.iter::<i32>()?.map(|r| r.map(|(_, v)| v)).sum::<Result<i32>>()?;
+    let total: i32 = store
+        .iter::<i32>()?
+        .map(|r| r.map(|(_, v)| v))
+        .sum::<Result<i32>>()?;
     assert_eq!(total, (0..50).sum::<i32>());
     // One value of another type: items fails, iter yields one Err and the rest.
     store.set("odd", "text")?;
@@ -313,7 +373,13 @@ pub fn contains_len_keys_values_items_iter(h: &Harness) -> Result<()> {
 
 pub fn set_many_and_get_many(h: &Harness) -> Result<()> {
     let store = h.store();
-    store.set_many((0..100).map(|i| (format!("k{i}"), i)).collect::<Vec<_>>().iter().map(|(k, v)| (k.as_str(), *v)))?;
+    store.set_many(
+        (0..100)
+            .map(|i| (format!("k{i}"), i))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v)),
+    )?;
     assert_eq!(store.len()?, 100);
     let got: Vec<Option<i32>> = store.get_many(&["k1", "missing", "k99"])?;
     assert_eq!(got, vec![Some(1), None, Some(99)]);
@@ -392,13 +458,22 @@ pub fn merge_updates_fields_of_a_map(h: &Harness) -> Result<()> {
     assert!(!store.contains("u")?);
     // A missing key starts as an empty map.
     store.merge("new", &json!({"a": 1}))?;
-    assert_eq!(store.get::<serde_json::Value>("new")?, Some(json!({"a": 1})));
+    assert_eq!(
+        store.get::<serde_json::Value>("new")?,
+        Some(json!({"a": 1}))
+    );
     // Not a map: an error, nothing changed.
     store.set("n", &5)?;
-    assert!(matches!(store.merge("n", &json!({"a": 1})), Err(Error::Decode { .. })));
+    assert!(matches!(
+        store.merge("n", &json!({"a": 1})),
+        Err(Error::Decode { .. })
+    ));
     assert_eq!(store.get::<i32>("n")?, Some(5));
     assert!(matches!(store.merge("new", &[1, 2]), Err(Error::Encode(_))));
-    assert_eq!(store.get::<serde_json::Value>("new")?, Some(json!({"a": 1})));
+    assert_eq!(
+        store.get::<serde_json::Value>("new")?,
+        Some(json!({"a": 1}))
+    );
     Ok(())
 }
 
@@ -602,7 +677,10 @@ pub fn stats_count_operations(h: &Harness) -> Result<()> {
     store.delete("a")?; // nothing deleted: not counted
     store.incr("c", 1)?;
     let s = store.stats();
-    assert_eq!((s.hits, s.misses, s.sets, s.deletes, s.expirations), (1, 1, 3, 1, 0));
+    assert_eq!(
+        (s.hits, s.misses, s.sets, s.deletes, s.expirations),
+        (1, 1, 3, 1, 0)
+    );
     Ok(())
 }
 
@@ -624,9 +702,16 @@ pub fn zero_ttl_is_refused(h: &Harness) -> Result<()> {
     let store = h.store();
     let bad = |r: Result<()>| matches!(r, Err(Error::InvalidTtl { .. }));
     assert!(bad(store.set_with("k", &1, Duration::ZERO)));
-    assert!(bad(store.set_with("k", &1, WriteOptions::ttl(Duration::ZERO).sliding(true))));
+    assert!(bad(store.set_with(
+        "k",
+        &1,
+        WriteOptions::ttl(Duration::ZERO).sliding(true)
+    )));
     assert!(bad(store.set_bytes_with("k", b"", Duration::ZERO)));
-    assert!(bad(store.batch().set_with("k", &1, Duration::ZERO).map(drop)));
+    assert!(bad(store
+        .batch()
+        .set_with("k", &1, Duration::ZERO)
+        .map(drop)));
     assert!(bad(store.cleanup_inactive(Duration::ZERO).map(drop)));
     assert!(bad(store.set_with("k", &1, livedict::MAX_TTL + SEC)));
     assert!(!store.contains("k")?);
@@ -657,13 +742,22 @@ pub fn entry_is_invisible_from_its_deadline_on_every_read_path(h: &Harness) -> R
     assert_eq!(store.keys()?, vec!["forever".to_string()]);
     assert_eq!(store.items::<i32>()?, vec![("forever".to_string(), 2)]);
     assert_eq!(store.values::<i32>()?, vec![2]);
-    assert_eq!(store.get_many::<i32>(&["t", "forever"])?, vec![None, Some(2)]);
+    assert_eq!(
+        store.get_many::<i32>(&["t", "forever"])?,
+        vec![None, Some(2)]
+    );
     assert_eq!(store.ttl("t")?, KeyTtl::Missing);
-    assert!(!store.expire("t", secs(100))?, "cannot revive an expired entry");
+    assert!(
+        !store.expire("t", secs(100))?,
+        "cannot revive an expired entry"
+    );
     assert!(!store.persist("t")?);
-    assert!(!store.delete("t")?, "deleting an expired entry deletes nothing");
+    assert!(
+        !store.delete("t")?,
+        "deleting an expired entry deletes nothing"
+    );
     assert_eq!(store.update("t", |v: Option<i32>| v.unwrap_or(0) + 10)?, 10);
-    assert_eq!(store.popitem::<i32>()?.map(|(_, v)| v).is_some(), true);
+    assert!(store.popitem::<i32>()?.is_some());
     Ok(())
 }
 
@@ -760,7 +854,10 @@ pub fn sliding_ttl_renews_on_get_and_write_not_on_peek(h: &Harness) -> Result<()
     assert!(store.peek::<i32>("s")?.is_some());
     assert!(store.contains("s")?);
     clock.advance(secs(1));
-    assert!(store.peek::<i32>("s")?.is_none(), "peek and contains must not renew");
+    assert!(
+        store.peek::<i32>("s")?.is_none(),
+        "peek and contains must not renew"
+    );
     // A write renews it too (keeping the sliding TTL), and so does an update.
     store.set_with("w", &1, WriteOptions::ttl(secs(10)).sliding(true))?;
     clock.advance(secs(9));
@@ -821,7 +918,9 @@ pub fn old_deadline_never_removes_newer_value(h: &Harness) -> Result<()> {
     store.set_with("p", &"old", secs(10))?;
     store.persist("p")?;
     store.set_with("u", &1, secs(10))?;
-    store.update_with("u", secs(100), |v: Option<i32>| Ok::<_, Error>(v.map(|v| v + 1)))?;
+    store.update_with("u", secs(100), |v: Option<i32>| {
+        Ok::<_, Error>(v.map(|v| v + 1))
+    })?;
     clock.advance(secs(6)); // past the old deadlines
     store.sweep_expired()?;
     assert_eq!(store.get::<String>("k")?.as_deref(), Some("new"));
@@ -844,7 +943,9 @@ pub fn update_keeps_ttl_unless_told(h: &Harness) -> Result<()> {
     clock.advance(secs(5));
     store.update("k", |v: Option<i32>| v.unwrap() + 1)?;
     assert_eq!(store.ttl("k")?, KeyTtl::Remaining(secs(5)));
-    store.update_with("k", secs(30), |v: Option<i32>| Ok::<_, Error>(v.map(|v| v + 1)))?;
+    store.update_with("k", secs(30), |v: Option<i32>| {
+        Ok::<_, Error>(v.map(|v| v + 1))
+    })?;
     assert_eq!(store.ttl("k")?, KeyTtl::Remaining(secs(30)));
     store.update_with("k", Ttl::Never, |v: Option<i32>| Ok::<_, Error>(v))?;
     assert_eq!(store.ttl("k")?, KeyTtl::Never);
@@ -881,7 +982,10 @@ pub fn cleanup_inactive_removes_idle_entries(h: &Harness) -> Result<()> {
     store.peek::<i32>("peeked")?; // a peek is not activity
     clock.advance(secs(5));
     assert_eq!(store.cleanup_inactive(secs(6))?, 2);
-    assert_eq!(sorted(store.keys()?), vec!["read".to_string(), "written".to_string()]);
+    assert_eq!(
+        sorted(store.keys()?),
+        vec!["read".to_string(), "written".to_string()]
+    );
     assert_eq!(store.stats().inactive_removals, 2);
     Ok(())
 }
@@ -944,7 +1048,10 @@ pub fn concurrent_update_loses_nothing(h: &Harness) -> Result<()> {
                     last: vec![None; THREADS],
                     ..Tally::default()
                 });
-                assert!(tally.last[t] < Some(value), "thread {t} saw its own update undone");
+                assert!(
+                    tally.last[t] < Some(value),
+                    "thread {t} saw its own update undone"
+                );
                 tally.count += 1;
                 tally.sum += value;
                 tally.last[t] = Some(value);
@@ -1040,7 +1147,10 @@ pub fn concurrent_sets_and_expiry_stay_consistent(h: &Harness) -> Result<()> {
     clock.advance(secs(1));
     store.sweep_expired()?;
     let live_after: HashSet<String> = store.keys()?.into_iter().collect();
-    assert_eq!(live_after, never, "exactly the entries without a deadline survive");
+    assert_eq!(
+        live_after, never,
+        "exactly the entries without a deadline survive"
+    );
     assert_eq!(store.len()?, never.len());
     Ok(())
 }

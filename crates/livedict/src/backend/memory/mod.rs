@@ -20,8 +20,8 @@ use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockWriteGuard};
 
 use super::{
-    Backend, BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue,
-    ReadMode, Removed, Updated, WriteExpiry, Written,
+    Backend, BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue, ReadMode,
+    Removed, Updated, WriteExpiry, Written,
 };
 use crate::clock::Millis;
 use crate::error::Result;
@@ -86,10 +86,11 @@ impl Slot {
     }
 }
 
-#[derive(Default)]
 struct Shard {
     table: HashTable<Slot>,
     timers: TimerQueue,
+    /// The backend's hasher (the same seed in every shard), for rehashing on growth.
+    hasher: Hasher,
 }
 
 impl Shard {
@@ -99,7 +100,6 @@ impl Shard {
 
     fn write(
         &mut self,
-        hasher: &Hasher,
         hash: u64,
         key: &str,
         value: Bytes,
@@ -107,7 +107,11 @@ impl Shard {
         condition: Condition,
         now: Millis,
     ) -> Written {
-        let Shard { table, timers } = self;
+        let Shard {
+            table,
+            timers,
+            hasher,
+        } = self;
         match table.find_entry(hash, |s| &*s.key == key) {
             Ok(mut occupied) => {
                 let slot = occupied.get_mut();
@@ -131,9 +135,13 @@ impl Shard {
                     };
                 }
                 let (deadline, sliding) = if live && expiry.keep_existing {
-                    let kept = slot
-                        .deadline()
-                        .map(|d| if slot.sliding > 0 { now + slot.sliding } else { d });
+                    let kept = slot.deadline().map(|d| {
+                        if slot.sliding > 0 {
+                            now + slot.sliding
+                        } else {
+                            d
+                        }
+                    });
                     (kept, slot.sliding)
                 } else {
                     expiry.expiry.deadline_at(now)
@@ -183,7 +191,7 @@ impl Shard {
     }
 
     fn remove(&mut self, hash: u64, key: &str, now: Millis) -> Removed {
-        let Shard { table, timers } = self;
+        let Shard { table, timers, .. } = self;
         match table.find_entry(hash, |s| &*s.key == key) {
             Ok(occupied) => {
                 let (slot, _) = occupied.remove();
@@ -206,10 +214,10 @@ impl Shard {
         }
     }
 
-    fn apply(&mut self, hasher: &Hasher, hash: u64, op: BatchOp, now: Millis) -> Removed {
+    fn apply(&mut self, hash: u64, op: BatchOp, now: Millis) -> Removed {
         match op {
             BatchOp::Set { key, value, expiry } => {
-                let w = self.write(hasher, hash, &key, value, expiry, Condition::Always, now);
+                let w = self.write(hash, &key, value, expiry, Condition::Always, now);
                 Removed {
                     previous: w.previous,
                     expired: w.expired,
@@ -220,11 +228,11 @@ impl Shard {
     }
 
     /// Entries whose timer is due but which are still stored and past their deadline.
-    fn dead_count(&self, hasher: &Hasher, now: Millis) -> usize {
+    fn dead_count(&self, now: Millis) -> usize {
         self.timers
             .due(now)
             .filter(|key| {
-                self.find(hasher.hash_one(&***key), key)
+                self.find(self.hasher.hash_one(&***key), key)
                     .is_some_and(|s| !s.is_live(now))
             })
             .count()
@@ -247,12 +255,19 @@ impl MemoryBackend {
     /// shards mean less contention between writers of different keys.
     pub fn with_shards(shards: usize) -> Self {
         let n = shards.max(1).next_power_of_two();
+        let hasher = Hasher::default();
         MemoryBackend {
             shards: (0..n)
-                .map(|_| CachePadded::new(RwLock::new(Shard::default())))
+                .map(|_| {
+                    CachePadded::new(RwLock::new(Shard {
+                        table: HashTable::new(),
+                        timers: TimerQueue::default(),
+                        hasher: hasher.clone(),
+                    }))
+                })
                 .collect(),
             shard_mask: (n - 1) as u64,
-            hasher: Hasher::default(),
+            hasher,
             pop_cursor: AtomicUsize::new(0),
         }
     }
@@ -318,7 +333,7 @@ impl Backend for MemoryBackend {
         let (hash, shard) = self.shard(key);
         Ok(shard
             .write()
-            .write(&self.hasher, hash, key, value, expiry, condition, now))
+            .write(hash, key, value, expiry, condition, now))
     }
 
     fn delete(&self, key: &str, now: Millis) -> Result<Removed> {
@@ -344,15 +359,7 @@ impl Backend for MemoryBackend {
                 expired: None,
             }),
             Change::Write { value, expiry } => {
-                let w = shard.write(
-                    &self.hasher,
-                    hash,
-                    key,
-                    value,
-                    expiry,
-                    Condition::Always,
-                    now,
-                );
+                let w = shard.write(hash, key, value, expiry, Condition::Always, now);
                 Ok(Updated {
                     previous: w.previous,
                     expired: w.expired,
@@ -383,7 +390,7 @@ impl Backend for MemoryBackend {
     fn set_expiry(&self, key: &str, expiry: Expiry, now: Millis) -> Result<bool> {
         let (hash, shard) = self.shard(key);
         let mut shard = shard.write();
-        let Shard { table, timers } = &mut *shard;
+        let Shard { table, timers, .. } = &mut *shard;
         match table.find_mut(hash, |s| &*s.key == key) {
             Some(slot) if slot.is_live(now) => {
                 let (deadline, sliding) = expiry.deadline_at(now);
@@ -421,7 +428,7 @@ impl Backend for MemoryBackend {
             .iter()
             .map(|shard| {
                 let shard = shard.read();
-                shard.table.len() - shard.dead_count(&self.hasher, now)
+                shard.table.len() - shard.dead_count(now)
             })
             .sum())
     }
@@ -480,7 +487,7 @@ impl Backend for MemoryBackend {
             .zip(located)
             .map(|(op, (hash, i))| {
                 let g = order.binary_search(&i).expect("shard was locked");
-                guards[g].apply(&self.hasher, hash, op, now)
+                guards[g].apply(hash, op, now)
             })
             .collect())
     }
@@ -491,18 +498,17 @@ impl Backend for MemoryBackend {
             if out.len() >= limit {
                 break;
             }
-            if !shard.read().timers.first_deadline().is_some_and(|d| d <= now) {
+            if shard.read().timers.first_deadline().is_none_or(|d| d > now) {
                 continue;
             }
             let mut shard = shard.write();
-            let Shard { table, timers } = &mut *shard;
+            let Shard { table, timers, .. } = &mut *shard;
             while out.len() < limit {
                 let Some((_, key)) = timers.pop_due(now) else {
                     break;
                 };
                 let hash = self.hasher.hash_one(&*key);
-                let Ok(mut occupied) = table.find_entry(hash, |s| Arc::ptr_eq(&s.key, &key))
-                else {
+                let Ok(mut occupied) = table.find_entry(hash, |s| Arc::ptr_eq(&s.key, &key)) else {
                     debug_assert!(false, "timer record without its entry");
                     continue;
                 };
@@ -538,10 +544,10 @@ impl Backend for MemoryBackend {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.write();
-            let Shard { table, timers } = &mut *shard;
-            for slot in table.extract_if(|s| {
-                s.is_live(now) && s.last_access.load(Relaxed) < idle_since
-            }) {
+            let Shard { table, timers, .. } = &mut *shard;
+            for slot in
+                table.extract_if(|s| s.is_live(now) && s.last_access.load(Relaxed) < idle_since)
+            {
                 if let Some(t) = slot.timer {
                     timers.cancel(t);
                 }
@@ -579,8 +585,14 @@ mod tests {
         assert_eq!(timer_records(&b), 0);
         for round in 0..5 {
             for i in 0..1000 {
-                b.set(&format!("t{i}"), Bytes::new(), FIXED, Condition::Always, round)
-                    .unwrap();
+                b.set(
+                    &format!("t{i}"),
+                    Bytes::new(),
+                    FIXED,
+                    Condition::Always,
+                    round,
+                )
+                .unwrap();
             }
         }
         assert_eq!(timer_records(&b), 1000);
@@ -619,8 +631,14 @@ mod tests {
             b.set(&format!("k{i}"), Bytes::new(), FIXED, Condition::Always, 0)
                 .unwrap();
         }
-        b.set("forever", Bytes::new(), WriteExpiry::replace(Expiry::Never), Condition::Always, 0)
-            .unwrap();
+        b.set(
+            "forever",
+            Bytes::new(),
+            WriteExpiry::replace(Expiry::Never),
+            Condition::Always,
+            0,
+        )
+        .unwrap();
         assert_eq!(b.len(99).unwrap(), 11);
         assert_eq!(b.len(100).unwrap(), 1);
     }
