@@ -9,7 +9,10 @@
 //! Times are [`Millis`] since the Unix epoch. Operations receive the store clock's `now`; a backend
 //! with a clock of its own (Redis judges deadlines by the server's clock) may use that instead.
 
+mod asynchronous;
 pub mod memory;
+
+pub use asynchronous::{AsyncBackend, BoxFuture, UpdateFn};
 
 use std::fmt;
 use std::time::Duration;
@@ -152,6 +155,9 @@ pub struct ExpiredEntry {
 /// A key and its value, from a scan or a removal.
 pub type KeyValue = (String, Bytes);
 
+/// A key and, if asked for, its value, from [`Backend::scan`].
+pub type ScanEntry = (String, Option<Bytes>);
+
 /// What [`Backend::clear`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cleared {
@@ -255,12 +261,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Live entries whose key starts with `prefix` (all with `""`), with their values if
     /// `with_values`. The order is unspecified; the result is consistent per key, not a snapshot of
     /// the whole store.
-    fn scan(
-        &self,
-        prefix: &str,
-        now: Millis,
-        with_values: bool,
-    ) -> Result<Vec<(String, Option<Bytes>)>>;
+    fn scan(&self, prefix: &str, now: Millis, with_values: bool) -> Result<Vec<ScanEntry>>;
 
     /// The number of live entries.
     fn len(&self, now: Millis) -> Result<usize>;

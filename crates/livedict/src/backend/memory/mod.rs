@@ -21,7 +21,7 @@ use parking_lot::{RwLock, RwLockWriteGuard};
 
 use super::{
     Backend, BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue, ReadMode,
-    Removed, Updated, WriteExpiry, Written,
+    Removed, ScanEntry, Updated, WriteExpiry, Written,
 };
 use crate::clock::Millis;
 use crate::error::Result;
@@ -402,12 +402,7 @@ impl Backend for MemoryBackend {
         }
     }
 
-    fn scan(
-        &self,
-        prefix: &str,
-        now: Millis,
-        with_values: bool,
-    ) -> Result<Vec<(String, Option<Bytes>)>> {
+    fn scan(&self, prefix: &str, now: Millis, with_values: bool) -> Result<Vec<ScanEntry>> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read();
@@ -557,6 +552,8 @@ impl Backend for MemoryBackend {
         Ok(out)
     }
 }
+
+crate::impl_async_via_sync!(MemoryBackend);
 
 #[cfg(test)]
 mod tests {

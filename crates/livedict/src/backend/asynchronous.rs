@@ -1,0 +1,285 @@
+//! [`AsyncBackend`]: the asynchronous twin of [`Backend`], for backends with native async I/O
+//! (Redis) and for the async front-end.
+//!
+//! It has the same operations, with the same contract, returning boxed futures so that it stays
+//! object safe (`Arc<dyn AsyncBackend>`). It needs no runtime of its own. A backend whose operations
+//! never block (the memory backend) gets it from its sync implementation through
+//! [`impl_async_via_sync!`](crate::impl_async_via_sync); blocking ones (SQLite) are run off the
+//! runtime's workers by the async front-end instead.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+use super::{
+    BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue, ReadMode, Removed,
+    ScanEntry, Updated, WriteExpiry, Written,
+};
+use crate::clock::Millis;
+use crate::error::Result;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The decision closure of [`AsyncBackend::update`].
+pub type UpdateFn<'a> = dyn FnMut(Option<&Bytes>) -> Result<Change> + Send + 'a;
+
+/// The asynchronous twin of [`Backend`](super::Backend): the same operations and contract.
+#[allow(missing_docs)] // each method is documented on `Backend`
+pub trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+        now: Millis,
+        mode: ReadMode,
+    ) -> BoxFuture<'a, Result<Option<Bytes>>>;
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+        now: Millis,
+        mode: ReadMode,
+    ) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>>;
+    fn contains<'a>(&'a self, key: &'a str, now: Millis) -> BoxFuture<'a, Result<bool>>;
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: WriteExpiry,
+        condition: Condition,
+        now: Millis,
+    ) -> BoxFuture<'a, Result<Written>>;
+    fn delete<'a>(&'a self, key: &'a str, now: Millis) -> BoxFuture<'a, Result<Removed>>;
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        now: Millis,
+        f: &'a mut UpdateFn<'a>,
+    ) -> BoxFuture<'a, Result<Updated>>;
+    fn ttl<'a>(&'a self, key: &'a str, now: Millis) -> BoxFuture<'a, Result<KeyTtl>>;
+    fn set_expiry<'a>(
+        &'a self,
+        key: &'a str,
+        expiry: Expiry,
+        now: Millis,
+    ) -> BoxFuture<'a, Result<bool>>;
+    fn scan<'a>(
+        &'a self,
+        prefix: &'a str,
+        now: Millis,
+        with_values: bool,
+    ) -> BoxFuture<'a, Result<Vec<ScanEntry>>>;
+    fn len(&self, now: Millis) -> BoxFuture<'_, Result<usize>>;
+    fn clear(&self, now: Millis) -> BoxFuture<'_, Result<Cleared>>;
+    fn pop_any(&self, now: Millis) -> BoxFuture<'_, Result<Option<KeyValue>>>;
+    fn apply_batch(&self, ops: Vec<BatchOp>, now: Millis) -> BoxFuture<'_, Result<Vec<Removed>>>;
+    fn sweep(&self, now: Millis, limit: usize) -> BoxFuture<'_, Result<Vec<ExpiredEntry>>>;
+    fn next_deadline(&self) -> BoxFuture<'_, Result<Option<Millis>>>;
+    fn remove_inactive(
+        &self,
+        idle_since: Millis,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<Vec<KeyValue>>>;
+    fn is_shared(&self) -> bool;
+}
+
+/// Implements [`AsyncBackend`] for a type whose [`Backend`](crate::Backend) operations never
+/// block (they only take short in-memory locks), by running each one at once and returning a
+/// ready future.
+#[macro_export]
+macro_rules! impl_async_via_sync {
+    ($ty:ty) => {
+        impl $crate::backend::AsyncBackend for $ty {
+            fn get<'a>(
+                &'a self,
+                key: &'a str,
+                now: $crate::Millis,
+                mode: $crate::backend::ReadMode,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<Option<$crate::Bytes>>> {
+                Box::pin(::std::future::ready($crate::Backend::get(
+                    self, key, now, mode,
+                )))
+            }
+            fn get_many<'a>(
+                &'a self,
+                keys: &'a [&'a str],
+                now: $crate::Millis,
+                mode: $crate::backend::ReadMode,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<Vec<Option<$crate::Bytes>>>> {
+                Box::pin(::std::future::ready($crate::Backend::get_many(
+                    self, keys, now, mode,
+                )))
+            }
+            fn contains<'a>(
+                &'a self,
+                key: &'a str,
+                now: $crate::Millis,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<bool>> {
+                Box::pin(::std::future::ready($crate::Backend::contains(
+                    self, key, now,
+                )))
+            }
+            fn set<'a>(
+                &'a self,
+                key: &'a str,
+                value: $crate::Bytes,
+                expiry: $crate::backend::WriteExpiry,
+                condition: $crate::backend::Condition,
+                now: $crate::Millis,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<$crate::backend::Written>> {
+                Box::pin(::std::future::ready($crate::Backend::set(
+                    self, key, value, expiry, condition, now,
+                )))
+            }
+            fn delete<'a>(
+                &'a self,
+                key: &'a str,
+                now: $crate::Millis,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<$crate::backend::Removed>> {
+                Box::pin(::std::future::ready($crate::Backend::delete(
+                    self, key, now,
+                )))
+            }
+            fn update<'a>(
+                &'a self,
+                key: &'a str,
+                now: $crate::Millis,
+                f: &'a mut $crate::backend::UpdateFn<'a>,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<$crate::backend::Updated>> {
+                Box::pin(::std::future::ready($crate::Backend::update(
+                    self, key, now, f,
+                )))
+            }
+            fn ttl<'a>(
+                &'a self,
+                key: &'a str,
+                now: $crate::Millis,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<$crate::KeyTtl>> {
+                Box::pin(::std::future::ready($crate::Backend::ttl(self, key, now)))
+            }
+            fn set_expiry<'a>(
+                &'a self,
+                key: &'a str,
+                expiry: $crate::backend::Expiry,
+                now: $crate::Millis,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<bool>> {
+                Box::pin(::std::future::ready($crate::Backend::set_expiry(
+                    self, key, expiry, now,
+                )))
+            }
+            fn scan<'a>(
+                &'a self,
+                prefix: &'a str,
+                now: $crate::Millis,
+                with_values: bool,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<Vec<$crate::backend::ScanEntry>>>
+            {
+                Box::pin(::std::future::ready($crate::Backend::scan(
+                    self,
+                    prefix,
+                    now,
+                    with_values,
+                )))
+            }
+            fn len(
+                &self,
+                now: $crate::Millis,
+            ) -> $crate::backend::BoxFuture<'_, $crate::Result<usize>> {
+                Box::pin(::std::future::ready($crate::Backend::len(self, now)))
+            }
+            fn clear(
+                &self,
+                now: $crate::Millis,
+            ) -> $crate::backend::BoxFuture<'_, $crate::Result<$crate::backend::Cleared>> {
+                Box::pin(::std::future::ready($crate::Backend::clear(self, now)))
+            }
+            fn pop_any(
+                &self,
+                now: $crate::Millis,
+            ) -> $crate::backend::BoxFuture<'_, $crate::Result<Option<$crate::backend::KeyValue>>>
+            {
+                Box::pin(::std::future::ready($crate::Backend::pop_any(self, now)))
+            }
+            fn apply_batch(
+                &self,
+                ops: Vec<$crate::backend::BatchOp>,
+                now: $crate::Millis,
+            ) -> $crate::backend::BoxFuture<'_, $crate::Result<Vec<$crate::backend::Removed>>> {
+                Box::pin(::std::future::ready($crate::Backend::apply_batch(
+                    self, ops, now,
+                )))
+            }
+            fn sweep(
+                &self,
+                now: $crate::Millis,
+                limit: usize,
+            ) -> $crate::backend::BoxFuture<'_, $crate::Result<Vec<$crate::backend::ExpiredEntry>>>
+            {
+                Box::pin(::std::future::ready($crate::Backend::sweep(
+                    self, now, limit,
+                )))
+            }
+            fn next_deadline(
+                &self,
+            ) -> $crate::backend::BoxFuture<'_, $crate::Result<Option<$crate::Millis>>> {
+                Box::pin(::std::future::ready($crate::Backend::next_deadline(self)))
+            }
+            fn remove_inactive(
+                &self,
+                idle_since: $crate::Millis,
+                now: $crate::Millis,
+            ) -> $crate::backend::BoxFuture<'_, $crate::Result<Vec<$crate::backend::KeyValue>>>
+            {
+                Box::pin(::std::future::ready($crate::Backend::remove_inactive(
+                    self, idle_since, now,
+                )))
+            }
+            fn is_shared(&self) -> bool {
+                $crate::Backend::is_shared(self)
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+
+    /// Polls a future that must be ready at once (no runtime needed).
+    fn now_ready<T>(mut f: BoxFuture<'_, T>) -> T {
+        match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("the memory backend never waits"),
+        }
+    }
+
+    #[test]
+    fn memory_backend_works_through_the_async_twin() {
+        let b: Arc<dyn AsyncBackend> = Arc::new(MemoryBackend::new());
+        let fixed = WriteExpiry::replace(Expiry::After {
+            ttl: 10,
+            sliding: false,
+        });
+        let w =
+            now_ready(b.set("k", Bytes::from_static(b"v"), fixed, Condition::Always, 0)).unwrap();
+        assert!(w.written);
+        assert_eq!(
+            now_ready(b.get("k", 5, ReadMode::Touch))
+                .unwrap()
+                .as_deref(),
+            Some(&b"v"[..])
+        );
+        let mut f = |cur: Option<&Bytes>| {
+            assert!(cur.is_some());
+            Ok(Change::Delete)
+        };
+        let u = now_ready(b.update("k", 5, &mut f)).unwrap();
+        assert!(u.previous.is_some());
+        assert_eq!(now_ready(b.len(5)).unwrap(), 0);
+    }
+}
