@@ -65,7 +65,7 @@ impl Batch {
         options: impl Into<WriteOptions>,
     ) -> Result<&mut Self> {
         key::validate(key)?;
-        let expiry = self.engine.expiry(options.into())?;
+        let expiry = self.engine.expiry(&options.into())?;
         let value = self.engine.encode(value)?;
         self.ops.push(BatchOp::Set {
             key: key.to_owned(),
@@ -86,7 +86,7 @@ impl Batch {
         options: impl Into<WriteOptions>,
     ) -> Result<&mut Self> {
         key::validate(key)?;
-        let expiry = self.engine.expiry(options.into())?;
+        let expiry = self.engine.expiry(&options.into())?;
         let value = self.engine.encode_raw(value)?;
         self.ops.push(BatchOp::Set {
             key: key.to_owned(),

@@ -9,6 +9,7 @@ use crate::clock::Clock;
 use crate::codec::Codec;
 use crate::engine::{DEFAULT_MAX_VALUE_SIZE, Engine, EngineConfig};
 use crate::error::{Error, Result};
+use crate::events::EventSettings;
 use crate::expiry::ExpiryDriver;
 use crate::sync::LiveDict;
 use crate::ttl::TtlPolicy;
@@ -40,6 +41,7 @@ pub struct Builder {
     max_value_size: usize,
     backend: Option<Arc<dyn Backend>>,
     active_expiry: bool,
+    events: EventSettings,
 }
 
 impl Default for Builder {
@@ -52,6 +54,7 @@ impl Default for Builder {
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             backend: None,
             active_expiry: true,
+            events: EventSettings::default(),
         }
     }
 }
@@ -112,6 +115,12 @@ impl Builder {
         self
     }
 
+    /// Settings of the hook executor (workers, queue bound and full policy, hook timeout).
+    pub fn events(mut self, settings: EventSettings) -> Self {
+        self.events = settings;
+        self
+    }
+
     /// Builds the synchronous store.
     ///
     /// # Errors
@@ -123,6 +132,7 @@ impl Builder {
             codec: self.codec,
             policy: TtlPolicy::new(self.default_ttl, self.sliding)?,
             max_value_size: self.max_value_size,
+            events: self.events,
         }));
         let backend = self
             .backend

@@ -140,7 +140,7 @@ fn sweep_due(engine: &Engine, backend: &dyn Backend) -> bool {
         let now = engine.clock.now();
         match backend.sweep(now, SWEEP_BATCH) {
             Ok(expired) => {
-                engine.expired(&expired);
+                engine.expired(&expired, &|k| backend.contains(k, now).unwrap_or(false));
                 if matches!(engine.clock, Clock::System) {
                     let now_us = micros_since_epoch();
                     engine.counters.record_lags(

@@ -56,6 +56,7 @@ mod clock;
 mod codec;
 mod engine;
 mod error;
+pub mod events;
 mod expiry;
 mod key;
 mod stats;
@@ -70,6 +71,9 @@ pub use clock::{Clock, ManualClock, Millis};
 pub use codec::Codec;
 pub use engine::DEFAULT_MAX_VALUE_SIZE;
 pub use error::{BoxError, Error, Result};
+pub use events::{
+    Cause, CommandHook, Event, EventKind, EventSettings, Hook, HookId, HookResult, QueueFullPolicy,
+};
 pub use key::MAX_KEY_LEN;
 pub use stats::Stats;
 pub use sync::LiveDict;

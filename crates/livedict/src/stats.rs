@@ -33,6 +33,14 @@ pub struct Stats {
     pub expiry_lag_p50: Duration,
     /// The same, 99th percentile.
     pub expiry_lag_p99: Duration,
+    /// Hook calls that returned successfully in time.
+    pub hooks_delivered: u64,
+    /// Hook calls that returned an error or panicked.
+    pub hooks_failed: u64,
+    /// Hook calls abandoned after their timeout.
+    pub hooks_timed_out: u64,
+    /// Events dropped: by a full queue's policy, or still queued when the store closed.
+    pub events_dropped: u64,
 }
 
 #[derive(Default)]

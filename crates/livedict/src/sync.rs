@@ -9,12 +9,13 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{Backend, Change, Condition, Expiry, KeyTtl, ReadMode};
+use crate::backend::{Backend, BatchOp, Change, Condition, Expiry, KeyTtl, ReadMode, Written};
 use crate::batch::Batch;
 use crate::builder::Builder;
 use crate::codec;
 use crate::engine::{self, Engine};
 use crate::error::{BoxError, Error, Result};
+use crate::events::{Cause, EntryHooks, Event, EventKind, Hook, HookId, HookResult};
 use crate::expiry::ExpiryDriver;
 use crate::stats::Stats;
 use crate::ttl::{self, WriteOptions};
@@ -62,6 +63,7 @@ impl Drop for Inner {
         if let Some(mut d) = self.driver.lock().take() {
             d.stop();
         }
+        self.engine.events.shutdown();
     }
 }
 
@@ -179,7 +181,7 @@ impl LiveDict {
         let now = self.engine().begin_key(key)?;
         let found = self.backend().get(key, now, mode)?;
         if mode == ReadMode::Touch {
-            self.engine().read(found.is_some());
+            self.engine().read(key, found.as_ref(), now);
         }
         Ok(found)
     }
@@ -196,8 +198,9 @@ impl LiveDict {
         let found = self.backend().get_many(keys, now, ReadMode::Touch)?;
         found
             .into_iter()
-            .map(|v| {
-                self.engine().read(v.is_some());
+            .zip(keys)
+            .map(|(v, key)| {
+                self.engine().read(key, v.as_ref(), now);
                 engine::decode_opt(v)
             })
             .collect()
@@ -417,13 +420,15 @@ impl LiveDict {
         encode: impl FnOnce(&Engine) -> Result<Bytes>,
         options: WriteOptions,
         condition: Condition,
-    ) -> Result<crate::backend::Written> {
+    ) -> Result<Written> {
         let engine = self.engine();
         let now = engine.begin_key(key)?;
-        let expiry = engine.expiry(options)?;
+        let expiry = engine.expiry(&options)?;
         let value = encode(engine)?;
+        let event_value = engine.events.copy_for(EventKind::Set, &value);
+        let lock = engine.events.entry_lock(key, &options.hooks)?;
         let written = self.backend().set(key, value, expiry, condition, now)?;
-        engine.wrote(&written, expiry, now);
+        engine.wrote(key, &written, event_value, expiry, now, lock, options.hooks);
         Ok(written)
     }
 
@@ -458,27 +463,41 @@ impl LiveDict {
         if batch.ops.is_empty() {
             return Ok(());
         }
-        let expiries: Vec<_> = batch
+        // What accounting needs after the ops have moved into the backend.
+        let done: Vec<(String, Option<(crate::backend::WriteExpiry, Option<Bytes>)>)> = batch
             .ops
             .iter()
             .map(|op| match op {
-                crate::backend::BatchOp::Set { expiry, .. } => Some(*expiry),
-                crate::backend::BatchOp::Delete { .. } => None,
+                BatchOp::Set { key, value, expiry } => (
+                    key.clone(),
+                    Some((*expiry, engine.events.copy_for(EventKind::Set, value))),
+                ),
+                BatchOp::Delete { key } => (key.clone(), None),
             })
             .collect();
         let outcomes = self.backend().apply_batch(batch.ops, now)?;
-        for (removed, expiry) in outcomes.iter().zip(expiries) {
-            match expiry {
-                Some(expiry) => engine.wrote(
-                    &crate::backend::Written {
+        // Entry hooks of the batch's keys are detached after the batch (a batch write carries
+        // none), key by key.
+        for (removed, (key, set)) in outcomes.into_iter().zip(done) {
+            let lock = engine.events.entry_lock(&key, &EntryHooks::default())?;
+            match set {
+                Some((expiry, event_value)) => {
+                    let written = Written {
                         written: true,
-                        previous: removed.previous.clone(),
-                        expired: removed.expired.clone(),
-                    },
-                    expiry,
-                    now,
-                ),
-                None => engine.removed(removed),
+                        previous: removed.previous,
+                        expired: removed.expired,
+                    };
+                    engine.wrote(
+                        &key,
+                        &written,
+                        event_value,
+                        expiry,
+                        now,
+                        lock,
+                        EntryHooks::default(),
+                    );
+                }
+                None => engine.removed(&key, &removed, now, lock),
             }
         }
         Ok(())
@@ -547,7 +566,7 @@ impl LiveDict {
         E: Into<BoxError>,
         F: FnOnce(Option<T>) -> Result<Option<T>, E>,
     {
-        let expiry = self.engine().expiry(options.into())?;
+        let expiry = self.engine().expiry(&options.into())?;
         self.update_inner(key, f, expiry)
     }
 
@@ -615,12 +634,13 @@ impl LiveDict {
         let engine = self.engine();
         let now = engine.begin_key(key)?;
         let mut change = None;
+        let lock = engine.events.entry_lock(key, &EntryHooks::default())?;
         let updated = self.backend().update(key, now, &mut |current| {
             let c = decide(engine, current)?;
             change = Some(c.clone());
             Ok(c)
         })?;
-        engine.updated(&updated, change.as_ref(), now);
+        engine.updated(key, &updated, change.as_ref(), now, lock);
         Ok(())
     }
 
@@ -645,9 +665,11 @@ impl LiveDict {
     }
 
     fn remove(&self, key: &str) -> Result<Option<Bytes>> {
-        let now = self.engine().begin_key(key)?;
+        let engine = self.engine();
+        let now = engine.begin_key(key)?;
+        let lock = engine.events.entry_lock(key, &EntryHooks::default())?;
         let removed = self.backend().delete(key, now)?;
-        self.engine().removed(&removed);
+        engine.removed(key, &removed, now, lock);
         Ok(removed.previous)
     }
 
@@ -657,10 +679,12 @@ impl LiveDict {
     /// [`Error::Decode`] if the value is not a `T` (it is removed all the same); [`Error::Backend`].
     pub fn popitem<T: DeserializeOwned>(&self) -> Result<Option<(String, T)>> {
         let now = self.engine().begin()?;
-        let Some((key, value)) = self.backend().pop_any(now)? else {
+        let Some(entry) = self.backend().pop_any(now)? else {
             return Ok(None);
         };
-        self.engine().deleted(1);
+        self.engine()
+            .removed_entries(std::slice::from_ref(&entry), Cause::Explicit, now);
+        let (key, value) = entry;
         Ok(Some((key, codec::decode(&value)?)))
     }
 
@@ -671,8 +695,7 @@ impl LiveDict {
     pub fn clear(&self) -> Result<usize> {
         let now = self.engine().begin()?;
         let cleared = self.backend().clear(now)?;
-        self.engine().expired(&cleared.expired);
-        self.engine().deleted(cleared.removed);
+        self.engine().cleared(&cleared, now);
         Ok(cleared.removed)
     }
 
@@ -695,7 +718,7 @@ impl LiveDict {
     pub fn expire_with(&self, key: &str, options: impl Into<WriteOptions>) -> Result<bool> {
         let engine = self.engine();
         let now = engine.begin_key(key)?;
-        let expiry = engine.expiry(options.into())?;
+        let expiry = engine.expiry(&options.into())?;
         if expiry.keep_existing {
             return self.backend().contains(key, now);
         }
@@ -725,7 +748,8 @@ impl LiveDict {
         let removed = self
             .backend()
             .remove_inactive(now.saturating_sub(idle), now)?;
-        self.engine().inactive_removed(removed.len());
+        self.engine()
+            .removed_entries(&removed, Cause::Inactive, now);
         Ok(removed.len())
     }
 
@@ -740,7 +764,9 @@ impl LiveDict {
         let mut total = 0;
         loop {
             let expired = self.backend().sweep(now, 1024)?;
-            self.engine().expired(&expired);
+            let backend = self.backend();
+            self.engine()
+                .expired(&expired, &|k| backend.contains(k, now).unwrap_or(false));
             total += expired.len();
             if expired.len() < 1024 {
                 return Ok(total);
@@ -799,7 +825,60 @@ impl LiveDict {
 
     /// What the store has done so far.
     pub fn stats(&self) -> Stats {
-        self.engine().counters.snapshot()
+        self.engine().stats()
+    }
+
+    // ---- hooks --------------------------------------------------------------------------------
+
+    /// Registers a store-wide hook for events of `kinds` (an [`EventKind`] or several) and returns
+    /// its id. The hook runs on the store's hook workers, never on the caller's thread.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] if the hook threads cannot be started.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use livedict::{EventKind, LiveDict};
+    ///
+    /// let store = LiveDict::new();
+    /// let (tx, rx) = mpsc::channel();
+    /// store.on(EventKind::Expire, move |e| Ok(tx.send(e.value::<String>()?)?))?;
+    /// store.set_with("otp", &"1234", Duration::from_millis(10))?;
+    /// assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Some("1234".to_string()));
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn on<F>(&self, kinds: impl IntoIterator<Item = EventKind>, f: F) -> Result<HookId>
+    where
+        F: Fn(&Event) -> HookResult + Send + Sync + 'static,
+    {
+        self.hook(Hook::new(kinds, f))
+    }
+
+    /// Registers a configured [`Hook`] (key or prefix filter, timeout, command hooks).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] if the hook threads cannot be started.
+    pub fn hook(&self, hook: Hook) -> Result<HookId> {
+        self.engine().begin()?;
+        self.engine().events.register(hook)
+    }
+
+    /// Re-enables a disabled hook; false if no hook has this id.
+    pub fn enable_hook(&self, id: HookId) -> bool {
+        self.engine().events.registry.set_enabled(id, true)
+    }
+
+    /// Disables a hook: it hears of no event until enabled again (events already queued for it
+    /// are skipped too); false if no hook has this id.
+    pub fn disable_hook(&self, id: HookId) -> bool {
+        self.engine().events.registry.set_enabled(id, false)
+    }
+
+    /// Removes a hook for good; false if no hook has this id.
+    pub fn unregister_hook(&self, id: HookId) -> bool {
+        self.engine().events.registry.unregister(id)
     }
 
     /// Stops the store: background work ends, and every later call on any handle is
@@ -809,5 +888,6 @@ impl LiveDict {
         if let Some(mut d) = self.inner.driver.lock().take() {
             d.stop();
         }
+        self.engine().events.shutdown();
     }
 }

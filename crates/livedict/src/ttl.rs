@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::backend::{Expiry, WriteExpiry};
 use crate::clock::Millis;
 use crate::error::{Error, Result};
+use crate::events::{EntryHooks, Event, HookResult};
 
 /// The longest TTL accepted: about 10,000 years, so that every deadline fits the 63-bit integers of
 /// SQLite and Redis.
@@ -50,11 +51,12 @@ impl From<Duration> for Ttl {
 /// store.set_with("a", &4, Ttl::Keep)?;                                // keeps a's deadline
 /// # Ok::<(), livedict::Error>(())
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 #[must_use]
 pub struct WriteOptions {
     pub(crate) ttl: Ttl,
     pub(crate) sliding: Option<bool>,
+    pub(crate) hooks: EntryHooks,
 }
 
 impl WriteOptions {
@@ -67,7 +69,7 @@ impl WriteOptions {
     pub fn ttl(ttl: Duration) -> Self {
         WriteOptions {
             ttl: Ttl::After(ttl),
-            sliding: None,
+            ..WriteOptions::default()
         }
     }
 
@@ -87,11 +89,50 @@ impl WriteOptions {
         self.sliding = Some(sliding);
         self
     }
+
+    /// A hook called (on the store's hook workers) whenever this entry is read by an access
+    /// (`get` and its forms), until the entry is overwritten by a write without it, deleted, or
+    /// expires. It is a closure of this process: it fires for reads made through this process's
+    /// stores.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::mpsc;
+    /// use livedict::{LiveDict, WriteOptions};
+    ///
+    /// let store = LiveDict::new();
+    /// let (tx, rx) = mpsc::channel();
+    /// store.set_with("k", &1, WriteOptions::new().on_access(move |e| Ok(tx.send(e.key().to_owned())?)))?;
+    /// store.get::<i32>("k")?;
+    /// assert_eq!(rx.recv().unwrap(), "k");
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn on_access<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Event) -> HookResult + Send + Sync + 'static,
+    {
+        self.hooks.on_access = Some(std::sync::Arc::new(f));
+        self
+    }
+
+    /// A hook called once when this entry expires, with its last value; never if it is deleted
+    /// or overwritten first (an overwrite without hooks detaches them; an in-place `update` keeps
+    /// them). It fires in the process whose expiry driver (or call) removed the entry.
+    pub fn on_expire<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Event) -> HookResult + Send + Sync + 'static,
+    {
+        self.hooks.on_expire = Some(std::sync::Arc::new(f));
+        self
+    }
 }
 
 impl From<Ttl> for WriteOptions {
     fn from(ttl: Ttl) -> Self {
-        WriteOptions { ttl, sliding: None }
+        WriteOptions {
+            ttl,
+            ..WriteOptions::default()
+        }
     }
 }
 
@@ -143,7 +184,7 @@ impl TtlPolicy {
     }
 
     /// The expiry a write with `options` applies.
-    pub(crate) fn resolve(&self, options: WriteOptions) -> Result<WriteExpiry> {
+    pub(crate) fn resolve(&self, options: &WriteOptions) -> Result<WriteExpiry> {
         let sliding = options.sliding;
         Ok(match options.ttl {
             Ttl::Default => WriteExpiry::replace(self.default_expiry(sliding)),
@@ -184,14 +225,14 @@ mod tests {
     fn resolution_follows_defaults() {
         let p = TtlPolicy::new(Some(Duration::from_secs(5)), true).unwrap();
         assert_eq!(
-            p.resolve(WriteOptions::new()).unwrap(),
+            p.resolve(&WriteOptions::new()).unwrap(),
             WriteExpiry::replace(Expiry::After {
                 ttl: 5000,
                 sliding: true
             })
         );
         assert_eq!(
-            p.resolve(WriteOptions::ttl(Duration::from_secs(1)).sliding(false))
+            p.resolve(&WriteOptions::ttl(Duration::from_secs(1)).sliding(false))
                 .unwrap(),
             WriteExpiry::replace(Expiry::After {
                 ttl: 1000,
@@ -199,10 +240,10 @@ mod tests {
             })
         );
         assert_eq!(
-            p.resolve(WriteOptions::never()).unwrap(),
+            p.resolve(&WriteOptions::never()).unwrap(),
             WriteExpiry::replace(Expiry::Never)
         );
-        assert!(p.resolve(WriteOptions::ttl(Duration::ZERO)).is_err());
+        assert!(p.resolve(&WriteOptions::ttl(Duration::ZERO)).is_err());
         let none = TtlPolicy::default();
         assert_eq!(none.for_update(), WriteExpiry::keep_or(Expiry::Never));
     }

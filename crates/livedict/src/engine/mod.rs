@@ -15,10 +15,13 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{Change, ExpiredEntry, Expiry, Removed, Updated, WriteExpiry, Written};
+use crate::backend::{
+    Change, Cleared, ExpiredEntry, Expiry, KeyValue, Removed, Updated, WriteExpiry, Written,
+};
 use crate::clock::{Clock, Millis};
 use crate::codec::{self, Codec};
 use crate::error::{BoxError, Error, Result};
+use crate::events::{Cause, EntryHooks, EntryLock, EventHub, EventKind, EventSettings, HookFn};
 use crate::expiry::DriverControl;
 use crate::key;
 use crate::stats::{Counter, Counters};
@@ -39,6 +42,7 @@ pub(crate) struct Engine {
     pub(crate) counters: Counters,
     pub(crate) changes: ChangeSignal,
     pub(crate) expiry: Arc<DriverControl>,
+    pub(crate) events: EventHub,
     closed: AtomicBool,
 }
 
@@ -49,6 +53,7 @@ pub(crate) struct EngineConfig {
     pub(crate) codec: Codec,
     pub(crate) policy: TtlPolicy,
     pub(crate) max_value_size: usize,
+    pub(crate) events: EventSettings,
 }
 
 impl Engine {
@@ -63,6 +68,7 @@ impl Engine {
             counters: Counters::new(),
             changes: ChangeSignal::default(),
             expiry: Arc::new(DriverControl::default()),
+            events: EventHub::new(config.events),
             closed: AtomicBool::new(false),
         }
     }
@@ -88,6 +94,17 @@ impl Engine {
 
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// The store's statistics, hooks included.
+    pub(crate) fn stats(&self) -> crate::stats::Stats {
+        let mut stats = self.counters.snapshot();
+        let d = &self.events.counters;
+        stats.hooks_delivered = d.delivered.load(Ordering::Relaxed);
+        stats.hooks_failed = d.failed.load(Ordering::Relaxed);
+        stats.hooks_timed_out = d.timed_out.load(Ordering::Relaxed);
+        stats.events_dropped = d.dropped.load(Ordering::Relaxed);
+        stats
     }
 
     fn check_size(&self, stored: Bytes) -> Result<Bytes> {
@@ -118,7 +135,7 @@ impl Engine {
     }
 
     /// The expiry a write with `options` applies.
-    pub(crate) fn expiry(&self, options: WriteOptions) -> Result<WriteExpiry> {
+    pub(crate) fn expiry(&self, options: &WriteOptions) -> Result<WriteExpiry> {
         self.policy.resolve(options)
     }
 
@@ -128,75 +145,210 @@ impl Engine {
     }
 
     // ---- accounting for an outcome ----------------------------------------------------------
+    //
+    // Each of these counts the outcome of one backend operation, publishes its events, keeps the
+    // entry hooks in step (under the key's entry lock, when the caller took it), and wakes the
+    // expiry driver and `wait_for` callers as needed.
 
-    /// Counts a read.
+    /// Accounts for an access read of `key` that found `found`.
     #[inline]
-    pub(crate) fn read(&self, found: bool) {
-        self.counters
-            .add(if found { Counter::Hit } else { Counter::Miss }, 1);
+    pub(crate) fn read(&self, key: &str, found: Option<&Bytes>, now: Millis) {
+        self.counters.add(
+            if found.is_some() {
+                Counter::Hit
+            } else {
+                Counter::Miss
+            },
+            1,
+        );
+        if let Some(value) = found
+            && self.events.wants(EventKind::Access)
+        {
+            let entry_hook = self.events.on_access(key);
+            self.events.publish(
+                EventKind::Access,
+                Cause::Explicit,
+                key,
+                Some(value.clone()),
+                None,
+                now,
+                entry_hook,
+            );
+        }
     }
 
-    /// Accounts for a write made at `now` with `expiry`.
-    pub(crate) fn wrote(&self, written: &Written, expiry: WriteExpiry, now: Millis) {
-        self.found_expired(written.expired.is_some());
+    /// Accounts for a write of `key` (`value` is the copy kept for the `Set` event, if wanted),
+    /// and attaches the write's entry hooks.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn wrote(
+        &self,
+        key: &str,
+        written: &Written,
+        value: Option<Bytes>,
+        expiry: WriteExpiry,
+        now: Millis,
+        mut lock: Option<EntryLock<'_>>,
+        hooks: EntryHooks,
+    ) {
+        if let Some(dead) = &written.expired {
+            let old = lock.as_mut().and_then(|l| l.detach(key));
+            self.expire_one(key, dead, now, old.and_then(|h| h.on_expire));
+        }
         if written.written {
             self.counters.add(Counter::Set, 1);
             self.schedule(expiry, now);
             self.changes.notify();
+            if let Some(l) = lock.as_mut() {
+                l.attach(key, hooks);
+            }
+            if value.is_some() {
+                self.events.publish(
+                    EventKind::Set,
+                    Cause::Explicit,
+                    key,
+                    value,
+                    written.previous.clone(),
+                    now,
+                    None,
+                );
+            }
         }
     }
 
-    /// Accounts for a removal.
-    pub(crate) fn removed(&self, removed: &Removed) {
-        self.found_expired(removed.expired.is_some());
-        if removed.previous.is_some() {
-            self.counters.add(Counter::Delete, 1);
-            self.changes.notify();
+    /// Accounts for a removal of `key` by a call.
+    pub(crate) fn removed(
+        &self,
+        key: &str,
+        removed: &Removed,
+        now: Millis,
+        mut lock: Option<EntryLock<'_>>,
+    ) {
+        let hooks = lock.as_mut().and_then(|l| l.detach(key));
+        if let Some(dead) = &removed.expired {
+            self.expire_one(key, dead, now, hooks.and_then(|h| h.on_expire));
+        } else if let Some(previous) = &removed.previous {
+            self.deleted_one(key, previous, Cause::Explicit, now);
         }
     }
 
-    /// Accounts for an update that applied `change`.
-    pub(crate) fn updated(&self, updated: &Updated, change: Option<&Change>, now: Millis) {
-        self.found_expired(updated.expired.is_some());
+    /// Accounts for an update of `key` that applied `change`.
+    pub(crate) fn updated(
+        &self,
+        key: &str,
+        updated: &Updated,
+        change: Option<&Change>,
+        now: Millis,
+        mut lock: Option<EntryLock<'_>>,
+    ) {
+        if let Some(dead) = &updated.expired {
+            let old = lock.as_mut().and_then(|l| l.detach(key));
+            self.expire_one(key, dead, now, old.and_then(|h| h.on_expire));
+        }
         match change {
-            Some(Change::Write { expiry, .. }) => {
+            Some(Change::Write { expiry, value }) => {
                 self.counters.add(Counter::Set, 1);
                 self.schedule(*expiry, now);
                 self.changes.notify();
+                if self.events.wants(EventKind::Set) {
+                    self.events.publish(
+                        EventKind::Set,
+                        Cause::Explicit,
+                        key,
+                        Some(value.clone()),
+                        updated.previous.clone(),
+                        now,
+                        None,
+                    );
+                }
             }
-            Some(Change::Delete) if updated.previous.is_some() => {
-                self.counters.add(Counter::Delete, 1);
-                self.changes.notify();
+            Some(Change::Delete) => {
+                if let Some(previous) = &updated.previous {
+                    if let Some(l) = lock.as_mut() {
+                        l.detach(key);
+                    }
+                    self.deleted_one(key, previous, Cause::Explicit, now);
+                }
             }
             _ => {}
         }
     }
 
-    /// Accounts for entries removed because their deadline passed.
-    pub(crate) fn expired(&self, entries: &[ExpiredEntry]) {
-        self.counters.add(Counter::Expiration, entries.len() as u64);
-    }
-
-    /// Accounts for entries removed by `cleanup_inactive`.
-    pub(crate) fn inactive_removed(&self, count: usize) {
-        self.counters.add(Counter::Inactive, count as u64);
-        if count > 0 {
-            self.changes.notify();
+    /// Accounts for entries removed because their deadline passed. `is_live` tells whether a key
+    /// has a live value again (written since it expired), whose entry hooks must then be kept.
+    pub(crate) fn expired(&self, entries: &[ExpiredEntry], is_live: &dyn Fn(&str) -> bool) {
+        let table = self.events.registry.entries();
+        for e in entries {
+            let on_expire = if table.in_use() {
+                let mut lock = table.lock(&e.key);
+                if is_live(&e.key) {
+                    None
+                } else {
+                    lock.detach(&e.key).and_then(|h| h.on_expire)
+                }
+            } else {
+                None
+            };
+            self.expire_one(&e.key, &e.value, e.deadline, on_expire);
         }
     }
 
-    /// Accounts for `count` entries removed by `clear` or `pop_any`.
-    pub(crate) fn deleted(&self, count: usize) {
-        self.counters.add(Counter::Delete, count as u64);
-        if count > 0 {
-            self.changes.notify();
+    fn expire_one(&self, key: &str, value: &Bytes, at: Millis, on_expire: Option<HookFn>) {
+        self.counters.add(Counter::Expiration, 1);
+        if on_expire.is_some() || self.events.wants(EventKind::Expire) {
+            self.events.publish(
+                EventKind::Expire,
+                Cause::Expired,
+                key,
+                Some(value.clone()),
+                None,
+                at,
+                on_expire,
+            );
         }
     }
 
-    fn found_expired(&self, found: bool) {
-        if found {
-            self.counters.add(Counter::Expiration, 1);
+    fn deleted_one(&self, key: &str, value: &Bytes, cause: Cause, now: Millis) {
+        self.counters.add(
+            if cause == Cause::Inactive {
+                Counter::Inactive
+            } else {
+                Counter::Delete
+            },
+            1,
+        );
+        self.changes.notify();
+        if self.events.wants(EventKind::Delete) {
+            self.events.publish(
+                EventKind::Delete,
+                cause,
+                key,
+                Some(value.clone()),
+                None,
+                now,
+                None,
+            );
         }
+    }
+
+    /// Accounts for entries removed by `cleanup_inactive` or `popitem`.
+    pub(crate) fn removed_entries(&self, entries: &[KeyValue], cause: Cause, now: Millis) {
+        let table = self.events.registry.entries();
+        for (key, value) in entries {
+            if table.in_use() {
+                table.lock(key).detach(key);
+            }
+            self.deleted_one(key, value, cause, now);
+        }
+    }
+
+    /// Accounts for a `clear`.
+    pub(crate) fn cleared(&self, cleared: &Cleared, now: Millis) {
+        self.expired(&cleared.expired, &|_| false);
+        self.events.registry.entries().clear();
+        self.counters.add(Counter::Delete, cleared.removed as u64);
+        self.changes.notify();
+        self.events
+            .publish(EventKind::Clear, Cause::Cleared, "", None, None, now, None);
     }
 
     /// Tells the expiry driver about a new deadline, so it wakes in time for it.

@@ -1,0 +1,128 @@
+//! The publishing side of events: what the engine calls. Starts the executor lazily, on the first
+//! hook, so a store without hooks runs no hook threads and pays one atomic load per operation.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::executor::{DeliveryCounters, Job};
+use super::registry::EntryLock;
+use super::{
+    Cause, EntryHooks, Event, EventKind, EventSettings, Executor, Hook, HookFn, HookId, Registry,
+};
+use crate::clock::Millis;
+use crate::error::{Error, Result};
+
+/// The events of one store.
+#[derive(Debug)]
+pub(crate) struct EventHub {
+    pub(crate) registry: Arc<Registry>,
+    settings: EventSettings,
+    pub(crate) counters: Arc<DeliveryCounters>,
+    executor: OnceLock<Executor>,
+    starting: Mutex<()>,
+}
+
+impl EventHub {
+    pub(crate) fn new(settings: EventSettings) -> Self {
+        EventHub {
+            registry: Arc::new(Registry::default()),
+            settings,
+            counters: Arc::new(DeliveryCounters::default()),
+            executor: OnceLock::new(),
+            starting: Mutex::new(()),
+        }
+    }
+
+    fn ensure_started(&self) -> Result<()> {
+        if self.executor.get().is_some() {
+            return Ok(());
+        }
+        let _g = self.starting.lock();
+        if self.executor.get().is_none() {
+            let executor = Executor::start(
+                self.settings.clone(),
+                self.registry.clone(),
+                self.counters.clone(),
+            )
+            .map_err(|e| Error::Backend(Box::new(e)))?;
+            let _ = self.executor.set(executor);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn register(&self, hook: Hook) -> Result<HookId> {
+        self.ensure_started()?;
+        Ok(self.registry.register(hook))
+    }
+
+    /// Whether an event of `kind` has a listener (cheap).
+    #[inline]
+    pub(crate) fn wants(&self, kind: EventKind) -> bool {
+        self.registry.wants(kind)
+    }
+
+    /// A copy of `value` for the event of `kind`, if anyone listens.
+    #[inline]
+    pub(crate) fn copy_for(&self, kind: EventKind, value: &Bytes) -> Option<Bytes> {
+        self.wants(kind).then(|| value.clone())
+    }
+
+    /// The entry-hook lock of `key`, when entry hooks are in play (the write attaches some, or
+    /// some entry has them).
+    pub(crate) fn entry_lock(
+        &self,
+        key: &str,
+        hooks: &EntryHooks,
+    ) -> Result<Option<EntryLock<'_>>> {
+        if !hooks.is_empty() {
+            self.ensure_started()?;
+        }
+        let table = self.registry.entries();
+        Ok((!hooks.is_empty() || table.in_use()).then(|| table.lock(key)))
+    }
+
+    /// The access hook attached to `key`.
+    pub(crate) fn on_access(&self, key: &str) -> Option<HookFn> {
+        self.registry.entries().on_access(key)
+    }
+
+    /// Publishes an event to the store-wide hooks of its kind and to `entry_hook`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn publish(
+        &self,
+        kind: EventKind,
+        cause: Cause,
+        key: &str,
+        value: Option<Bytes>,
+        previous: Option<Bytes>,
+        time: Millis,
+        entry_hook: Option<HookFn>,
+    ) {
+        if !self.registry.store_wide(kind) && entry_hook.is_none() {
+            return;
+        }
+        let Some(executor) = self.executor.get() else {
+            return;
+        };
+        executor.publish(Job {
+            event: Event {
+                kind,
+                cause,
+                key: Arc::from(key),
+                value,
+                previous,
+                time,
+            },
+            entry_hook,
+        });
+    }
+
+    /// Delivers what is queued (up to the grace period) and stops the hook threads.
+    pub(crate) fn shutdown(&self) {
+        if let Some(executor) = self.executor.get() {
+            executor.shutdown();
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Events and hooks: what happened to a key, delivered to hooks on background workers.
+//!
+//! A store publishes an [`Event`] when a value is set, read (`Access`), deleted, expires, or when
+//! the store is cleared. Hooks are registered store-wide per [`EventKind`] (optionally filtered by
+//! key or key prefix) with [`LiveDict::on`](crate::LiveDict::on) /
+//! [`LiveDict::hook`](crate::LiveDict::hook), or per entry at write time with
+//! [`WriteOptions::on_access`](crate::WriteOptions::on_access) /
+//! [`WriteOptions::on_expire`](crate::WriteOptions::on_expire).
+//!
+//! Hooks never run on the caller's thread: publishing an event is a push onto a bounded queue, and
+//! the [executor](EventSettings) delivers it. A hook that panics, fails or overruns its timeout is
+//! isolated and counted; events of one key are delivered in order.
+
+mod command;
+mod executor;
+mod hub;
+mod registry;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::clock::Millis;
+use crate::codec;
+use crate::error::{BoxError, Result};
+
+pub use command::CommandHook;
+pub(crate) use executor::Executor;
+pub use executor::{EventSettings, QueueFullPolicy};
+pub(crate) use hub::EventHub;
+pub(crate) use registry::{EntryLock, Registry};
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A value was written (set, update, incr, merge, batch, ...).
+    Set,
+    /// A value was read by an access (`get` and its forms; not `peek`).
+    Access,
+    /// An entry reached its deadline and was removed. Fires exactly once per expired entry.
+    Expire,
+    /// An entry was removed by a call (delete, pop, popitem, an update returning `None`,
+    /// `cleanup_inactive`). Fires only when something was removed.
+    Delete,
+    /// The store was cleared (one event per `clear`, with an empty key).
+    Clear,
+}
+
+impl EventKind {
+    /// Every kind, to listen to all events: `store.on(EventKind::ALL, ...)`.
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Set,
+        EventKind::Access,
+        EventKind::Expire,
+        EventKind::Delete,
+        EventKind::Clear,
+    ];
+
+    pub(crate) fn bit(self) -> u8 {
+        match self {
+            EventKind::Set => 1,
+            EventKind::Access => 2,
+            EventKind::Expire => 4,
+            EventKind::Delete => 8,
+            EventKind::Clear => 16,
+        }
+    }
+
+    /// The lower-case name used in JSON (`"set"`, `"access"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Set => "set",
+            EventKind::Access => "access",
+            EventKind::Expire => "expire",
+            EventKind::Delete => "delete",
+            EventKind::Clear => "clear",
+        }
+    }
+}
+
+/// Why an event happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Cause {
+    /// A call of the application (set, get, delete, update, ...).
+    Explicit,
+    /// The entry's deadline passed.
+    Expired,
+    /// Removed by `cleanup_inactive`.
+    Inactive,
+    /// Removed by `clear`.
+    Cleared,
+}
+
+impl Cause {
+    /// The lower-case name used in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Explicit => "explicit",
+            Cause::Expired => "expired",
+            Cause::Inactive => "inactive",
+            Cause::Cleared => "cleared",
+        }
+    }
+}
+
+/// One event, as hooks see it.
+///
+/// # Examples
+/// ```
+/// use std::sync::mpsc;
+/// use livedict::{EventKind, LiveDict};
+///
+/// let store = LiveDict::new();
+/// let (tx, rx) = mpsc::channel();
+/// store.on(EventKind::Set, move |event| {
+///     let new: Option<u32> = event.value()?;
+///     let old: Option<u32> = event.previous()?;
+///     tx.send((event.key().to_owned(), old, new)).unwrap();
+///     Ok(())
+/// })?;
+/// store.set("n", &1)?;
+/// store.set("n", &2)?;
+/// assert_eq!(rx.recv().unwrap(), ("n".to_string(), None, Some(1)));
+/// assert_eq!(rx.recv().unwrap(), ("n".to_string(), Some(1), Some(2)));
+/// # Ok::<(), livedict::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Event {
+    pub(crate) kind: EventKind,
+    pub(crate) cause: Cause,
+    pub(crate) key: Arc<str>,
+    pub(crate) value: Option<Bytes>,
+    pub(crate) previous: Option<Bytes>,
+    pub(crate) time: Millis,
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("kind", &self.kind)
+            .field("cause", &self.cause)
+            .field("key", &self.key)
+            .field("time", &self.time)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Event {
+    /// What happened.
+    pub fn kind(&self) -> EventKind {
+        self.kind
+    }
+
+    /// Why.
+    pub fn cause(&self) -> Cause {
+        self.cause
+    }
+
+    /// The key (empty for [`EventKind::Clear`]).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// When, on the store's clock (ms since the Unix epoch).
+    pub fn time(&self) -> Millis {
+        self.time
+    }
+
+    /// The value concerned, decoded: the new value of a `Set`, the value read by an `Access`, the
+    /// last value of an `Expire` or `Delete`.
+    ///
+    /// # Errors
+    /// [`Error::Decode`](crate::Error::Decode) if it is not a `T`.
+    pub fn value<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.value.as_ref().map(|b| codec::decode(b)).transpose()
+    }
+
+    /// The value replaced by a `Set`, decoded.
+    ///
+    /// # Errors
+    /// [`Error::Decode`](crate::Error::Decode) if it is not a `T`.
+    pub fn previous<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.previous.as_ref().map(|b| codec::decode(b)).transpose()
+    }
+
+    /// The value of an entry stored as raw bytes.
+    ///
+    /// # Errors
+    /// [`Error::Decode`](crate::Error::Decode) if it is a typed value.
+    pub fn value_bytes(&self) -> Result<Option<Bytes>> {
+        self.value.as_ref().map(codec::decode_raw).transpose()
+    }
+
+    /// The event as JSON: `{"kind", "cause", "key", "time", "value", "previous"}`, values as JSON
+    /// (raw byte values as `{"bytes_hex": "..."}`; values that cannot be decoded as `null` with an
+    /// `"error"`).
+    pub fn to_json(&self) -> serde_json::Value {
+        fn value_json(v: &Option<Bytes>) -> serde_json::Value {
+            match v {
+                None => serde_json::Value::Null,
+                Some(b) => match codec::decode::<serde_json::Value>(b) {
+                    Ok(v) => v,
+                    Err(_) => match codec::decode_raw(b) {
+                        Ok(raw) => {
+                            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+                            serde_json::json!({ "bytes_hex": hex })
+                        }
+                        Err(e) => serde_json::json!({ "error": e.to_string() }),
+                    },
+                },
+            }
+        }
+        serde_json::json!({
+            "kind": self.kind.name(),
+            "cause": self.cause.name(),
+            "key": &*self.key,
+            "time": self.time,
+            "value": value_json(&self.value),
+            "previous": value_json(&self.previous),
+        })
+    }
+}
+
+/// Identifies a registered hook, to enable, disable or unregister it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HookId(pub(crate) u64);
+
+/// What a hook returns: `Ok(())`, or an error (any error converts with `?`), which is counted
+/// and logged.
+pub type HookResult = Result<(), BoxError>;
+
+/// The callable part of a hook.
+pub(crate) type HookFn = Arc<dyn Fn(&Event) -> HookResult + Send + Sync>;
+
+/// Which keys a store-wide hook hears about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum KeyFilter {
+    All,
+    Key(String),
+    Prefix(String),
+}
+
+impl KeyFilter {
+    fn matches(&self, key: &str) -> bool {
+        match self {
+            KeyFilter::All => true,
+            KeyFilter::Key(k) => k == key,
+            KeyFilter::Prefix(p) => key.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// A store-wide hook, configured before registration with [`LiveDict::hook`](crate::LiveDict::hook).
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use livedict::{EventKind, Hook, LiveDict};
+///
+/// let store = LiveDict::new();
+/// let id = store.hook(
+///     Hook::new([EventKind::Set, EventKind::Delete], |event| {
+///         println!("{:?} {}", event.kind(), event.key());
+///         Ok(())
+///     })
+///     .prefix("user:")
+///     .timeout(Duration::from_millis(200)),
+/// )?;
+/// store.disable_hook(id);
+/// store.enable_hook(id);
+/// assert!(store.unregister_hook(id));
+/// # Ok::<(), livedict::Error>(())
+/// ```
+#[must_use]
+pub struct Hook {
+    pub(crate) kinds: u8,
+    filter: KeyFilter,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) f: HookFn,
+}
+
+impl fmt::Debug for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hook")
+            .field("kinds", &self.kinds)
+            .field("filter", &self.filter)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hook {
+    /// A hook for one or several event kinds (an [`EventKind`], an array or a `Vec` of them).
+    pub fn new<F>(kinds: impl IntoIterator<Item = EventKind>, f: F) -> Hook
+    where
+        F: Fn(&Event) -> HookResult + Send + Sync + 'static,
+    {
+        Hook {
+            kinds: kinds.into_iter().fold(0, |m, k| m | k.bit()),
+            filter: KeyFilter::All,
+            timeout: None,
+            f: Arc::new(f),
+        }
+    }
+
+    /// A hook running an external program per event (see [`CommandHook`]).
+    pub fn command(kinds: impl IntoIterator<Item = EventKind>, command: CommandHook) -> Hook {
+        let timeout = command.timeout;
+        let command = Arc::new(command);
+        let mut hook = Hook::new(kinds, move |e: &Event| command.run(e));
+        // The program is killed at its own timeout; give the executor's watchdog a little more.
+        hook.timeout = Some(timeout + Duration::from_secs(1));
+        hook
+    }
+
+    /// Only events of exactly this key.
+    pub fn key(mut self, key: impl Into<String>) -> Hook {
+        self.filter = KeyFilter::Key(key.into());
+        self
+    }
+
+    /// Only events of keys starting with `prefix`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Hook {
+        self.filter = KeyFilter::Prefix(prefix.into());
+        self
+    }
+
+    /// How long one call may run before it is abandoned and counted as timed out (default: the
+    /// store's [`EventSettings::hook_timeout`], 1 s).
+    pub fn timeout(mut self, timeout: Duration) -> Hook {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    pub(crate) fn accepts(&self, kind: EventKind, key: &str) -> bool {
+        self.kinds & kind.bit() != 0 && (kind == EventKind::Clear || self.filter.matches(key))
+    }
+}
+
+impl IntoIterator for EventKind {
+    type Item = EventKind;
+    type IntoIter = std::iter::Once<EventKind>;
+    fn into_iter(self) -> Self::IntoIter {
+        std::iter::once(self)
+    }
+}
+
+/// Hooks attached to one entry by the write that stored it (`on_access`, `on_expire`).
+#[derive(Clone, Default)]
+pub(crate) struct EntryHooks {
+    pub(crate) on_access: Option<HookFn>,
+    pub(crate) on_expire: Option<HookFn>,
+}
+
+impl EntryHooks {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.on_access.is_none() && self.on_expire.is_none()
+    }
+}
+
+impl fmt::Debug for EntryHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntryHooks")
+            .field("on_access", &self.on_access.is_some())
+            .field("on_expire", &self.on_expire.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,201 @@
+//! Who listens: store-wide hooks (with ids, enable/disable) and the hooks attached to entries.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
+
+use super::{EntryHooks, EventKind, Hook, HookFn, HookId};
+
+const ENTRY_STRIPES: usize = 64;
+
+/// A registered store-wide hook.
+pub(crate) struct Registered {
+    pub(crate) id: HookId,
+    pub(crate) hook: Hook,
+    pub(crate) enabled: AtomicBool,
+}
+
+/// The hooks of one store.
+pub(crate) struct Registry {
+    /// Copy-on-write list: readers clone the `Arc`, writers replace it.
+    hooks: RwLock<Arc<Vec<Arc<Registered>>>>,
+    /// Bit per [`EventKind`] with at least one enabled store-wide hook.
+    mask: AtomicU8,
+    next_id: AtomicU64,
+    entries: EntryHookTable,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("hooks", &self.hooks.read().len())
+            .field(
+                "entries_with_hooks",
+                &self.entries.count.load(Ordering::Relaxed),
+            )
+            .finish()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            hooks: RwLock::new(Arc::new(Vec::new())),
+            mask: AtomicU8::new(0),
+            next_id: AtomicU64::new(1),
+            entries: EntryHookTable::default(),
+        }
+    }
+}
+
+impl Registry {
+    /// Whether an event of `kind` may interest anyone (one atomic load on the fast path).
+    #[inline]
+    pub(crate) fn wants(&self, kind: EventKind) -> bool {
+        self.mask.load(Ordering::Acquire) & kind.bit() != 0
+            || (matches!(kind, EventKind::Access | EventKind::Expire) && self.entries.in_use())
+    }
+
+    /// Whether a store-wide hook listens to `kind`.
+    #[inline]
+    pub(crate) fn store_wide(&self, kind: EventKind) -> bool {
+        self.mask.load(Ordering::Acquire) & kind.bit() != 0
+    }
+
+    pub(crate) fn register(&self, hook: Hook) -> HookId {
+        let id = HookId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut hooks = self.hooks.write();
+        let mut list = Vec::clone(&hooks);
+        list.push(Arc::new(Registered {
+            id,
+            hook,
+            enabled: AtomicBool::new(true),
+        }));
+        *hooks = Arc::new(list);
+        self.refresh_mask(&hooks);
+        id
+    }
+
+    pub(crate) fn unregister(&self, id: HookId) -> bool {
+        let mut hooks = self.hooks.write();
+        let before = hooks.len();
+        let list: Vec<_> = hooks.iter().filter(|r| r.id != id).cloned().collect();
+        let removed = list.len() != before;
+        *hooks = Arc::new(list);
+        self.refresh_mask(&hooks);
+        removed
+    }
+
+    pub(crate) fn set_enabled(&self, id: HookId, enabled: bool) -> bool {
+        let hooks = self.hooks.write();
+        let found = hooks.iter().find(|r| r.id == id);
+        if let Some(r) = found {
+            r.enabled.store(enabled, Ordering::Release);
+        }
+        self.refresh_mask(&hooks);
+        found.is_some()
+    }
+
+    fn refresh_mask(&self, hooks: &[Arc<Registered>]) {
+        let mask = hooks
+            .iter()
+            .filter(|r| r.enabled.load(Ordering::Acquire))
+            .fold(0, |m, r| m | r.hook.kinds);
+        self.mask.store(mask, Ordering::Release);
+    }
+
+    /// The current store-wide hooks.
+    pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<Registered>>> {
+        self.hooks.read().clone()
+    }
+
+    pub(crate) fn entries(&self) -> &EntryHookTable {
+        &self.entries
+    }
+}
+
+/// Hooks attached to entries, by key, in lock stripes.
+///
+/// A write that attaches or replaces an entry's hooks holds the key's stripe across the backend
+/// write, so the hooks always belong to the value the backend holds, whatever the interleaving of
+/// writers. Stores that never use entry hooks never take these locks.
+pub(crate) struct EntryHookTable {
+    stripes: Box<[Mutex<HashMap<String, EntryHooks>>]>,
+    hasher: foldhash::fast::RandomState,
+    count: AtomicUsize,
+}
+
+impl Default for EntryHookTable {
+    fn default() -> Self {
+        EntryHookTable {
+            stripes: (0..ENTRY_STRIPES).map(|_| Mutex::default()).collect(),
+            hasher: Default::default(),
+            count: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// One locked stripe of the entry hook table.
+pub(crate) struct EntryLock<'a> {
+    table: &'a EntryHookTable,
+    map: MutexGuard<'a, HashMap<String, EntryHooks>>,
+}
+
+impl EntryHookTable {
+    /// Whether any entry has hooks.
+    #[inline]
+    pub(crate) fn in_use(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    pub(crate) fn lock(&self, key: &str) -> EntryLock<'_> {
+        let i = (self.hasher.hash_one(key) as usize) % self.stripes.len();
+        EntryLock {
+            table: self,
+            map: self.stripes[i].lock(),
+        }
+    }
+
+    /// The access hook of `key`, if any.
+    pub(crate) fn on_access(&self, key: &str) -> Option<HookFn> {
+        if !self.in_use() {
+            return None;
+        }
+        self.lock(key)
+            .map
+            .get(key)
+            .and_then(|h| h.on_access.clone())
+    }
+
+    /// Detaches every entry's hooks (the store was cleared).
+    pub(crate) fn clear(&self) {
+        for stripe in self.stripes.iter() {
+            let mut map = stripe.lock();
+            self.count.fetch_sub(map.len(), Ordering::AcqRel);
+            map.clear();
+        }
+    }
+}
+
+impl EntryLock<'_> {
+    /// Sets the hooks of `key` (none: removes them).
+    pub(crate) fn attach(&mut self, key: &str, hooks: EntryHooks) {
+        if hooks.is_empty() {
+            self.detach(key);
+        } else if self.map.insert(key.to_owned(), hooks).is_none() {
+            self.table.count.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Removes the hooks of `key`.
+    pub(crate) fn detach(&mut self, key: &str) -> Option<EntryHooks> {
+        let removed = self.map.remove(key);
+        if removed.is_some() {
+            self.table.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        removed
+    }
+}
