@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{Backend, BatchOp, Change, Condition, Expiry, KeyTtl, ReadMode, Written};
+use crate::backend::{Backend, Change, Condition, Expiry, KeyTtl, ReadMode, Written};
 use crate::batch::Batch;
 use crate::builder::Builder;
 use crate::codec;
@@ -463,44 +463,9 @@ impl LiveDict {
         if batch.ops.is_empty() {
             return Ok(());
         }
-        // What accounting needs after the ops have moved into the backend.
-        let done: Vec<(String, Option<(crate::backend::WriteExpiry, Option<Bytes>)>)> = batch
-            .ops
-            .iter()
-            .map(|op| match op {
-                BatchOp::Set { key, value, expiry } => (
-                    key.clone(),
-                    Some((*expiry, engine.events.copy_for(EventKind::Set, value))),
-                ),
-                BatchOp::Delete { key } => (key.clone(), None),
-            })
-            .collect();
+        let plan = engine.plan_batch(&batch.ops);
         let outcomes = self.backend().apply_batch(batch.ops, now)?;
-        // Entry hooks of the batch's keys are detached after the batch (a batch write carries
-        // none), key by key.
-        for (removed, (key, set)) in outcomes.into_iter().zip(done) {
-            let lock = engine.events.entry_lock(&key, &EntryHooks::default())?;
-            match set {
-                Some((expiry, event_value)) => {
-                    let written = Written {
-                        written: true,
-                        previous: removed.previous,
-                        expired: removed.expired,
-                    };
-                    engine.wrote(
-                        &key,
-                        &written,
-                        event_value,
-                        expiry,
-                        now,
-                        lock,
-                        EntryHooks::default(),
-                    );
-                }
-                None => engine.removed(&key, &removed, now, lock),
-            }
-        }
-        Ok(())
+        engine.batch_applied(plan, outcomes, now)
     }
 
     // ---- atomic read-modify-write ---------------------------------------------------------------

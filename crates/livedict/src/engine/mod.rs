@@ -16,7 +16,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::{
-    Change, Cleared, ExpiredEntry, Expiry, KeyValue, Removed, Updated, WriteExpiry, Written,
+    BatchOp, Change, Cleared, ExpiredEntry, Expiry, KeyValue, Removed, Updated, WriteExpiry,
+    Written,
 };
 use crate::clock::{Clock, Millis};
 use crate::codec::{self, Codec};
@@ -341,6 +342,48 @@ impl Engine {
         }
     }
 
+    /// What accounting a batch needs once its operations have moved into the backend.
+    pub(crate) fn plan_batch(&self, ops: &[BatchOp]) -> Vec<PlannedOp> {
+        ops.iter()
+            .map(|op| match op {
+                BatchOp::Set { key, value, expiry } => PlannedOp {
+                    key: key.clone(),
+                    set: Some((*expiry, self.events.copy_for(EventKind::Set, value))),
+                },
+                BatchOp::Delete { key } => PlannedOp {
+                    key: key.clone(),
+                    set: None,
+                },
+            })
+            .collect()
+    }
+
+    /// Accounts for an applied batch. A batch write carries no entry hooks, so the hooks of its
+    /// keys are detached, key by key, after the batch.
+    pub(crate) fn batch_applied(
+        &self,
+        plan: Vec<PlannedOp>,
+        outcomes: Vec<Removed>,
+        now: Millis,
+    ) -> Result<()> {
+        for (removed, op) in outcomes.into_iter().zip(plan) {
+            let lock = self.events.entry_lock(&op.key, &EntryHooks::default())?;
+            match op.set {
+                Some((expiry, event_value)) => {
+                    let written = Written {
+                        written: true,
+                        previous: removed.previous,
+                        expired: removed.expired,
+                    };
+                    let hooks = EntryHooks::default();
+                    self.wrote(&op.key, &written, event_value, expiry, now, lock, hooks);
+                }
+                None => self.removed(&op.key, &removed, now, lock),
+            }
+        }
+        Ok(())
+    }
+
     /// Accounts for a `clear`.
     pub(crate) fn cleared(&self, cleared: &Cleared, now: Millis) {
         self.expired(&cleared.expired, &|_| false);
@@ -466,6 +509,13 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "a map",
     }
+}
+
+/// One operation of a batch, as accounting sees it: its key, and for a write its expiry and the
+/// copy of its value kept for the `Set` event.
+pub(crate) struct PlannedOp {
+    key: String,
+    set: Option<(WriteExpiry, Option<Bytes>)>,
 }
 
 /// Decodes an optional stored value.
