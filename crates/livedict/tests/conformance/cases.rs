@@ -11,6 +11,8 @@ use serde_json::json;
 
 use super::{Harness, eventually};
 
+pub use super::event_cases::*;
+
 const SEC: Duration = Duration::from_secs(1);
 
 fn secs(n: u64) -> Duration {

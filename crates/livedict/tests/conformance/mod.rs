@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod cases;
+pub mod event_cases;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,6 +132,24 @@ macro_rules! conformance_suite {
             concurrent_replace_sees_true_previous_values,
             concurrent_setdefault_has_one_winner,
             concurrent_sets_and_expiry_stay_consistent,
+            // SPEC 4: events and hooks
+            set_events_carry_new_and_previous_values,
+            access_events_only_for_hits_not_peeks,
+            delete_events_only_when_something_was_deleted,
+            expire_fires_exactly_once_with_last_value,
+            events_of_one_key_arrive_in_order,
+            hooks_filter_by_kind_key_and_prefix,
+            hooks_disable_enable_unregister,
+            failing_and_panicking_hooks_are_isolated,
+            set_returns_while_a_hook_is_blocked,
+            overrunning_hook_times_out_and_others_go_on,
+            full_queue_drops_newest,
+            full_queue_drops_oldest,
+            full_queue_blocks_publisher_and_loses_nothing,
+            entry_hooks_on_access_and_on_expire,
+            hooks_may_use_the_store,
+            clear_update_and_inactive_events,
+            close_delivers_queued_events_and_never_hangs,
         ]);
     };
     (@cases $name:ident, $setup:expr, [$($case:ident),* $(,)?]) => {

@@ -1,0 +1,602 @@
+//! Conformance cases of SPEC section 4: events and hooks. Non-blocking behaviour is proven with
+//! synchronisation (gates, barriers, counters), never by timing alone.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use livedict::{
+    Cause, Error, Event, EventKind, EventSettings, Hook, LiveDict, QueueFullPolicy, Result,
+    WriteOptions,
+};
+use parking_lot::{Condvar, Mutex};
+
+use super::{Harness, eventually};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// What a hook saw of one event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seen {
+    pub kind: EventKind,
+    pub cause: Cause,
+    pub key: String,
+    pub value: Option<serde_json::Value>,
+    pub previous: Option<serde_json::Value>,
+}
+
+/// Collects the events a hook receives and lets a test wait for them.
+#[derive(Default)]
+pub struct Collector {
+    seen: Mutex<Vec<Seen>>,
+    cv: Condvar,
+}
+
+impl Collector {
+    pub fn new() -> Arc<Collector> {
+        Arc::new(Collector::default())
+    }
+
+    /// A hook function recording into this collector.
+    pub fn hook(
+        self: &Arc<Self>,
+    ) -> impl Fn(&Event) -> livedict::HookResult + Send + Sync + 'static {
+        let me = self.clone();
+        move |e: &Event| {
+            let seen = Seen {
+                kind: e.kind(),
+                cause: e.cause(),
+                key: e.key().to_owned(),
+                value: e.value::<serde_json::Value>()?,
+                previous: e.previous::<serde_json::Value>()?,
+            };
+            me.seen.lock().push(seen);
+            me.cv.notify_all();
+            Ok(())
+        }
+    }
+
+    /// Waits until at least `n` events arrived (bounded), and returns them all.
+    pub fn wait(&self, n: usize) -> Vec<Seen> {
+        let give_up = Instant::now() + WAIT;
+        let mut seen = self.seen.lock();
+        while seen.len() < n {
+            if self.cv.wait_until(&mut seen, give_up).timed_out() {
+                panic!("expected {n} events, got {}: {:?}", seen.len(), &*seen);
+            }
+        }
+        seen.clone()
+    }
+
+    pub fn now(&self) -> Vec<Seen> {
+        self.seen.lock().clone()
+    }
+}
+
+/// A gate hooks can be held at until the test opens it.
+#[derive(Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+    waiting: AtomicUsize,
+}
+
+impl Gate {
+    pub fn new() -> Arc<Gate> {
+        Arc::new(Gate::default())
+    }
+    pub fn pass(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock();
+        while !*open {
+            self.cv.wait(&mut open);
+        }
+    }
+    pub fn open(&self) {
+        *self.open.lock() = true;
+        self.cv.notify_all();
+    }
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+}
+
+fn json(v: impl serde::Serialize) -> Option<serde_json::Value> {
+    Some(serde_json::to_value(v).unwrap())
+}
+
+pub fn set_events_carry_new_and_previous_values(h: &Harness) -> Result<()> {
+    let store = h.store();
+    let c = Collector::new();
+    store.on(EventKind::Set, c.hook())?;
+    store.set("k", &1)?;
+    store.set("k", &2)?;
+    store.incr("k", 3)?;
+    store.update("k", |v: Option<i64>| v.unwrap() * 2)?;
+    store.set_many([("a", 1), ("b", 2)])?;
+    let seen = c.wait(6);
+    // Events of one key arrive in order; across keys, in any order.
+    let values: Vec<_> = seen
+        .iter()
+        .filter(|s| s.key == "k")
+        .map(|s| (s.key.as_str(), s.previous.clone(), s.value.clone()))
+        .collect();
+    assert_eq!(values[0], ("k", None, json(1)));
+    assert_eq!(values[1], ("k", json(1), json(2)));
+    assert_eq!(values[2], ("k", json(2), json(5)));
+    assert_eq!(values[3], ("k", json(5), json(10)));
+    assert!(
+        seen.iter()
+            .all(|s| s.kind == EventKind::Set && s.cause == Cause::Explicit)
+    );
+    Ok(())
+}
+
+pub fn access_events_only_for_hits_not_peeks(h: &Harness) -> Result<()> {
+    let store = h.store();
+    let c = Collector::new();
+    store.on(EventKind::Access, c.hook())?;
+    store.set("k", &"v")?;
+    store.get::<String>("missing")?;
+    store.peek::<String>("k")?;
+    store.contains("k")?;
+    store.get::<String>("k")?;
+    store.get_many::<String>(&["k", "missing"])?;
+    let seen = c.wait(2);
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.key == "k" && s.value == json("v")));
+    Ok(())
+}
+
+pub fn delete_events_only_when_something_was_deleted(h: &Harness) -> Result<()> {
+    let store = h.store();
+    let c = Collector::new();
+    store.on(EventKind::Delete, c.hook())?;
+    assert!(!store.delete("missing")?);
+    store.set("a", &1)?;
+    store.set("b", &2)?;
+    store.set("c", &3)?;
+    assert!(store.delete("a")?);
+    assert_eq!(store.pop::<i32>("b")?, Some(2));
+    store.try_update("c", |_: Option<i32>| Ok::<_, Error>(None))?;
+    // Racing deletes of one key: exactly one event.
+    store.set("race", &0)?;
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, b) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                s.delete("race").unwrap()
+            })
+        })
+        .collect();
+    let wins = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|w| *w)
+        .count();
+    assert_eq!(wins, 1);
+    let seen = c.wait(4);
+    let mut keys: Vec<_> = seen.iter().map(|s| s.key.clone()).collect();
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "c", "race"]);
+    assert_eq!(seen.iter().find(|s| s.key == "b").unwrap().value, json(2));
+    // Nothing more arrives.
+    store.set("marker", &1)?;
+    store.delete("marker")?;
+    assert_eq!(c.wait(5).len(), 5);
+    Ok(())
+}
+
+pub fn expire_fires_exactly_once_with_last_value(h: &Harness) -> Result<()> {
+    let (store, clock) = h.manual();
+    let c = Collector::new();
+    store.on(EventKind::Expire, c.hook())?;
+    store.set_with("a", &"first", secs(5))?;
+    store.set_with("a", &"last", secs(10))?; // overwritten: no event for "first"
+    store.set_with("deleted", &1, secs(10))?;
+    store.delete("deleted")?; // deleted: no expire event
+    store.set_with("persisted", &1, secs(10))?;
+    store.persist("persisted")?;
+    for i in 0..100 {
+        store.set_with(&format!("bulk{i}"), &i, secs(10))?;
+    }
+    store.set_with("found-dead", &"old", secs(10))?;
+    clock.advance(secs(10));
+    store.set("found-dead", &"new")?; // may find it dead before the driver: still one event
+    let seen = c.wait(102);
+    assert!(eventually(secs(5), || store.stats().expirations == 102));
+    let seen_after = c.wait(102);
+    assert_eq!(
+        seen_after.len(),
+        102,
+        "no duplicate events: {:?}",
+        &seen_after[102.min(seen_after.len())..]
+    );
+    let a = seen.iter().find(|s| s.key == "a").unwrap();
+    assert_eq!(a.value, json("last"));
+    assert_eq!(a.cause, Cause::Expired);
+    assert_eq!(
+        seen.iter().find(|s| s.key == "found-dead").unwrap().value,
+        json("old")
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.key == "deleted" || s.key == "persisted")
+    );
+    assert_eq!(store.get::<String>("found-dead")?.as_deref(), Some("new"));
+    Ok(())
+}
+
+pub fn events_of_one_key_arrive_in_order(h: &Harness) -> Result<()> {
+    let store = h.build(|b| b.events(EventSettings::default().workers(4)));
+    let c = Collector::new();
+    store.on(EventKind::Set, c.hook())?;
+    let n = 2000;
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let s = store.clone();
+            std::thread::spawn(move || -> Result<()> {
+                for i in 0..n {
+                    s.set(&format!("key{t}"), &i)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap()?;
+    }
+    let seen = c.wait(4 * n);
+    for t in 0..4 {
+        let key = format!("key{t}");
+        let values: Vec<i64> = seen
+            .iter()
+            .filter(|s| s.key == key)
+            .map(|s| s.value.clone().unwrap().as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            values,
+            (0..n as i64).collect::<Vec<_>>(),
+            "events of {key} out of order"
+        );
+    }
+    Ok(())
+}
+
+pub fn hooks_filter_by_kind_key_and_prefix(h: &Harness) -> Result<()> {
+    let store = h.store();
+    let (all, exact, prefix, two) = (
+        Collector::new(),
+        Collector::new(),
+        Collector::new(),
+        Collector::new(),
+    );
+    store.on(EventKind::ALL, all.hook())?;
+    store.hook(Hook::new(EventKind::Set, exact.hook()).key("user:1"))?;
+    store.hook(Hook::new(EventKind::Set, prefix.hook()).prefix("user:"))?;
+    store.on([EventKind::Set, EventKind::Delete], two.hook())?;
+    store.set("user:1", &1)?;
+    store.set("user:10", &1)?;
+    store.set("other", &1)?;
+    store.get::<i32>("other")?;
+    store.delete("other")?;
+    assert_eq!(all.wait(5).len(), 5);
+    assert_eq!(two.wait(4).len(), 4);
+    let mut p: Vec<_> = prefix.wait(2).into_iter().map(|s| s.key).collect();
+    p.sort();
+    assert_eq!(p, ["user:1", "user:10"]);
+    let e = exact.wait(1);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].key, "user:1");
+    Ok(())
+}
+
+pub fn hooks_disable_enable_unregister(h: &Harness) -> Result<()> {
+    let store = h.store();
+    let (c, marker) = (Collector::new(), Collector::new());
+    let id = store.on(EventKind::Set, c.hook())?;
+    store.on(EventKind::Set, marker.hook())?;
+    store.set("one", &1)?;
+    c.wait(1);
+    assert!(store.disable_hook(id));
+    store.set("two", &2)?;
+    marker.wait(2);
+    assert!(store.enable_hook(id));
+    store.set("three", &3)?;
+    marker.wait(3);
+    assert!(store.unregister_hook(id));
+    assert!(!store.unregister_hook(id));
+    assert!(!store.enable_hook(id));
+    store.set("four", &4)?;
+    marker.wait(4);
+    let mut keys: Vec<_> = c.wait(2).into_iter().map(|s| s.key).collect();
+    keys.sort();
+    assert_eq!(keys, ["one", "three"]);
+    Ok(())
+}
+
+pub fn failing_and_panicking_hooks_are_isolated(h: &Harness) -> Result<()> {
+    let store = h.store();
+    let c = Collector::new();
+    store.on(EventKind::Set, |_| panic!("hook panicked on purpose"))?;
+    store.on(EventKind::Set, |_| Err("hook failed on purpose".into()))?;
+    store.on(EventKind::Set, c.hook())?;
+    for i in 0..100 {
+        store.set(&format!("k{i}"), &i)?;
+    }
+    assert_eq!(c.wait(100).len(), 100);
+    assert!(eventually(WAIT, || store.stats().hooks_failed == 200));
+    assert!(eventually(WAIT, || store.stats().hooks_delivered == 100));
+    Ok(())
+}
+
+pub fn set_returns_while_a_hook_is_blocked(h: &Harness) -> Result<()> {
+    let store = h.build(|b| b.events(EventSettings::default().hook_timeout(secs(60))));
+    let gate = Gate::new();
+    let g = gate.clone();
+    store.on(EventKind::Set, move |_| {
+        g.pass();
+        Ok(())
+    })?;
+    store.set("first", &0)?;
+    // The hook is now held at the gate, on a hook worker.
+    assert!(eventually(WAIT, || gate.waiting() == 1));
+    for i in 0..1000 {
+        store.set(&format!("k{i}"), &i)?; // every one returns although the hook is blocked
+    }
+    assert_eq!(store.stats().hooks_delivered, 0);
+    gate.open();
+    assert!(eventually(WAIT, || store.stats().hooks_delivered == 1001));
+    Ok(())
+}
+
+pub fn overrunning_hook_times_out_and_others_go_on(h: &Harness) -> Result<()> {
+    let store = h.build(|b| b.events(EventSettings::default().workers(1)));
+    let c = Collector::new();
+    let slow_calls = Arc::new(AtomicUsize::new(0));
+    let sc = slow_calls.clone();
+    store.hook(
+        Hook::new(EventKind::Set, move |e: &Event| {
+            if e.key() == "slow" {
+                sc.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_secs(30)); // far past its timeout
+            }
+            Ok(())
+        })
+        .timeout(Duration::from_millis(50)),
+    )?;
+    store.on(EventKind::Set, c.hook())?;
+    store.set("slow", &0)?;
+    for i in 0..5000 {
+        store.set(&format!("k{}", i % 100), &i)?;
+    }
+    // The other hook got every event, including the one whose first hook got stuck.
+    let seen = c.wait(5001);
+    assert_eq!(seen[0].key, "slow");
+    assert_eq!(slow_calls.load(Ordering::SeqCst), 1);
+    assert!(eventually(WAIT, || store.stats().hooks_timed_out == 1));
+    Ok(())
+}
+
+fn gated_store(h: &Harness, policy: QueueFullPolicy) -> (LiveDict, Arc<Gate>, Arc<Collector>) {
+    let store = h.build(|b| {
+        b.events(
+            EventSettings::default()
+                .workers(1)
+                .queue_capacity(10)
+                .when_full(policy)
+                .hook_timeout(secs(60)),
+        )
+    });
+    let gate = Gate::new();
+    let c = Collector::new();
+    let (g, hook) = (gate.clone(), c.hook());
+    store
+        .on(EventKind::Set, move |e| {
+            g.pass();
+            hook(e)
+        })
+        .unwrap();
+    (store, gate, c)
+}
+
+pub fn full_queue_drops_newest(h: &Harness) -> Result<()> {
+    let (store, gate, c) = gated_store(h, QueueFullPolicy::DropNewest);
+    store.set("k", &0)?;
+    assert!(eventually(WAIT, || gate.waiting() == 1)); // event 0 is in flight
+    for i in 1..50 {
+        store.set("k", &i)?;
+    }
+    assert_eq!(store.stats().events_dropped, 39); // 1..=10 queued, 11..=49 dropped
+    gate.open();
+    let seen: Vec<_> = c
+        .wait(11)
+        .iter()
+        .map(|s| s.value.clone().unwrap())
+        .collect();
+    assert_eq!(
+        seen,
+        (0..=10).map(|i| serde_json::json!(i)).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+pub fn full_queue_drops_oldest(h: &Harness) -> Result<()> {
+    let (store, gate, c) = gated_store(h, QueueFullPolicy::DropOldest);
+    store.set("k", &0)?;
+    assert!(eventually(WAIT, || gate.waiting() == 1));
+    for i in 1..50 {
+        store.set("k", &i)?;
+    }
+    assert_eq!(store.stats().events_dropped, 39);
+    gate.open();
+    let seen: Vec<_> = c
+        .wait(11)
+        .iter()
+        .map(|s| s.value.clone().unwrap())
+        .collect();
+    let expected: Vec<_> = std::iter::once(0)
+        .chain(40..50)
+        .map(|i| serde_json::json!(i))
+        .collect();
+    assert_eq!(seen, expected, "the newest events are kept, in order");
+    Ok(())
+}
+
+pub fn full_queue_blocks_publisher_and_loses_nothing(h: &Harness) -> Result<()> {
+    let (store, gate, c) = gated_store(h, QueueFullPolicy::Block);
+    store.set("k", &0)?;
+    assert!(eventually(WAIT, || gate.waiting() == 1));
+    let done = Arc::new(AtomicUsize::new(0));
+    let (s, d) = (store.clone(), done.clone());
+    let writer = std::thread::spawn(move || -> Result<()> {
+        for i in 1..50 {
+            s.set("k", &i)?;
+            d.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    });
+    // Ten calls fill the queue; the eleventh waits for room.
+    assert!(eventually(WAIT, || done.load(Ordering::SeqCst) == 10));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        10,
+        "a publisher went past a full queue"
+    );
+    gate.open();
+    writer.join().unwrap()?;
+    assert_eq!(c.wait(50).len(), 50);
+    assert_eq!(store.stats().events_dropped, 0);
+    Ok(())
+}
+
+pub fn entry_hooks_on_access_and_on_expire(h: &Harness) -> Result<()> {
+    let (store, clock) = h.manual();
+    let (access, expire) = (Collector::new(), Collector::new());
+    let opts = || {
+        WriteOptions::ttl(secs(10))
+            .on_access(access.hook())
+            .on_expire(expire.hook())
+    };
+    store.set_with("a", &"a1", opts())?;
+    store.peek::<String>("a")?; // not an access
+    store.get::<String>("a")?;
+    store.update("a", |v: Option<String>| v.unwrap() + "+")?; // in place: hooks stay
+    store.set_with("deleted", &1, opts())?;
+    store.delete("deleted")?; // deleted: its on_expire never fires
+    store.set_with("replaced", &1, opts())?;
+    store.set_with("replaced", &2, secs(10))?; // overwritten without hooks: detached
+    clock.advance(secs(10));
+    let e = expire.wait(1);
+    assert!(eventually(secs(5), || store.stats().expirations == 2));
+    assert_eq!(expire.wait(1).len(), 1);
+    assert_eq!(e[0].key, "a");
+    assert_eq!(e[0].value, json("a1+"));
+    let a = access.wait(1);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].value, json("a1"));
+    Ok(())
+}
+
+pub fn hooks_may_use_the_store(h: &Harness) -> Result<()> {
+    let store = h.build(|b| {
+        b.events(
+            EventSettings::default()
+                .workers(1)
+                .queue_capacity(2)
+                .when_full(QueueFullPolicy::Block),
+        )
+    });
+    let s = store.clone();
+    store.hook(Hook::new(EventKind::Set, move |e: &Event| {
+        if let Some(rest) = e.key().strip_prefix("ping") {
+            s.set(&format!("pong{rest}"), &1)?; // publishes from a hook: never blocks
+        }
+        Ok(())
+    }))?;
+    for i in 0..50 {
+        store.set(&format!("ping{i}"), &i)?;
+    }
+    assert!(eventually(WAIT, || store.len().unwrap() == 100));
+    Ok(())
+}
+
+pub fn clear_update_and_inactive_events(h: &Harness) -> Result<()> {
+    let (store, clock) = h.manual();
+    let c = Collector::new();
+    store.on(EventKind::ALL, c.hook())?;
+    store.set("a", &1)?; // Set
+    clock.advance(secs(10));
+    store.set("b", &2)?; // Set
+    assert_eq!(store.cleanup_inactive(secs(5))?, 1); // Delete(a), inactive
+    assert_eq!(store.clear()?, 1); // Clear
+    let seen = c.wait(4);
+    let of = |kind| seen.iter().filter(|s| s.kind == kind).collect::<Vec<_>>();
+    assert_eq!(of(EventKind::Set).len(), 2);
+    let deleted = of(EventKind::Delete);
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(
+        (deleted[0].key.as_str(), deleted[0].cause),
+        ("a", Cause::Inactive)
+    );
+    let cleared = of(EventKind::Clear);
+    assert_eq!(cleared.len(), 1);
+    assert_eq!(
+        (cleared[0].key.as_str(), cleared[0].cause),
+        ("", Cause::Cleared)
+    );
+    Ok(())
+}
+
+pub fn close_delivers_queued_events_and_never_hangs(h: &Harness) -> Result<()> {
+    // Queued events are delivered on close.
+    let store = h.build(|b| b.events(EventSettings::default().workers(1)));
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let d = delivered.clone();
+    store.on(EventKind::Set, move |_| {
+        std::thread::sleep(Duration::from_millis(1));
+        d.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    })?;
+    for i in 0..200 {
+        store.set(&format!("k{i}"), &i)?;
+    }
+    store.close();
+    assert_eq!(delivered.load(Ordering::SeqCst), 200);
+
+    // A stuck hook cannot make close hang: it waits the grace period at most.
+    let store = h.build(|b| {
+        b.events(
+            EventSettings::default()
+                .shutdown_grace(Duration::from_millis(200))
+                .hook_timeout(secs(60)),
+        )
+    });
+    let (tx, rx) = mpsc::channel::<()>();
+    let rx = Mutex::new(rx);
+    store.on(EventKind::Set, move |_| {
+        let _ = rx.lock().recv(); // blocks until the test ends
+        Ok(())
+    })?;
+    for i in 0..10 {
+        store.set(&format!("k{i}"), &i)?;
+    }
+    let started = Instant::now();
+    drop(store);
+    assert!(
+        started.elapsed() < secs(10),
+        "closing took {:?}",
+        started.elapsed()
+    );
+    drop(tx);
+    Ok(())
+}
