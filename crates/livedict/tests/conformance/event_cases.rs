@@ -600,3 +600,30 @@ pub fn close_delivers_queued_events_and_never_hangs(h: &Harness) -> Result<()> {
     drop(tx);
     Ok(())
 }
+
+pub fn slow_expire_hook_never_delays_other_expirations(h: &Harness) -> Result<()> {
+    let (store, clock) = h.manual_with(|b| b.events(EventSettings::default().workers(1)));
+    let c = Collector::new();
+    store.hook(
+        Hook::new(EventKind::Expire, |e: &Event| {
+            if e.key() == "slow" {
+                std::thread::sleep(Duration::from_secs(30));
+            }
+            Ok(())
+        })
+        .timeout(Duration::from_millis(100)),
+    )?;
+    store.on(EventKind::Expire, c.hook())?;
+    store.set_with("slow", &0, secs(1))?;
+    for i in 0..500 {
+        store.set_with(&format!("k{i}"), &i, secs(2))?;
+    }
+    clock.advance(secs(1));
+    assert!(eventually(WAIT, || store.stats().expirations == 1));
+    clock.advance(secs(1));
+    // Every other entry is removed and its event delivered while "slow"'s hook still sleeps.
+    assert!(eventually(WAIT, || store.stats().expirations == 501));
+    assert_eq!(c.wait(501).len(), 501);
+    assert_eq!(store.stats().hooks_timed_out, 1);
+    Ok(())
+}

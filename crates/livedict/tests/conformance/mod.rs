@@ -150,6 +150,7 @@ macro_rules! conformance_suite {
             hooks_may_use_the_store,
             clear_update_and_inactive_events,
             close_delivers_queued_events_and_never_hangs,
+            slow_expire_hook_never_delays_other_expirations,
         ]);
     };
     (@cases $name:ident, $setup:expr, [$($case:ident),* $(,)?]) => {
