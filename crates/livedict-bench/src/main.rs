@@ -12,7 +12,7 @@
 //! `SUITE/CASE: livedict N ops/s, PEER N ops/s, ratio R` (ratio = livedict / peer). Other figures
 //! print as `SUITE/CASE: NAME VALUE UNIT`; lines starting with `#` are the machine header, notes
 //! and warnings. `scripts/bench-table` turns the output into Markdown tables. See
-//! `design/BENCHMARKS.md` for the method.
+//! `design/BENCHMARKS.md` (shared design notes) for the method.
 //!
 //! A new suite is one module with `settings` and `run` functions, listed in [`SUITES`].
 
@@ -21,6 +21,7 @@ mod harness;
 mod memory;
 
 use std::process::ExitCode;
+use std::time::Instant;
 
 use harness::Config;
 
@@ -85,7 +86,13 @@ fn main() -> ExitCode {
         settings.join("; ")
     );
     for s in selected {
+        let start = Instant::now();
         (s.run)(&cfg);
+        println!(
+            "# {}: done in {:.1} s",
+            s.name,
+            start.elapsed().as_secs_f64()
+        );
     }
     ExitCode::SUCCESS
 }
