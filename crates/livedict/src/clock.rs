@@ -65,10 +65,10 @@ impl Clock {
 
 #[inline]
 fn system_now() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() * 1000 + u64::from(d.subsec_millis()),
+        Err(_) => 0,
+    }
 }
 
 /// A clock that only moves when [`advance`](ManualClock::advance) or [`set`](ManualClock::set) is

@@ -17,8 +17,11 @@ use crate::backend::Backend;
 use crate::clock::{Clock, Millis};
 use crate::engine::Engine;
 
-/// Entries removed per sweep call; the driver loops while sweeps come back full.
-const SWEEP_BATCH: usize = 1024;
+/// Entries removed per sweep call; the driver loops while sweeps come back full. Kept small so
+/// that each batch's buffers are small allocations: freeing one of 64 KiB or more makes glibc
+/// consolidate every free chunk of the heap, a pause of hundreds of milliseconds after mass
+/// expiry.
+const SWEEP_BATCH: usize = 256;
 /// Longest sleep with nothing scheduled, on a backend only this process writes.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Longest sleep on a shared backend, where other processes add deadlines.

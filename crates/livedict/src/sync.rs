@@ -728,12 +728,12 @@ impl LiveDict {
         let now = self.engine().begin()?;
         let mut total = 0;
         loop {
-            let expired = self.backend().sweep(now, 1024)?;
+            let expired = self.backend().sweep(now, 256)?;
             let backend = self.backend();
             self.engine()
                 .expired(&expired, &|k| backend.contains(k, now).unwrap_or(false));
             total += expired.len();
-            if expired.len() < 1024 {
+            if expired.len() < 256 {
                 return Ok(total);
             }
         }

@@ -145,7 +145,7 @@ pub struct Updated {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExpiredEntry {
     /// Its key.
-    pub key: String,
+    pub key: std::sync::Arc<str>,
     /// Its last value.
     pub value: Bytes,
     /// The deadline it had.
@@ -285,7 +285,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// are also polled).
     fn next_deadline(&self) -> Result<Option<Millis>>;
 
-    /// Removes live entries last read or written before `idle_since`, and returns them.
+    /// Removes live entries last read or written before `idle_since`, and returns them. A backend
+    /// may track reads coarsely (the memory backend to the second) but never removes an entry
+    /// accessed since `idle_since`.
     fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Result<Vec<KeyValue>>;
 
     /// Whether other processes may change this backend's data (then waits poll, and the expiry

@@ -525,5 +525,5 @@ pub(crate) fn decode_opt<T: DeserializeOwned>(stored: Option<Bytes>) -> Result<O
 
 /// Decodes an optional raw value.
 pub(crate) fn decode_raw_opt(stored: Option<Bytes>) -> Result<Option<Bytes>> {
-    stored.map(|b| codec::decode_raw(&b)).transpose()
+    stored.map(codec::decode_raw).transpose()
 }

@@ -193,7 +193,7 @@ impl Event {
     /// # Errors
     /// [`Error::Decode`](crate::Error::Decode) if it is a typed value.
     pub fn value_bytes(&self) -> Result<Option<Bytes>> {
-        self.value.as_ref().map(codec::decode_raw).transpose()
+        self.value.clone().map(codec::decode_raw).transpose()
     }
 
     /// The event as JSON: `{"kind", "cause", "key", "time", "value", "previous"}`, values as JSON
@@ -205,7 +205,7 @@ impl Event {
                 None => serde_json::Value::Null,
                 Some(b) => match codec::decode::<serde_json::Value>(b) {
                     Ok(v) => v,
-                    Err(_) => match codec::decode_raw(b) {
+                    Err(_) => match codec::decode_raw(b.clone()) {
                         Ok(raw) => {
                             let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
                             serde_json::json!({ "bytes_hex": hex })

@@ -29,6 +29,11 @@ use timers::{TimerId, TimerQueue};
 
 type Hasher = foldhash::fast::RandomState;
 
+/// Reads refresh an entry's last-access time only when it is this much older than the read, so
+/// that reads do not dirty the entry's cache line; `remove_inactive` allows for it (it never
+/// removes an entry read within the idle time, and may keep one up to this much longer).
+const ACCESS_GRANULARITY: Millis = 1000;
+
 /// The in-memory backend (the default of [`LiveDict::new`](crate::LiveDict::new)).
 ///
 /// # Examples
@@ -72,14 +77,19 @@ impl Slot {
         }
     }
 
-    /// Sets the deadline and keeps the timer record in step.
+    /// Sets the deadline and keeps the timer record in step. A record due no later than the new
+    /// deadline is kept: it fires early and the sweep moves it to the real deadline, which spares
+    /// a B-tree removal and insertion on every overwrite with a TTL.
     fn set_deadline(&mut self, timers: &mut TimerQueue, deadline: Option<Millis>) {
-        if self.timer.map(|t| t.deadline) != deadline {
-            if let Some(old) = self.timer.take() {
-                timers.cancel(old);
-            }
-            if let Some(d) = deadline {
-                self.timer = Some(timers.schedule(d, self.key.clone()));
+        match (self.timer, deadline) {
+            (Some(t), Some(d)) if t.deadline <= d => {}
+            (_, deadline) => {
+                if let Some(old) = self.timer.take() {
+                    timers.cancel(old);
+                }
+                if let Some(d) = deadline {
+                    self.timer = Some(timers.schedule(d, self.key.clone()));
+                }
             }
         }
         *self.deadline.get_mut() = deadline.unwrap_or(0);
@@ -310,7 +320,7 @@ impl Backend for MemoryBackend {
                 // Under the read lock: writers are excluded, readers only ever push it forward.
                 slot.deadline.fetch_max(now + slot.sliding, Relaxed);
             }
-            if slot.last_access.load(Relaxed) < now {
+            if slot.last_access.load(Relaxed) + ACCESS_GRANULARITY <= now {
                 slot.last_access.store(now, Relaxed);
             }
         }
@@ -437,7 +447,7 @@ impl Backend for MemoryBackend {
                     cleared.removed += 1;
                 } else {
                     cleared.expired.push(ExpiredEntry {
-                        key: slot.key.to_string(),
+                        key: slot.key,
                         value: slot.value,
                         deadline: slot.deadline.load(Relaxed),
                     });
@@ -514,7 +524,7 @@ impl Backend for MemoryBackend {
                     d if d <= now => {
                         let (slot, _) = occupied.remove();
                         out.push(ExpiredEntry {
-                            key: key.to_string(),
+                            key,
                             value: slot.value,
                             deadline: d,
                         });
@@ -540,9 +550,9 @@ impl Backend for MemoryBackend {
         for shard in self.shards.iter() {
             let mut shard = shard.write();
             let Shard { table, timers, .. } = &mut *shard;
-            for slot in
-                table.extract_if(|s| s.is_live(now) && s.last_access.load(Relaxed) < idle_since)
-            {
+            for slot in table.extract_if(|s| {
+                s.is_live(now) && s.last_access.load(Relaxed) + ACCESS_GRANULARITY <= idle_since
+            }) {
                 if let Some(t) = slot.timer {
                     timers.cancel(t);
                 }
@@ -613,7 +623,7 @@ mod tests {
         assert!(b.get("s", 90, ReadMode::Touch).unwrap().is_some()); // now due at 190
         let expired = b.sweep(100, 10).unwrap();
         assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].key, "f");
+        assert_eq!(&*expired[0].key, "f");
         assert_eq!(expired[0].deadline, 100);
         assert_eq!(b.next_deadline().unwrap(), Some(190));
         assert!(b.sweep(189, 10).unwrap().is_empty());

@@ -7,21 +7,32 @@
 //! store's size.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use crate::clock::Millis;
 
-/// Identifies one record: its deadline and a per-queue sequence number (deadlines repeat).
+/// Identifies one record: its deadline and a per-queue sequence number (deadlines repeat). The
+/// sequence number is never zero, so `Option<TimerId>` takes no more room than a `TimerId`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct TimerId {
     pub(super) deadline: Millis,
-    seq: u64,
+    seq: NonZeroU64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct TimerQueue {
     records: BTreeMap<TimerId, Arc<str>>,
-    next_seq: u64,
+    next_seq: NonZeroU64,
+}
+
+impl Default for TimerQueue {
+    fn default() -> Self {
+        TimerQueue {
+            records: BTreeMap::new(),
+            next_seq: NonZeroU64::MIN,
+        }
+    }
 }
 
 impl TimerQueue {
@@ -30,7 +41,7 @@ impl TimerQueue {
             deadline,
             seq: self.next_seq,
         };
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.saturating_add(1);
         self.records.insert(id, key);
         id
     }
@@ -59,7 +70,7 @@ impl TimerQueue {
             .range(
                 ..=TimerId {
                     deadline: now,
-                    seq: u64::MAX,
+                    seq: NonZeroU64::MAX,
                 },
             )
             .map(|(_, key)| key)
