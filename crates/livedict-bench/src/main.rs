@@ -4,8 +4,9 @@
 //! cargo run --release -p livedict-bench -- SUITE [--quick]
 //! ```
 //! `SUITE` is `memory` (livedict's memory store against `moka::sync::Cache` with the same TTL and
-//! `quick_cache` without TTL, on the same byte values, plus bytes per entry and expiry lateness)
-//! or `all`. `--quick` is a smoke run with small sizes (seconds), for the test suite.
+//! `quick_cache` without TTL, on the same byte values, plus bytes per entry and expiry lateness),
+//! `events` (the cost of registered hooks on the set path against no hooks, delivery throughput
+//! and latency) or `all`. `--quick` is a smoke run with small sizes (seconds), for the test suite.
 //!
 //! Each comparison runs livedict and the peer interleaved (livedict, peer, livedict, peer, ...)
 //! for several rounds with the same operations, and prints the medians as one line:
@@ -17,6 +18,7 @@
 //! A new suite is one module with `settings` and `run` functions, listed in [`SUITES`].
 
 mod alloc_counter;
+mod events;
 mod harness;
 mod memory;
 
@@ -32,11 +34,18 @@ struct Suite {
     run: fn(&Config),
 }
 
-const SUITES: &[Suite] = &[Suite {
-    name: "memory",
-    settings: memory::settings,
-    run: memory::run,
-}];
+const SUITES: &[Suite] = &[
+    Suite {
+        name: "memory",
+        settings: memory::settings,
+        run: memory::run,
+    },
+    Suite {
+        name: "events",
+        settings: events::settings,
+        run: events::run,
+    },
+];
 
 fn usage() -> String {
     let names: Vec<_> = SUITES.iter().map(|s| s.name).collect();

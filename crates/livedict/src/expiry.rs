@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Condvar, Mutex};
 
 use crate::backend::Backend;
-use crate::clock::{Clock, Millis};
+use crate::clock::{Clock, Millis, Now};
 use crate::engine::Engine;
 
 /// Entries removed per sweep call; the driver loops while sweeps come back full. Kept small so
@@ -143,7 +143,9 @@ fn sweep_due(engine: &Engine, backend: &dyn Backend) -> bool {
         let now = engine.clock.now();
         match backend.sweep(now, SWEEP_BATCH) {
             Ok(expired) => {
-                engine.expired(&expired, &|k| backend.contains(k, now).unwrap_or(false));
+                engine.expired(&expired, &|k| {
+                    backend.contains(k, &Now::fixed(now)).unwrap_or(false)
+                });
                 if matches!(engine.clock, Clock::System) {
                     let now_us = micros_since_epoch();
                     engine.counters.record_lags(

@@ -67,7 +67,7 @@ pub use backend::memory::MemoryBackend;
 pub use backend::{Backend, KeyTtl};
 pub use batch::Batch;
 pub use builder::Builder;
-pub use clock::{Clock, ManualClock, Millis};
+pub use clock::{Clock, ManualClock, Millis, Now};
 pub use codec::Codec;
 pub use engine::DEFAULT_MAX_VALUE_SIZE;
 pub use error::{BoxError, Error, Result};

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::backend::{Backend, Change, Condition, Expiry, KeyTtl, ReadMode, Written};
 use crate::batch::Batch;
 use crate::builder::Builder;
+use crate::clock::Now;
 use crate::codec;
 use crate::engine::{self, Engine};
 use crate::error::{BoxError, Error, Result};
@@ -178,10 +179,10 @@ impl LiveDict {
     }
 
     fn read(&self, key: &str, mode: ReadMode) -> Result<Option<Bytes>> {
-        let now = self.engine().begin_key(key)?;
-        let found = self.backend().get(key, now, mode)?;
+        let now = self.engine().begin_read(key)?;
+        let found = self.backend().get(key, &now, mode)?;
         if mode == ReadMode::Touch {
-            self.engine().read(key, found.as_ref(), now);
+            self.engine().read(key, found.as_ref(), &now);
         }
         Ok(found)
     }
@@ -194,13 +195,13 @@ impl LiveDict {
         for k in keys {
             crate::key::validate(k)?;
         }
-        let now = self.engine().begin()?;
-        let found = self.backend().get_many(keys, now, ReadMode::Touch)?;
+        let now = self.engine().begin_lazy()?;
+        let found = self.backend().get_many(keys, &now, ReadMode::Touch)?;
         found
             .into_iter()
             .zip(keys)
             .map(|(v, key)| {
-                self.engine().read(key, v.as_ref(), now);
+                self.engine().read(key, v.as_ref(), &now);
                 engine::decode_opt(v)
             })
             .collect()
@@ -211,8 +212,8 @@ impl LiveDict {
     /// # Errors
     /// [`Error::InvalidKey`]; [`Error::Backend`].
     pub fn contains(&self, key: &str) -> Result<bool> {
-        let now = self.engine().begin_key(key)?;
-        self.backend().contains(key, now)
+        let now = self.engine().begin_read(key)?;
+        self.backend().contains(key, &now)
     }
 
     /// The number of live entries.
@@ -685,7 +686,7 @@ impl LiveDict {
         let now = engine.begin_key(key)?;
         let expiry = engine.expiry(&options.into())?;
         if expiry.keep_existing {
-            return self.backend().contains(key, now);
+            return self.backend().contains(key, &Now::fixed(now));
         }
         let changed = self.backend().set_expiry(key, expiry.expiry, now)?;
         if changed {
@@ -730,8 +731,9 @@ impl LiveDict {
         loop {
             let expired = self.backend().sweep(now, 256)?;
             let backend = self.backend();
-            self.engine()
-                .expired(&expired, &|k| backend.contains(k, now).unwrap_or(false));
+            self.engine().expired(&expired, &|k| {
+                backend.contains(k, &Now::fixed(now)).unwrap_or(false)
+            });
             total += expired.len();
             if expired.len() < 256 {
                 return Ok(total);

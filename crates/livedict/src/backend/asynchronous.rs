@@ -17,7 +17,7 @@ use super::{
     BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue, ReadMode, Removed,
     ScanEntry, Updated, WriteExpiry, Written,
 };
-use crate::clock::Millis;
+use crate::clock::{Millis, Now};
 use crate::error::Result;
 
 /// A boxed, sendable future.
@@ -32,16 +32,16 @@ pub trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
     fn get<'a>(
         &'a self,
         key: &'a str,
-        now: Millis,
+        now: &'a Now<'a>,
         mode: ReadMode,
     ) -> BoxFuture<'a, Result<Option<Bytes>>>;
     fn get_many<'a>(
         &'a self,
         keys: &'a [&'a str],
-        now: Millis,
+        now: &'a Now<'a>,
         mode: ReadMode,
     ) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>>;
-    fn contains<'a>(&'a self, key: &'a str, now: Millis) -> BoxFuture<'a, Result<bool>>;
+    fn contains<'a>(&'a self, key: &'a str, now: &'a Now<'a>) -> BoxFuture<'a, Result<bool>>;
     fn set<'a>(
         &'a self,
         key: &'a str,
@@ -94,7 +94,7 @@ macro_rules! impl_async_via_sync {
             fn get<'a>(
                 &'a self,
                 key: &'a str,
-                now: $crate::Millis,
+                now: &'a $crate::Now<'a>,
                 mode: $crate::backend::ReadMode,
             ) -> $crate::backend::BoxFuture<'a, $crate::Result<Option<$crate::Bytes>>> {
                 Box::pin(::std::future::ready($crate::Backend::get(
@@ -104,7 +104,7 @@ macro_rules! impl_async_via_sync {
             fn get_many<'a>(
                 &'a self,
                 keys: &'a [&'a str],
-                now: $crate::Millis,
+                now: &'a $crate::Now<'a>,
                 mode: $crate::backend::ReadMode,
             ) -> $crate::backend::BoxFuture<'a, $crate::Result<Vec<Option<$crate::Bytes>>>> {
                 Box::pin(::std::future::ready($crate::Backend::get_many(
@@ -114,7 +114,7 @@ macro_rules! impl_async_via_sync {
             fn contains<'a>(
                 &'a self,
                 key: &'a str,
-                now: $crate::Millis,
+                now: &'a $crate::Now<'a>,
             ) -> $crate::backend::BoxFuture<'a, $crate::Result<bool>> {
                 Box::pin(::std::future::ready($crate::Backend::contains(
                     self, key, now,
@@ -269,7 +269,7 @@ mod tests {
             now_ready(b.set("k", Bytes::from_static(b"v"), fixed, Condition::Always, 0)).unwrap();
         assert!(w.written);
         assert_eq!(
-            now_ready(b.get("k", 5, ReadMode::Touch))
+            now_ready(b.get("k", &Now::fixed(5), ReadMode::Touch))
                 .unwrap()
                 .as_deref(),
             Some(&b"v"[..])

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::clock::Millis;
+use crate::clock::{Millis, Now};
 use crate::error::Result;
 
 /// When an entry expires.
@@ -214,16 +214,20 @@ pub enum KeyTtl {
 /// remove it). Object safe, so a store holds `Arc<dyn Backend>`.
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The live value under `key`. With [`ReadMode::Touch`] a sliding deadline is renewed and the
-    /// last-access time set to `now`.
-    fn get(&self, key: &str, now: Millis, mode: ReadMode) -> Result<Option<Bytes>>;
+    /// last-access time set to now.
+    ///
+    /// Reads take the time as a lazy [`Now`]: a backend that can answer from
+    /// [`Now::before`] (is the deadline still ahead?) spares the precise clock read on most reads;
+    /// others call [`Now::exact`].
+    fn get(&self, key: &str, now: &Now<'_>, mode: ReadMode) -> Result<Option<Bytes>>;
 
     /// The live values under `keys`, in order. Backends with round trips should override this.
-    fn get_many(&self, keys: &[&str], now: Millis, mode: ReadMode) -> Result<Vec<Option<Bytes>>> {
+    fn get_many(&self, keys: &[&str], now: &Now<'_>, mode: ReadMode) -> Result<Vec<Option<Bytes>>> {
         keys.iter().map(|k| self.get(k, now, mode)).collect()
     }
 
     /// Whether a live entry exists, without touching it.
-    fn contains(&self, key: &str, now: Millis) -> Result<bool> {
+    fn contains(&self, key: &str, now: &Now<'_>) -> Result<bool> {
         Ok(self.get(key, now, ReadMode::Peek)?.is_some())
     }
 

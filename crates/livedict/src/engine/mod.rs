@@ -19,7 +19,7 @@ use crate::backend::{
     BatchOp, Change, Cleared, ExpiredEntry, Expiry, KeyValue, Removed, Updated, WriteExpiry,
     Written,
 };
-use crate::clock::{Clock, Millis};
+use crate::clock::{Clock, Millis, Now};
 use crate::codec::{self, Codec};
 use crate::error::{BoxError, Error, Result};
 use crate::events::{Cause, EntryHooks, EntryLock, EventHub, EventKind, EventSettings, HookFn};
@@ -93,6 +93,23 @@ impl Engine {
         self.begin()
     }
 
+    /// Like [`begin_key`](Self::begin_key) for a read: the time is read lazily (see [`Now`]).
+    #[inline]
+    pub(crate) fn begin_read(&self, key: &str) -> Result<Now<'_>> {
+        key::validate(key)?;
+        self.begin_lazy()
+    }
+
+    /// Like [`begin`](Self::begin), with the time read lazily.
+    #[inline]
+    pub(crate) fn begin_lazy(&self) -> Result<Now<'_>> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::Closed);
+        }
+        reentrancy::check(self.id)?;
+        Ok(Now::of(&self.clock))
+    }
+
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
     }
@@ -153,7 +170,7 @@ impl Engine {
 
     /// Accounts for an access read of `key` that found `found`.
     #[inline]
-    pub(crate) fn read(&self, key: &str, found: Option<&Bytes>, now: Millis) {
+    pub(crate) fn read(&self, key: &str, found: Option<&Bytes>, now: &Now<'_>) {
         self.counters.add(
             if found.is_some() {
                 Counter::Hit
@@ -172,7 +189,7 @@ impl Engine {
                 key,
                 Some(value.clone()),
                 None,
-                now,
+                now.exact(),
                 entry_hook,
             );
         }

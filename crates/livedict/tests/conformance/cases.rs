@@ -257,7 +257,9 @@ pub fn corrupted_or_foreign_bytes_are_format_errors(h: &Harness) -> Result<()> {
         assert!(matches!(store.incr(&key, 1), Err(Error::Format(_))));
         // Nothing changed: the bytes are still there, as they were.
         assert_eq!(
-            backend.get(&key, now, ReadMode::Peek)?.as_deref(),
+            backend
+                .get(&key, &livedict::Now::fixed(now), ReadMode::Peek)?
+                .as_deref(),
             Some(*bytes)
         );
     }

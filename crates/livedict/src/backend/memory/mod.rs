@@ -23,16 +23,17 @@ use super::{
     Backend, BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue, ReadMode,
     Removed, ScanEntry, Updated, WriteExpiry, Written,
 };
-use crate::clock::Millis;
+use crate::clock::{COARSE_MARGIN, Millis, Now};
 use crate::error::Result;
 use timers::{TimerId, TimerQueue};
 
 type Hasher = foldhash::fast::RandomState;
 
-/// Reads refresh an entry's last-access time only when it is this much older than the read, so
-/// that reads do not dirty the entry's cache line; `remove_inactive` allows for it (it never
-/// removes an entry read within the idle time, and may keep one up to this much longer).
+/// Reads refresh an entry's last-access time (from the coarse clock) only when it is this much
+/// older, so that reads do not dirty the entry's cache line; `remove_inactive` allows for both (it
+/// never removes an entry read within the idle time, and may keep one a little longer).
 const ACCESS_GRANULARITY: Millis = 1000;
+const ACCESS_SLACK: Millis = ACCESS_GRANULARITY + COARSE_MARGIN;
 
 /// The in-memory backend (the default of [`LiveDict::new`](crate::LiveDict::new)).
 ///
@@ -68,6 +69,12 @@ impl Slot {
     fn is_live(&self, now: Millis) -> bool {
         let d = self.deadline.load(Relaxed);
         d == 0 || d > now
+    }
+
+    #[inline]
+    fn is_live_at(&self, now: &Now<'_>) -> bool {
+        let d = self.deadline.load(Relaxed);
+        d == 0 || now.before(d)
     }
 
     fn deadline(&self) -> Option<Millis> {
@@ -306,30 +313,34 @@ impl fmt::Debug for MemoryBackend {
 
 impl Backend for MemoryBackend {
     #[inline]
-    fn get(&self, key: &str, now: Millis, mode: ReadMode) -> Result<Option<Bytes>> {
+    fn get(&self, key: &str, now: &Now<'_>, mode: ReadMode) -> Result<Option<Bytes>> {
         let (hash, shard) = self.shard(key);
         let shard = shard.read();
         let Some(slot) = shard.find(hash, key) else {
             return Ok(None);
         };
-        if !slot.is_live(now) {
+        if !slot.is_live_at(now) {
             return Ok(None);
         }
         if mode == ReadMode::Touch {
             if slot.sliding > 0 {
                 // Under the read lock: writers are excluded, readers only ever push it forward.
-                slot.deadline.fetch_max(now + slot.sliding, Relaxed);
+                slot.deadline.fetch_max(now.exact() + slot.sliding, Relaxed);
             }
-            if slot.last_access.load(Relaxed) + ACCESS_GRANULARITY <= now {
-                slot.last_access.store(now, Relaxed);
+            let recent = now.recent();
+            if slot.last_access.load(Relaxed) + ACCESS_GRANULARITY <= recent {
+                slot.last_access.store(recent, Relaxed);
             }
         }
         Ok(Some(slot.value.clone()))
     }
 
-    fn contains(&self, key: &str, now: Millis) -> Result<bool> {
+    fn contains(&self, key: &str, now: &Now<'_>) -> Result<bool> {
         let (hash, shard) = self.shard(key);
-        Ok(shard.read().find(hash, key).is_some_and(|s| s.is_live(now)))
+        Ok(shard
+            .read()
+            .find(hash, key)
+            .is_some_and(|s| s.is_live_at(now)))
     }
 
     fn set(
@@ -551,7 +562,7 @@ impl Backend for MemoryBackend {
             let mut shard = shard.write();
             let Shard { table, timers, .. } = &mut *shard;
             for slot in table.extract_if(|s| {
-                s.is_live(now) && s.last_access.load(Relaxed) + ACCESS_GRANULARITY <= idle_since
+                s.is_live(now) && s.last_access.load(Relaxed) + ACCESS_SLACK <= idle_since
             }) {
                 if let Some(t) = slot.timer {
                     timers.cancel(t);
@@ -620,7 +631,11 @@ mod tests {
             .unwrap();
         b.set("f", Bytes::from_static(b"f"), FIXED, Condition::Always, 0)
             .unwrap();
-        assert!(b.get("s", 90, ReadMode::Touch).unwrap().is_some()); // now due at 190
+        assert!(
+            b.get("s", &Now::fixed(90), ReadMode::Touch)
+                .unwrap()
+                .is_some()
+        ); // now due at 190
         let expired = b.sweep(100, 10).unwrap();
         assert_eq!(expired.len(), 1);
         assert_eq!(&*expired[0].key, "f");
