@@ -12,9 +12,13 @@ use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    Ordering::SeqCst,
+};
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex};
 
 use super::registry::Registry;
@@ -67,7 +71,7 @@ pub struct EventSettings {
 impl Default for EventSettings {
     fn default() -> Self {
         EventSettings {
-            workers: 2,
+            workers: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             queue_capacity: 65_536,
             when_full: QueueFullPolicy::Block,
             hook_timeout: Duration::from_secs(1),
@@ -78,7 +82,8 @@ impl Default for EventSettings {
 }
 
 impl EventSettings {
-    /// Worker lanes (default 2, at least 1). Events of one key always use the same lane.
+    /// Worker lanes (default: one per two CPUs, at least 1). Events of one key always use the
+    /// same lane.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n.max(1);
         self
@@ -131,34 +136,60 @@ pub(crate) struct Job {
     pub(crate) entry_hook: Option<HookFn>,
 }
 
-/// The hook calls left of the event a lane is delivering.
-struct InFlight {
+/// The event a lane is delivering: its hook calls left, and when the running one must return.
+struct Current {
     event: Event,
     calls: VecDeque<(HookFn, Duration)>,
     /// When the running call must have returned; `None` between calls.
     deadline: Option<Instant>,
 }
 
+/// What a lane's worker has taken from the queue: shared with the watchdog, which hands it to a
+/// replacement worker if the worker gets stuck.
+#[derive(Default)]
+struct Work {
+    current: Option<Current>,
+    rest: VecDeque<Job>,
+}
+
+/// A lane's queue, and the delivered events on their way back to a publisher.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Delivered events, dropped by the next publisher on its own thread: their buffers were
+    /// allocated by publishers, and freeing them there keeps the allocator's per-thread caches
+    /// warm instead of making every publisher allocation take the slow, locked path.
+    returned: Vec<Event>,
+}
+
+/// Delivered events a publisher takes back at once.
+const RETURN_BATCH: usize = 64;
+/// Delivered events a worker keeps for publishers at most; past it, it frees them itself.
+const RETURN_MAX: usize = 16_384;
+
 struct Lane {
-    queue: Mutex<VecDeque<Job>>,
-    cv: Condvar,
-    /// The worker sleeps long: producers must notify it.
-    deep_sleep: AtomicBool,
+    queue: CachePadded<Mutex<Queue>>,
+    /// Set by a publisher that pushed onto an empty queue; the spinning worker reads it without
+    /// taking the lock. On its own cache line, so the spinning does not slow the queue's lock.
+    has_items: CachePadded<AtomicBool>,
+    /// The worker is blocked on `ready` (set and read under the queue lock).
+    sleeping: AtomicBool,
+    ready: Condvar,
+    /// Publishers waiting for room (`Block` policy).
+    space_waiters: AtomicUsize,
+    space: Condvar,
     /// Bumped when the worker is abandoned; a worker of an older generation exits.
     generation: AtomicU64,
-    in_flight: Mutex<Option<InFlight>>,
+    work: CachePadded<Mutex<Work>>,
 }
 
 struct Shared {
     lanes: Box<[Lane]>,
+    lane_capacity: usize,
     hasher: foldhash::fast::RandomState,
     settings: EventSettings,
     registry: Arc<Registry>,
     counters: Arc<DeliveryCounters>,
-    queued: AtomicUsize,
-    space_waiters: AtomicUsize,
-    space_lock: Mutex<()>,
-    space_cv: Condvar,
     stopping: AtomicBool,
     /// Workers not abandoned and not exited.
     live: Mutex<usize>,
@@ -187,13 +218,13 @@ impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Executor")
             .field("lanes", &self.shared.lanes.len())
-            .field("queued", &self.shared.queued.load(SeqCst))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-const POLL: Duration = Duration::from_millis(1);
-const IDLE_POLLS: u32 = 50;
+/// How long an idle worker spins, watching its queue, before it blocks (and publishers must wake
+/// it with a system call).
+const SPIN: Duration = Duration::from_micros(50);
 const WATCHDOG_TICK: Duration = Duration::from_millis(10);
 
 impl Executor {
@@ -204,23 +235,24 @@ impl Executor {
     ) -> std::io::Result<Executor> {
         let lanes = (0..settings.workers)
             .map(|_| Lane {
-                queue: Mutex::new(VecDeque::new()),
-                cv: Condvar::new(),
-                deep_sleep: AtomicBool::new(false),
+                queue: CachePadded::new(Mutex::new(Queue::default())),
+                has_items: CachePadded::new(AtomicBool::new(false)),
+                sleeping: AtomicBool::new(false),
+                ready: Condvar::new(),
+                space_waiters: AtomicUsize::new(0),
+                space: Condvar::new(),
                 generation: AtomicU64::new(0),
-                in_flight: Mutex::new(None),
+                work: CachePadded::new(Mutex::new(Work::default())),
             })
-            .collect();
+            .collect::<Box<[Lane]>>();
+        let lane_capacity = (settings.queue_capacity / lanes.len()).max(1);
         let shared = Arc::new(Shared {
             lanes,
+            lane_capacity,
             hasher: Default::default(),
             settings,
             registry,
             counters,
-            queued: AtomicUsize::new(0),
-            space_waiters: AtomicUsize::new(0),
-            space_lock: Mutex::new(()),
-            space_cv: Condvar::new(),
             stopping: AtomicBool::new(false),
             live: Mutex::new(0),
             live_cv: Condvar::new(),
@@ -239,63 +271,67 @@ impl Executor {
         Ok(Executor { shared })
     }
 
-    /// Queues `job` for delivery, applying the queue-full policy.
+    /// Queues `job` for delivery, applying the queue-full policy. The queue bound is shared out
+    /// evenly between the lanes.
     pub(crate) fn publish(&self, job: Job) {
         let s = &*self.shared;
-        if s.stopping.load(SeqCst) {
-            s.counters.dropped.fetch_add(1, SeqCst);
+        if s.stopping.load(Relaxed) {
+            s.counters.dropped.fetch_add(1, Relaxed);
             return;
         }
         let lane = &s.lanes[(s.hasher.hash_one(job.event.key()) as usize) % s.lanes.len()];
-        if s.queued.load(SeqCst) >= s.settings.queue_capacity && !in_worker() {
+        let mut q = lane.queue.lock();
+        if q.jobs.len() >= s.lane_capacity && !in_worker() {
             match s.settings.when_full {
                 QueueFullPolicy::DropNewest => {
-                    s.counters.dropped.fetch_add(1, SeqCst);
+                    s.counters.dropped.fetch_add(1, Relaxed);
                     return;
                 }
                 QueueFullPolicy::DropOldest => {
-                    if lane.queue.lock().pop_front().is_some() {
-                        s.queued.fetch_sub(1, SeqCst);
-                        s.counters.dropped.fetch_add(1, SeqCst);
-                    }
+                    q.jobs.pop_front();
+                    s.counters.dropped.fetch_add(1, Relaxed);
                 }
                 QueueFullPolicy::Block => {
-                    s.space_waiters.fetch_add(1, SeqCst);
-                    let mut g = s.space_lock.lock();
-                    while s.queued.load(SeqCst) >= s.settings.queue_capacity
-                        && !s.stopping.load(SeqCst)
-                    {
-                        s.space_cv.wait_for(&mut g, Duration::from_millis(50));
+                    lane.space_waiters.fetch_add(1, SeqCst);
+                    while q.jobs.len() >= s.lane_capacity && !s.stopping.load(SeqCst) {
+                        lane.space.wait_for(&mut q, Duration::from_millis(50));
                     }
-                    drop(g);
-                    s.space_waiters.fetch_sub(1, SeqCst);
+                    lane.space_waiters.fetch_sub(1, SeqCst);
+                    if s.stopping.load(SeqCst) {
+                        s.counters.dropped.fetch_add(1, Relaxed);
+                        return;
+                    }
                 }
             }
         }
-        s.queued.fetch_add(1, SeqCst);
-        let mut q = lane.queue.lock();
-        q.push_back(job);
-        let deep = lane.deep_sleep.load(SeqCst);
-        drop(q);
-        if deep {
-            lane.cv.notify_one();
+        if q.jobs.is_empty() {
+            lane.has_items.store(true, Release);
         }
+        q.jobs.push_back(job);
+        let returned = if q.returned.len() >= RETURN_BATCH && !in_worker() {
+            std::mem::take(&mut q.returned)
+        } else {
+            Vec::new()
+        };
+        let wake = lane.sleeping.load(Relaxed);
+        drop(q);
+        if wake {
+            lane.ready.notify_one();
+        }
+        drop(returned);
     }
 
-    /// Stops the executor: queued events are delivered until `grace` passes, then dropped
-    /// (counted). Never waits when called from a hook.
+    /// Stops the executor: queued events are delivered until the grace period passes, then
+    /// dropped (counted). Never waits when called from a hook.
     pub(crate) fn shutdown(&self) {
         let s = &*self.shared;
         if s.stopping.swap(true, SeqCst) {
             return;
         }
         for lane in s.lanes.iter() {
-            let _g = lane.queue.lock();
-            lane.cv.notify_all();
-        }
-        {
-            let _g = s.space_lock.lock();
-            s.space_cv.notify_all();
+            let _q = lane.queue.lock();
+            lane.ready.notify_all();
+            lane.space.notify_all();
         }
         wake_watchdog(s);
         if !in_worker() {
@@ -311,11 +347,12 @@ impl Executor {
         for lane in s.lanes.iter() {
             let n = {
                 let mut q = lane.queue.lock();
-                let n = q.len();
-                q.clear();
+                let n = q.jobs.len();
+                q.jobs.clear();
+                q.returned.clear();
                 n
             };
-            s.counters.dropped.fetch_add(n as u64, SeqCst);
+            s.counters.dropped.fetch_add(n as u64, Relaxed);
         }
     }
 }
@@ -335,7 +372,7 @@ fn spawn_worker(
     shared: &Arc<Shared>,
     lane: usize,
     generation: u64,
-    resume: Option<InFlight>,
+    resume: Option<Work>,
 ) -> std::io::Result<()> {
     *shared.live.lock() += 1;
     let s = shared.clone();
@@ -343,7 +380,12 @@ fn spawn_worker(
         .name(format!("livedict-hooks-{lane}"))
         .spawn(move || {
             IN_WORKER.set(true);
-            worker(&s, lane, generation, resume);
+            if let Some(work) = resume {
+                *s.lanes[lane].work.lock() = work;
+            }
+            if worker(&s, lane, generation) {
+                leave(&s);
+            }
         });
     if spawned.is_err() {
         *shared.live.lock() -= 1;
@@ -351,126 +393,168 @@ fn spawn_worker(
     spawned.map(drop)
 }
 
-/// Leaves the live count (a worker that exits normally).
+/// Leaves the live count (a worker that exits normally, or one the watchdog abandons).
 fn leave(s: &Shared) {
     let mut live = s.live.lock();
     *live -= 1;
     s.live_cv.notify_all();
 }
 
-fn worker(s: &Shared, lane_index: usize, generation: u64, resume: Option<InFlight>) {
-    let lane = &s.lanes[lane_index];
-    if let Some(in_flight) = resume {
-        *lane.in_flight.lock() = Some(in_flight);
-        if !run_in_flight(s, lane, generation) {
-            return; // abandoned again
-        }
-    }
-    let mut idle = 0;
+/// Moves the lane's queued jobs into its work list, handing `done` (delivered events) back to
+/// publishers. False when the executor stops and nothing is left.
+fn refill(s: &Shared, lane: &Lane, generation: u64, done: &mut Vec<Event>) -> bool {
+    let started = Instant::now();
+    let mut spins = 0u32;
     loop {
-        let job = {
-            let mut q = lane.queue.lock();
-            loop {
-                if let Some(job) = q.pop_front() {
-                    break Some(job);
-                }
-                if s.stopping.load(SeqCst) {
-                    break None;
-                }
-                if idle < IDLE_POLLS {
-                    idle += 1;
-                    lane.cv.wait_for(&mut q, POLL);
-                } else {
-                    lane.deep_sleep.store(true, SeqCst);
-                    lane.cv.wait_for(&mut q, Duration::from_secs(1));
-                    lane.deep_sleep.store(false, SeqCst);
-                }
-            }
-        };
-        let Some(job) = job else {
+        if lane.has_items.load(Acquire) || s.stopping.load(Relaxed) {
             break;
-        };
-        idle = 0;
-        s.queued.fetch_sub(1, SeqCst);
-        if s.space_waiters.load(SeqCst) > 0 {
-            let _g = s.space_lock.lock();
-            s.space_cv.notify_all();
         }
-        // Every hook call of this event, decided now (hooks registered later do not see it).
-        let mut calls: VecDeque<(HookFn, Duration)> = s
-            .registry
-            .snapshot()
-            .iter()
-            .filter(|r| r.enabled.load(SeqCst) && r.hook.accepts(job.event.kind, job.event.key()))
-            .map(|r| {
-                (
-                    r.hook.f.clone(),
-                    r.hook.timeout.unwrap_or(s.settings.hook_timeout),
-                )
-            })
-            .collect();
-        if let Some(f) = job.entry_hook {
-            calls.push_back((f, s.settings.hook_timeout));
+        spins += 1;
+        if spins % 64 == 0 {
+            if started.elapsed() >= SPIN {
+                break;
+            }
+            // Let a publisher sharing this core run.
+            std::thread::yield_now();
         }
-        if calls.is_empty() {
-            continue;
-        }
-        *lane.in_flight.lock() = Some(InFlight {
-            event: job.event,
-            calls,
-            deadline: None,
-        });
-        if !run_in_flight(s, lane, generation) {
-            return; // abandoned: a new worker has the lane
+        std::hint::spin_loop();
+    }
+    let mut q = lane.queue.lock();
+    if !done.is_empty() {
+        if q.returned.is_empty() {
+            std::mem::swap(&mut q.returned, done);
+        } else if q.returned.len() + done.len() <= RETURN_MAX {
+            q.returned.append(done);
         }
     }
-    leave(s);
+    loop {
+        if lane.generation.load(SeqCst) != generation {
+            return false;
+        }
+        if !q.jobs.is_empty() {
+            lane.has_items.store(false, Relaxed);
+            std::mem::swap(&mut q.jobs, &mut lane.work.lock().rest);
+            if lane.space_waiters.load(SeqCst) > 0 {
+                lane.space.notify_all();
+            }
+            return true;
+        }
+        if s.stopping.load(SeqCst) {
+            return false;
+        }
+        lane.sleeping.store(true, Relaxed);
+        lane.ready.wait_for(&mut q, Duration::from_secs(1));
+        lane.sleeping.store(false, Relaxed);
+    }
 }
 
-/// Runs the calls left in the lane's in-flight event. False if this worker was abandoned meanwhile
+/// A lane's worker. Returns true when it exits normally, false when it was abandoned (the
+/// watchdog already took it off the live count).
+fn worker(s: &Shared, lane_index: usize, generation: u64) -> bool {
+    let lane = &s.lanes[lane_index];
+    let mut done = Vec::new();
+    loop {
+        // Finish what the lane's work list holds (a stuck predecessor's leftovers first).
+        match run_work(s, lane, generation, &mut done) {
+            Some(true) => continue,
+            Some(false) => {}
+            None => return false,
+        }
+        if done.len() > RETURN_MAX {
+            done.clear();
+        }
+        if !refill(s, lane, generation, &mut done) {
+            return lane.generation.load(SeqCst) == generation;
+        }
+    }
+}
+
+/// Runs one event of the lane's work list: Some(true) if there was one, Some(false) if the list
+/// is empty, None if this worker was abandoned meanwhile.
+fn run_work(s: &Shared, lane: &Lane, generation: u64, done: &mut Vec<Event>) -> Option<bool> {
+    {
+        let mut work = lane.work.lock();
+        if lane.generation.load(SeqCst) != generation {
+            return None;
+        }
+        if work.current.is_none() {
+            let Some(job) = work.rest.pop_front() else {
+                return Some(false);
+            };
+            // Every hook call of this event, decided now (hooks registered later do not see it).
+            let mut calls: VecDeque<(HookFn, Duration)> = s
+                .registry
+                .snapshot()
+                .iter()
+                .filter(|r| {
+                    r.enabled.load(Relaxed) && r.hook.accepts(job.event.kind, job.event.key())
+                })
+                .map(|r| {
+                    (
+                        r.hook.f.clone(),
+                        r.hook.timeout.unwrap_or(s.settings.hook_timeout),
+                    )
+                })
+                .collect();
+            if let Some(f) = job.entry_hook {
+                calls.push_back((f, s.settings.hook_timeout));
+            }
+            work.current = Some(Current {
+                event: job.event,
+                calls,
+                deadline: None,
+            });
+        }
+    }
+    run_current(s, lane, generation, done).then_some(true)
+}
+
+/// Runs the calls left of the lane's current event. False if this worker was abandoned meanwhile
 /// (it must then exit without touching the lane).
-fn run_in_flight(s: &Shared, lane: &Lane, generation: u64) -> bool {
+fn run_current(s: &Shared, lane: &Lane, generation: u64, done: &mut Vec<Event>) -> bool {
     loop {
         let (f, event) = {
-            let mut slot = lane.in_flight.lock();
+            let mut work = lane.work.lock();
             if lane.generation.load(SeqCst) != generation {
                 return false;
             }
-            let Some(in_flight) = slot.as_mut() else {
+            let Some(current) = work.current.as_mut() else {
                 return true;
             };
-            let Some((f, timeout)) = in_flight.calls.pop_front() else {
-                *slot = None;
+            let Some((f, timeout)) = current.calls.pop_front() else {
+                if let Some(finished) = work.current.take() {
+                    done.push(finished.event);
+                }
                 return true;
             };
-            in_flight.deadline = Some(Instant::now() + timeout);
-            (f, in_flight.event.clone())
+            current.deadline = Some(Instant::now() + timeout);
+            (f, current.event.clone())
         };
-        if s.watchdog_deep.load(SeqCst) {
+        if s.watchdog_deep.load(Relaxed) {
             wake_watchdog(s);
         }
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(&event)));
-        let mut slot = lane.in_flight.lock();
+        let mut work = lane.work.lock();
         if lane.generation.load(SeqCst) != generation {
             // The watchdog gave up on this call and counted it; this thread is abandoned.
-            drop(slot);
+            drop(work);
             s.abandoned.fetch_sub(1, SeqCst);
             return false;
         }
-        if let Some(in_flight) = slot.as_mut() {
-            in_flight.deadline = None;
+        if let Some(current) = work.current.as_mut() {
+            current.deadline = None;
         }
-        drop(slot);
+        drop(work);
         match outcome {
             Ok(Ok(())) => {
-                s.counters.delivered.fetch_add(1, SeqCst);
+                s.counters.delivered.fetch_add(1, Relaxed);
             }
             Ok(Err(e)) => {
-                s.counters.failed.fetch_add(1, SeqCst);
+                s.counters.failed.fetch_add(1, Relaxed);
                 tracing::warn!(key = event.key(), kind = ?event.kind, error = %e, "livedict: hook failed");
             }
             Err(panic) => {
-                s.counters.failed.fetch_add(1, SeqCst);
+                s.counters.failed.fetch_add(1, Relaxed);
                 let msg = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
@@ -488,20 +572,20 @@ fn watchdog(s: &Arc<Shared>) {
         let now = Instant::now();
         let mut busy = false;
         for (i, lane) in s.lanes.iter().enumerate() {
-            let mut slot = lane.in_flight.lock();
-            let Some(in_flight) = slot.as_mut() else {
+            let mut work = lane.work.lock();
+            let Some(current) = work.current.as_mut() else {
                 continue;
             };
             busy = true;
-            let Some(deadline) = in_flight.deadline else {
+            let Some(deadline) = current.deadline else {
                 continue;
             };
             if now < deadline {
                 continue;
             }
-            in_flight.deadline = None;
-            s.counters.timed_out.fetch_add(1, SeqCst);
-            tracing::warn!(key = in_flight.event.key(), kind = ?in_flight.event.kind,
+            current.deadline = None;
+            s.counters.timed_out.fetch_add(1, Relaxed);
+            tracing::warn!(key = current.event.key(), kind = ?current.event.kind,
                 "livedict: hook timed out; its worker is abandoned");
             if s.abandoned.load(SeqCst) >= s.settings.max_abandoned {
                 tracing::error!(
@@ -510,19 +594,18 @@ fn watchdog(s: &Arc<Shared>) {
                 );
                 continue;
             }
-            // Hand the rest of the event to a fresh worker; the stuck one exits when (if) its
-            // hook returns.
-            let resume = slot.take();
+            // Hand the rest of the event, and of the batch, to a fresh worker; the stuck one exits
+            // when (if) its hook returns.
+            let resume = std::mem::take(&mut *work);
             let generation = lane.generation.fetch_add(1, SeqCst) + 1;
-            drop(slot);
+            drop(work);
             s.abandoned.fetch_add(1, SeqCst);
             leave(s);
-            if let Err(e) = spawn_worker(s, i, generation, resume) {
+            if let Err(e) = spawn_worker(s, i, generation, Some(resume)) {
                 tracing::error!(error = %e, "livedict: cannot start a hook worker");
             }
         }
-        let live = *s.live.lock();
-        if s.stopping.load(SeqCst) && live == 0 {
+        if s.stopping.load(SeqCst) && *s.live.lock() == 0 {
             return;
         }
         quiet_ticks = if busy { 0 } else { quiet_ticks + 1 };
@@ -534,6 +617,7 @@ fn watchdog(s: &Arc<Shared>) {
         } else {
             s.watchdog_cv.wait_for(&mut g, WATCHDOG_TICK);
         }
+        drop(g);
         if s.stopping.load(SeqCst) && *s.live.lock() == 0 {
             return;
         }

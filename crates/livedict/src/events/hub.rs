@@ -110,7 +110,7 @@ impl EventHub {
             event: Event {
                 kind,
                 cause,
-                key: Arc::from(key),
+                key: compact_str::CompactString::new(key),
                 value,
                 previous,
                 time,

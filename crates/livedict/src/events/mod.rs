@@ -133,7 +133,8 @@ impl Cause {
 pub struct Event {
     pub(crate) kind: EventKind,
     pub(crate) cause: Cause,
-    pub(crate) key: Arc<str>,
+    /// Inline up to 24 bytes: publishing an event of a short key allocates nothing for it.
+    pub(crate) key: compact_str::CompactString,
     pub(crate) value: Option<Bytes>,
     pub(crate) previous: Option<Bytes>,
     pub(crate) time: Millis,
@@ -218,7 +219,7 @@ impl Event {
         serde_json::json!({
             "kind": self.kind.name(),
             "cause": self.cause.name(),
-            "key": &*self.key,
+            "key": self.key.as_str(),
             "time": self.time,
             "value": value_json(&self.value),
             "previous": value_json(&self.previous),
