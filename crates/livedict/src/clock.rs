@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -72,30 +72,102 @@ fn system_now() -> Millis {
     }
 }
 
-/// How far the kernel's coarse clock may lag the precise one and still be used. It lags by at
-/// most one timer tick (1-10 ms); the margin is ten times that.
-pub(crate) const COARSE_MARGIN: Millis = 100;
+/// How stale the cached time may be and still answer "is this deadline ahead?". The ticker
+/// refreshes it every millisecond; the margin covers a ticker delayed by scheduling.
+pub(crate) const RECENT_MARGIN: Millis = 1000;
 
-/// The kernel's coarse wall clock (`CLOCK_REALTIME_COARSE`): the time of the last timer tick, read
-/// from memory shared with the kernel, never ahead of the precise clock.
-#[inline]
-fn coarse_now() -> Millis {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-    (t.tv_sec as u64) * 1000 + (t.tv_nsec as u64) / 1_000_000
+/// A process-wide cache of the wall clock, refreshed every millisecond by one background thread
+/// ("livedict-clock") while stores read it; the thread parks after a second without readers and
+/// is woken by the next one.
+struct RecentClock {
+    ms: AtomicU64,
+    /// Set by readers (only when clear, so reading stays a shared load), cleared by the ticker.
+    used: AtomicBool,
+    ticking: AtomicBool,
+    ticker: OnceLock<std::thread::Thread>,
 }
 
-/// Cleared for good if a sampled comparison ever finds the coarse clock lagging by more than half
-/// the margin (a kernel without regular ticks, say): from then on every reading is precise.
-static COARSE_TRUSTED: AtomicBool = AtomicBool::new(true);
+static RECENT: RecentClock = RecentClock {
+    ms: AtomicU64::new(0),
+    used: AtomicBool::new(false),
+    ticking: AtomicBool::new(false),
+    ticker: OnceLock::new(),
+};
+
+impl RecentClock {
+    /// The cached time, if the ticker is running.
+    #[inline]
+    fn get(&self) -> Option<Millis> {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+        if self.ticking.load(Ordering::Acquire) {
+            Some(self.ms.load(Ordering::Relaxed))
+        } else {
+            self.wake();
+            None
+        }
+    }
+
+    #[cold]
+    fn wake(&self) {
+        self.ms.store(system_now(), Ordering::Relaxed);
+        let ticker = self.ticker.get_or_init(|| {
+            std::thread::Builder::new()
+                .name("livedict-clock".into())
+                .spawn(|| RECENT.tick())
+                .map(|h| h.thread().clone())
+                .unwrap_or_else(|_| std::thread::current())
+        });
+        if ticker.id() != std::thread::current().id() {
+            ticker.unpark();
+        }
+    }
+
+    fn tick(&self) {
+        loop {
+            self.ticking.store(true, Ordering::Release);
+            for _ in 0..1000 {
+                self.ms.store(system_now(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if !self.used.swap(false, Ordering::Relaxed) {
+                // Nobody read the time for a second: park until a reader wakes us.
+                self.ticking.store(false, Ordering::Release);
+                if !self.used.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    /// Every 4096th use on a thread compares the cache with the precise clock, and repairs it if a
+    /// stalled ticker let it fall behind by more than half the margin.
+    #[inline]
+    fn check(&self, recent: Millis) {
+        thread_local! {
+            static COUNT: Cell<u32> = const { Cell::new(0) };
+        }
+        let n = COUNT.get().wrapping_add(1);
+        COUNT.set(n);
+        if n % 4096 == 0 {
+            let precise = system_now();
+            if precise.saturating_sub(recent) > RECENT_MARGIN / 2 {
+                self.ms.fetch_max(precise, Ordering::Relaxed);
+                tracing::debug!(recent, precise, "livedict: the clock ticker fell behind");
+            }
+        }
+    }
+}
 
 /// The time of one operation, read lazily.
 ///
-/// Reading the precise clock (`clock_gettime`, a fenced time-stamp counter read) stops the CPU
-/// from overlapping one lookup's cache misses with the next: with a miss per lookup it made reads
-/// three times slower. Most reads only need to know that an entry's deadline is not yet reached,
-/// which the coarse clock answers when the deadline is more than [`COARSE_MARGIN`] away; the
-/// precise clock is read only near a deadline, for a sliding TTL, or when asked. A manual clock is
-/// always read exactly (it is an atomic load).
+/// Reading a clock (`clock_gettime`, even the kernel's coarse clock) stops the CPU from
+/// overlapping one lookup's cache misses with the next: with a miss per lookup it made reads two
+/// to three times slower. Most reads only need to know that an entry's deadline is not yet
+/// reached, which a cached time (refreshed every millisecond by one thread) answers when the
+/// deadline is more than [`RECENT_MARGIN`] away; the precise clock is read only near a deadline,
+/// for a sliding TTL, or when asked. A manual clock is always read exactly (an atomic load).
 #[derive(Debug)]
 pub struct Now<'a> {
     clock: Option<&'a Clock>,
@@ -140,15 +212,16 @@ impl<'a> Now<'a> {
         }
     }
 
-    /// A time no later than [`exact`](Self::exact) and at most [`COARSE_MARGIN`] earlier.
+    /// A time no later than [`exact`](Self::exact), and normally within a few milliseconds of
+    /// it: the cached time when it is available.
     #[inline]
     pub fn recent(&self) -> Millis {
         match (self.known(), self.clock) {
             (Some(t), _) => t,
-            (None, Some(Clock::System)) if COARSE_TRUSTED.load(Ordering::Relaxed) => {
-                sample_coarse_lag();
-                coarse_now()
-            }
+            (None, Some(Clock::System)) => match RECENT.get() {
+                Some(t) => t,
+                None => self.exact(),
+            },
             _ => self.exact(),
         }
     }
@@ -159,34 +232,14 @@ impl<'a> Now<'a> {
     pub fn before(&self, deadline: Millis) -> bool {
         if self.known().is_none()
             && matches!(self.clock, Some(Clock::System))
-            && COARSE_TRUSTED.load(Ordering::Relaxed)
-            && coarse_now().saturating_add(COARSE_MARGIN) < deadline
+            && let Some(recent) = RECENT.get()
         {
-            return true;
+            RECENT.check(recent);
+            if recent.saturating_add(RECENT_MARGIN) < deadline {
+                return true;
+            }
         }
         self.exact() < deadline
-    }
-}
-
-/// Every 4096th coarse reading of a thread is checked against the precise clock.
-#[inline]
-fn sample_coarse_lag() {
-    thread_local! {
-        static COUNT: Cell<u32> = const { Cell::new(0) };
-    }
-    let n = COUNT.get().wrapping_add(1);
-    COUNT.set(n);
-    if n % 4096 == 0 {
-        let coarse = coarse_now();
-        let precise = system_now();
-        if precise.saturating_sub(coarse) > COARSE_MARGIN / 2 || coarse > precise + 1 {
-            COARSE_TRUSTED.store(false, Ordering::Relaxed);
-            tracing::warn!(
-                coarse,
-                precise,
-                "livedict: the coarse clock is off; using the precise clock only"
-            );
-        }
     }
 }
 
@@ -292,15 +345,18 @@ mod tests {
     }
 
     #[test]
-    fn coarse_clock_is_never_ahead_and_close_behind() {
-        for _ in 0..10_000 {
-            let coarse = coarse_now();
+    fn recent_time_is_never_ahead_and_close_behind() {
+        let _ = RECENT.get(); // starts the ticker
+        std::thread::sleep(Duration::from_millis(20));
+        for _ in 0..2000 {
+            let recent = RECENT.get().unwrap_or_else(system_now);
             let precise = system_now();
-            assert!(coarse <= precise + 1, "coarse {coarse} ahead of {precise}");
+            assert!(recent <= precise, "recent {recent} ahead of {precise}");
             assert!(
-                precise - coarse < COARSE_MARGIN,
-                "coarse {coarse} far behind {precise}"
+                precise - recent < RECENT_MARGIN,
+                "recent {recent} far behind {precise}"
             );
+            std::thread::sleep(Duration::from_micros(50));
         }
     }
 
@@ -309,7 +365,7 @@ mod tests {
         let clock = Clock::System;
         let now = Now::of(&clock);
         let t = system_now();
-        assert!(now.before(t + 10 * COARSE_MARGIN)); // far: no precise read needed
+        assert!(now.before(t + 10 * RECENT_MARGIN)); // far: no precise read needed
         assert!(!now.before(t.saturating_sub(1000)));
         assert!(now.exact() >= t);
         assert!(now.recent() <= now.exact());

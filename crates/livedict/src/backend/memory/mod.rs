@@ -23,17 +23,21 @@ use super::{
     Backend, BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue, ReadMode,
     Removed, ScanEntry, Updated, WriteExpiry, Written,
 };
-use crate::clock::{COARSE_MARGIN, Millis, Now};
+use crate::clock::{Millis, Now, RECENT_MARGIN};
 use crate::error::Result;
 use timers::{TimerId, TimerQueue};
 
 type Hasher = foldhash::fast::RandomState;
 
-/// Reads refresh an entry's last-access time (from the coarse clock) only when it is this much
+/// A stored key: inline up to 24 bytes, so that comparing it during a lookup reads the slot's own
+/// cache line instead of a separate allocation.
+type Key = compact_str::CompactString;
+
+/// Reads refresh an entry's last-access time (from the cached clock) only when it is this much
 /// older, so that reads do not dirty the entry's cache line; `remove_inactive` allows for both (it
 /// never removes an entry read within the idle time, and may keep one a little longer).
 const ACCESS_GRANULARITY: Millis = 1000;
-const ACCESS_SLACK: Millis = ACCESS_GRANULARITY + COARSE_MARGIN;
+const ACCESS_SLACK: Millis = ACCESS_GRANULARITY + RECENT_MARGIN;
 
 /// The in-memory backend (the default of [`LiveDict::new`](crate::LiveDict::new)).
 ///
@@ -53,7 +57,7 @@ pub struct MemoryBackend {
 }
 
 struct Slot {
-    key: Arc<str>,
+    key: Key,
     value: Bytes,
     /// Deadline in ms since the epoch; 0 = none.
     deadline: AtomicU64,
@@ -112,7 +116,7 @@ struct Shard {
 
 impl Shard {
     fn find(&self, hash: u64, key: &str) -> Option<&Slot> {
-        self.table.find(hash, |s| &*s.key == key)
+        self.table.find(hash, |s| s.key == key)
     }
 
     fn write(
@@ -129,7 +133,7 @@ impl Shard {
             timers,
             hasher,
         } = self;
-        match table.find_entry(hash, |s| &*s.key == key) {
+        match table.find_entry(hash, |s| s.key == key) {
             Ok(mut occupied) => {
                 let slot = occupied.get_mut();
                 let live = slot.is_live(now);
@@ -186,7 +190,7 @@ impl Shard {
                     return Written::default();
                 }
                 let (deadline, sliding) = expiry.expiry.deadline_at(now);
-                let key: Arc<str> = Arc::from(key);
+                let key = Key::new(key);
                 let timer = deadline.map(|d| timers.schedule(d, key.clone()));
                 let slot = Slot {
                     key,
@@ -198,7 +202,7 @@ impl Shard {
                 };
                 absent
                     .into_table()
-                    .insert_unique(hash, slot, |s| hasher.hash_one(&*s.key));
+                    .insert_unique(hash, slot, |s| hasher.hash_one(s.key.as_str()));
                 Written {
                     written: true,
                     ..Written::default()
@@ -209,7 +213,7 @@ impl Shard {
 
     fn remove(&mut self, hash: u64, key: &str, now: Millis) -> Removed {
         let Shard { table, timers, .. } = self;
-        match table.find_entry(hash, |s| &*s.key == key) {
+        match table.find_entry(hash, |s| s.key == key) {
             Ok(occupied) => {
                 let (slot, _) = occupied.remove();
                 if let Some(t) = slot.timer {
@@ -249,7 +253,7 @@ impl Shard {
         self.timers
             .due(now)
             .filter(|key| {
-                self.find(self.hasher.hash_one(&***key), key)
+                self.find(self.hasher.hash_one(key.as_str()), key)
                     .is_some_and(|s| !s.is_live(now))
             })
             .count()
@@ -412,7 +416,7 @@ impl Backend for MemoryBackend {
         let (hash, shard) = self.shard(key);
         let mut shard = shard.write();
         let Shard { table, timers, .. } = &mut *shard;
-        match table.find_mut(hash, |s| &*s.key == key) {
+        match table.find_mut(hash, |s| s.key == key) {
             Some(slot) if slot.is_live(now) => {
                 let (deadline, sliding) = expiry.deadline_at(now);
                 slot.set_deadline(timers, deadline);
@@ -458,7 +462,7 @@ impl Backend for MemoryBackend {
                     cleared.removed += 1;
                 } else {
                     cleared.expired.push(ExpiredEntry {
-                        key: slot.key,
+                        key: Arc::from(slot.key.as_str()),
                         value: slot.value,
                         deadline: slot.deadline.load(Relaxed),
                     });
@@ -482,7 +486,7 @@ impl Backend for MemoryBackend {
             else {
                 continue;
             };
-            let removed = shard.remove(self.hasher.hash_one(&*key), &key, now);
+            let removed = shard.remove(self.hasher.hash_one(key.as_str()), &key, now);
             if let Some(value) = removed.previous {
                 return Ok(Some((key.to_string(), value)));
             }
@@ -523,8 +527,8 @@ impl Backend for MemoryBackend {
                 let Some((_, key)) = timers.pop_due(now) else {
                     break;
                 };
-                let hash = self.hasher.hash_one(&*key);
-                let Ok(mut occupied) = table.find_entry(hash, |s| Arc::ptr_eq(&s.key, &key)) else {
+                let hash = self.hasher.hash_one(key.as_str());
+                let Ok(mut occupied) = table.find_entry(hash, |s| s.key == key) else {
                     debug_assert!(false, "timer record without its entry");
                     continue;
                 };
@@ -535,7 +539,7 @@ impl Backend for MemoryBackend {
                     d if d <= now => {
                         let (slot, _) = occupied.remove();
                         out.push(ExpiredEntry {
-                            key,
+                            key: Arc::from(key.as_str()),
                             value: slot.value,
                             deadline: d,
                         });

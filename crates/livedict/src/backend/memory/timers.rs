@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU64;
-use std::sync::Arc;
 
+use super::Key;
 use crate::clock::Millis;
 
 /// Identifies one record: its deadline and a per-queue sequence number (deadlines repeat). The
@@ -22,7 +22,7 @@ pub(super) struct TimerId {
 
 #[derive(Debug)]
 pub(super) struct TimerQueue {
-    records: BTreeMap<TimerId, Arc<str>>,
+    records: BTreeMap<TimerId, Key>,
     next_seq: NonZeroU64,
 }
 
@@ -36,7 +36,7 @@ impl Default for TimerQueue {
 }
 
 impl TimerQueue {
-    pub(super) fn schedule(&mut self, deadline: Millis, key: Arc<str>) -> TimerId {
+    pub(super) fn schedule(&mut self, deadline: Millis, key: Key) -> TimerId {
         let id = TimerId {
             deadline,
             seq: self.next_seq,
@@ -56,7 +56,7 @@ impl TimerQueue {
     }
 
     /// Removes and returns the earliest record if it is due at `now`.
-    pub(super) fn pop_due(&mut self, now: Millis) -> Option<(TimerId, Arc<str>)> {
+    pub(super) fn pop_due(&mut self, now: Millis) -> Option<(TimerId, Key)> {
         let entry = self.records.first_entry()?;
         if entry.key().deadline > now {
             return None;
@@ -65,7 +65,7 @@ impl TimerQueue {
     }
 
     /// The keys of records due at `now`.
-    pub(super) fn due(&self, now: Millis) -> impl Iterator<Item = &Arc<str>> {
+    pub(super) fn due(&self, now: Millis) -> impl Iterator<Item = &Key> {
         self.records
             .range(
                 ..=TimerId {
@@ -93,9 +93,9 @@ mod tests {
     #[test]
     fn pops_in_deadline_order_only_when_due() {
         let mut q = TimerQueue::default();
-        let b = q.schedule(20, "b".into());
-        q.schedule(10, "a".into());
-        q.schedule(20, "c".into());
+        let b = q.schedule(20, Key::new("b"));
+        q.schedule(10, Key::new("a"));
+        q.schedule(20, Key::new("c"));
         assert_eq!(q.first_deadline(), Some(10));
         assert!(q.pop_due(9).is_none());
         assert_eq!(&*q.pop_due(10).unwrap().1, "a");
