@@ -13,14 +13,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, ExpiredEntry};
 use crate::clock::{Clock, Millis, Now};
 use crate::engine::Engine;
 
-/// Entries removed per sweep call; the driver loops while sweeps come back full. Kept small so
-/// that each batch's buffers are small allocations: freeing one of 64 KiB or more makes glibc
-/// consolidate every free chunk of the heap, a pause of hundreds of milliseconds after mass
-/// expiry.
+/// Entries removed per sweep call; the driver loops while sweeps come back full. The batch buffer
+/// is allocated once and reused (see [`Backend::sweep`]).
 const SWEEP_BATCH: usize = 256;
 /// Longest sleep with nothing scheduled, on a backend only this process writes.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -137,13 +135,15 @@ fn micros_since_epoch() -> u64 {
         .unwrap_or(0)
 }
 
-/// Sweeps everything due at the clock's current time. Returns false if the backend failed.
-fn sweep_due(engine: &Engine, backend: &dyn Backend) -> bool {
+/// Sweeps everything due at the clock's current time, through `expired` (a buffer kept from
+/// sweep to sweep). Returns false if the backend failed.
+fn sweep_due(engine: &Engine, backend: &dyn Backend, expired: &mut Vec<ExpiredEntry>) -> bool {
     loop {
         let now = engine.clock.now();
-        match backend.sweep(now, SWEEP_BATCH) {
-            Ok(expired) => {
-                engine.expired(&expired, &|k| {
+        expired.clear();
+        match backend.sweep(now, SWEEP_BATCH, expired) {
+            Ok(()) => {
+                engine.expired(expired, &|k| {
                     backend.contains(k, &Now::fixed(now)).unwrap_or(false)
                 });
                 if matches!(engine.clock, Clock::System) {
@@ -173,12 +173,13 @@ fn run(engine: &Engine, backend: &dyn Backend) {
     } else {
         IDLE_WAIT
     };
+    let mut expired = Vec::with_capacity(SWEEP_BATCH);
     while !control.stop.load(SeqCst) {
         // While working, every write with a deadline kicks: none can slip between the sweep and
         // the sleep below.
         control.planned.store(u64::MAX, SeqCst);
         control.kicked.store(false, SeqCst);
-        if !sweep_due(engine, backend) {
+        if !sweep_due(engine, backend, &mut expired) {
             control.sleep(ERROR_BACKOFF);
             continue;
         }

@@ -728,8 +728,10 @@ impl LiveDict {
     pub fn sweep_expired(&self) -> Result<usize> {
         let now = self.engine().begin()?;
         let mut total = 0;
+        let mut expired = Vec::with_capacity(256);
         loop {
-            let expired = self.backend().sweep(now, 256)?;
+            expired.clear();
+            self.backend().sweep(now, 256, &mut expired)?;
             let backend = self.backend();
             self.engine().expired(&expired, &|k| {
                 backend.contains(k, &Now::fixed(now)).unwrap_or(false)

@@ -74,7 +74,12 @@ pub trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
     fn clear(&self, now: Millis) -> BoxFuture<'_, Result<Cleared>>;
     fn pop_any(&self, now: Millis) -> BoxFuture<'_, Result<Option<KeyValue>>>;
     fn apply_batch(&self, ops: Vec<BatchOp>, now: Millis) -> BoxFuture<'_, Result<Vec<Removed>>>;
-    fn sweep(&self, now: Millis, limit: usize) -> BoxFuture<'_, Result<Vec<ExpiredEntry>>>;
+    fn sweep<'a>(
+        &'a self,
+        now: Millis,
+        limit: usize,
+        out: &'a mut Vec<ExpiredEntry>,
+    ) -> BoxFuture<'a, Result<()>>;
     fn next_deadline(&self) -> BoxFuture<'_, Result<Option<Millis>>>;
     fn remove_inactive(
         &self,
@@ -210,14 +215,14 @@ macro_rules! impl_async_via_sync {
                     self, ops, now,
                 )))
             }
-            fn sweep(
-                &self,
+            fn sweep<'a>(
+                &'a self,
                 now: $crate::Millis,
                 limit: usize,
-            ) -> $crate::backend::BoxFuture<'_, $crate::Result<Vec<$crate::backend::ExpiredEntry>>>
-            {
+                out: &'a mut Vec<$crate::backend::ExpiredEntry>,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<()>> {
                 Box::pin(::std::future::ready($crate::Backend::sweep(
-                    self, now, limit,
+                    self, now, limit, out,
                 )))
             }
             fn next_deadline(

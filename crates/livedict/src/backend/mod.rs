@@ -282,7 +282,10 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Removes up to `limit` entries whose deadline is `<= now` and returns them. Each expired
     /// entry is returned by exactly one call, across threads and processes.
-    fn sweep(&self, now: Millis, limit: usize) -> Result<Vec<ExpiredEntry>>;
+    /// The entries are appended to `out`, which the caller reuses from sweep to sweep: with glibc's
+    /// allocator, allocating a fresh buffer of a kilobyte or more consolidates every small free
+    /// chunk of the heap first, a pause of up to hundreds of milliseconds after mass expiry.
+    fn sweep(&self, now: Millis, limit: usize, out: &mut Vec<ExpiredEntry>) -> Result<()>;
 
     /// The earliest deadline that may be due, if the backend can tell cheaply; the expiry driver
     /// sleeps until then. `None` means "nothing scheduled" (or unknown, for shared backends, which

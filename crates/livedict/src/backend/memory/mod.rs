@@ -512,8 +512,8 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
-    fn sweep(&self, now: Millis, limit: usize) -> Result<Vec<ExpiredEntry>> {
-        let mut out = Vec::new();
+    fn sweep(&self, now: Millis, limit: usize, out: &mut Vec<ExpiredEntry>) -> Result<()> {
+        let limit = out.len() + limit;
         for shard in self.shards.iter() {
             if out.len() >= limit {
                 break;
@@ -549,7 +549,7 @@ impl Backend for MemoryBackend {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn next_deadline(&self) -> Result<Option<Millis>> {
@@ -640,13 +640,18 @@ mod tests {
                 .unwrap()
                 .is_some()
         ); // now due at 190
-        let expired = b.sweep(100, 10).unwrap();
+        let sweep = |now| {
+            let mut out = Vec::new();
+            b.sweep(now, 10, &mut out).unwrap();
+            out
+        };
+        let expired = sweep(100);
         assert_eq!(expired.len(), 1);
         assert_eq!(&*expired[0].key, "f");
         assert_eq!(expired[0].deadline, 100);
         assert_eq!(b.next_deadline().unwrap(), Some(190));
-        assert!(b.sweep(189, 10).unwrap().is_empty());
-        assert_eq!(b.sweep(190, 10).unwrap().len(), 1);
+        assert!(sweep(189).is_empty());
+        assert_eq!(sweep(190).len(), 1);
         assert_eq!(timer_records(&b), 0);
     }
 
