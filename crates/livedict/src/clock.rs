@@ -166,7 +166,7 @@ impl RecentClock {
 /// overlapping one lookup's cache misses with the next: with a miss per lookup it made reads two
 /// to three times slower. Most reads only need to know that an entry's deadline is not yet
 /// reached, which a cached time (refreshed every millisecond by one thread) answers when the
-/// deadline is more than [`RECENT_MARGIN`] away; the precise clock is read only near a deadline,
+/// deadline is more than a second away; the precise clock is read only near a deadline,
 /// for a sliding TTL, or when asked. A manual clock is always read exactly (an atomic load).
 #[derive(Debug)]
 pub struct Now<'a> {
