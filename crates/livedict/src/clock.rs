@@ -150,7 +150,7 @@ impl RecentClock {
         }
         let n = COUNT.get().wrapping_add(1);
         COUNT.set(n);
-        if n % 4096 == 0 {
+        if n.is_multiple_of(4096) {
             let precise = system_now();
             if precise.saturating_sub(recent) > RECENT_MARGIN / 2 {
                 self.ms.fetch_max(precise, Ordering::Relaxed);

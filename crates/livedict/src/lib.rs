@@ -13,11 +13,13 @@
 //!   closure run exactly once; `replace` returns the true previous value; all-or-nothing batches.
 //! - **Typed values** through serde, encoded as JSON (default) or MessagePack (feature
 //!   `msgpack`), behind a small self-describing header; raw bytes too.
-//! - **Backends** behind one small byte-level trait, [`Backend`]: [`MemoryBackend`] (default).
+//! - **Backends** behind one small byte-level trait, [`Backend`]: [`MemoryBackend`] (default) and
+//!   `SqliteBackend` (feature `sqlite`: one file, persistent, shared by processes).
 //! - **Testable time**: give the store a [`ManualClock`] and TTL tests need no sleeps.
 //!
 //! ## Cargo features
 //! - `msgpack`: the MessagePack codec ([`Codec::MessagePack`]).
+//! - `sqlite`: the SQLite backend ([`SqliteBackend`]), SQLite compiled in.
 //! - `full`: every feature.
 //!
 //! ## Example
@@ -64,6 +66,8 @@ mod sync;
 mod ttl;
 
 pub use backend::memory::MemoryBackend;
+#[cfg(feature = "sqlite")]
+pub use backend::sqlite::{Durability, SqliteBackend, SqliteOptions};
 pub use backend::{Backend, KeyTtl};
 pub use batch::Batch;
 pub use builder::Builder;

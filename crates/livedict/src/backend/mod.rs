@@ -11,6 +11,9 @@
 
 mod asynchronous;
 pub mod memory;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite;
 
 pub use asynchronous::{AsyncBackend, BoxFuture, UpdateFn};
 

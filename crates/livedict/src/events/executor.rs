@@ -410,7 +410,7 @@ fn refill(s: &Shared, lane: &Lane, generation: u64, done: &mut Vec<Event>) -> bo
             break;
         }
         spins += 1;
-        if spins % 64 == 0 {
+        if spins.is_multiple_of(64) {
             if started.elapsed() >= SPIN {
                 break;
             }

@@ -1,0 +1,644 @@
+//! The SQLite backend: one file, persistent, shared by the processes that open it.
+//!
+//! Every write is one `BEGIN IMMEDIATE` transaction on the store's writer connection, which takes
+//! SQLite's write lock: writes (and the closure of an `update`) are linearizable per key across
+//! threads and processes. Reads use a pool of reader connections and, in WAL mode, run in parallel
+//! with each other and with the writer. Expiry removal is one `DELETE ... RETURNING` on the
+//! indexed deadline column, so each expired entry is returned to exactly one sweeping process.
+//! The schema is in [`schema`].
+//!
+//! Crash safety: a write that returned `Ok` is committed to the WAL; a process killed at any point
+//! loses none of them. [`Durability::Full`] also syncs the WAL on every commit, so that an
+//! operating-system crash or power loss loses none either (at the price of one `fsync` per write).
+
+mod schema;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    Backend, BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue, ReadMode,
+    Removed, ScanEntry, Updated, WriteExpiry, Written,
+};
+use crate::clock::{Millis, Now};
+use crate::error::{Error, Result};
+
+/// How a read refreshes an entry's last-access time: at most once per this many milliseconds, so
+/// that most reads stay reads.
+const ACCESS_GRANULARITY: Millis = 1000;
+
+/// What a commit waits for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `synchronous = NORMAL` in WAL mode (the default): a write that returned `Ok` survives the
+    /// process being killed at any instant; an operating-system crash or power loss may lose the
+    /// last writes (never corrupting the file). No `fsync` per write.
+    #[default]
+    Normal,
+    /// `synchronous = FULL`: the WAL is synced on every commit, so a write that returned `Ok`
+    /// survives power loss too. Each write waits for an `fsync`.
+    Full,
+}
+
+/// Settings of [`SqliteBackend::open_with`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct SqliteOptions {
+    durability: Durability,
+    busy_timeout: Duration,
+    max_readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            durability: Durability::Normal,
+            busy_timeout: Duration::from_secs(10),
+            max_readers: 8,
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// What a commit waits for (default [`Durability::Normal`]).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// How long a write waits for another process's write lock before failing (default 10 s).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Reader connections kept open for parallel reads (default 8).
+    pub fn max_readers(mut self, n: usize) -> Self {
+        self.max_readers = n.max(1);
+        self
+    }
+}
+
+/// The SQLite backend. Several processes may open the same file at once.
+///
+/// # Examples
+/// ```
+/// use livedict::{LiveDict, SqliteBackend};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("store.db");
+/// let store = LiveDict::builder().backend(SqliteBackend::open(&path)?).build()?;
+/// store.set("k", &"v")?;
+/// drop(store);
+///
+/// let reopened = LiveDict::builder().backend(SqliteBackend::open(&path)?).build()?;
+/// assert_eq!(reopened.get::<String>("k")?.as_deref(), Some("v"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct SqliteBackend {
+    path: PathBuf,
+    options: SqliteOptions,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a SQLite error: "not a database" is a format error, the rest backend errors.
+pub(crate) fn db_error(e: rusqlite::Error) -> Error {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && f.code == rusqlite::ErrorCode::NotADatabase
+    {
+        return Error::Format(format!("the file is not a SQLite database: {e}"));
+    }
+    Error::Backend(Box::new(e))
+}
+
+/// One row of `livedict_entries`.
+struct Row {
+    value: Vec<u8>,
+    deadline: Option<i64>,
+    sliding: i64,
+    last_access: i64,
+}
+
+impl Row {
+    fn is_live(&self, now: Millis) -> bool {
+        self.deadline.is_none_or(|d| d as u64 > now)
+    }
+}
+
+fn load(conn: &Connection, key: &str) -> Result<Option<Row>> {
+    conn.prepare_cached(
+        "SELECT value, deadline, sliding, last_access FROM livedict_entries WHERE key = ?1",
+    )
+    .map_err(db_error)?
+    .query_row([key], |r| {
+        Ok(Row {
+            value: r.get(0)?,
+            deadline: r.get(1)?,
+            sliding: r.get(2)?,
+            last_access: r.get(3)?,
+        })
+    })
+    .optional()
+    .map_err(db_error)
+}
+
+fn upsert(
+    conn: &Connection,
+    key: &str,
+    value: &[u8],
+    deadline: Option<Millis>,
+    sliding: Millis,
+    now: Millis,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO livedict_entries (key, value, deadline, sliding, last_access)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, deadline = excluded.deadline,
+             sliding = excluded.sliding, last_access = excluded.last_access",
+    )
+    .map_err(db_error)?
+    .execute(params![
+        key,
+        value,
+        deadline.map(|d| d as i64),
+        sliding as i64,
+        now as i64
+    ])
+    .map_err(db_error)?;
+    Ok(())
+}
+
+fn remove_row(conn: &Connection, key: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM livedict_entries WHERE key = ?1")
+        .map_err(db_error)?
+        .execute([key])
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// The write of `set`, inside a transaction.
+fn write_entry(
+    conn: &Connection,
+    key: &str,
+    value: &[u8],
+    expiry: WriteExpiry,
+    condition: Condition,
+    now: Millis,
+) -> Result<Written> {
+    let existing = load(conn, key)?;
+    let live = existing.as_ref().is_some_and(|r| r.is_live(now));
+    if live && condition == Condition::IfAbsent {
+        return Ok(Written {
+            written: false,
+            previous: existing.map(|r| Bytes::from(r.value)),
+            expired: None,
+        });
+    }
+    if !live && condition == Condition::IfPresent {
+        if let Some(dead) = existing {
+            remove_row(conn, key)?;
+            return Ok(Written {
+                written: false,
+                previous: None,
+                expired: Some(Bytes::from(dead.value)),
+            });
+        }
+        return Ok(Written::default());
+    }
+    let (deadline, sliding) = match &existing {
+        Some(row) if live && expiry.keep_existing => (
+            row.deadline.map(|d| {
+                if row.sliding > 0 {
+                    now + row.sliding as u64
+                } else {
+                    d as u64
+                }
+            }),
+            row.sliding as u64,
+        ),
+        _ => expiry.expiry.deadline_at(now),
+    };
+    upsert(conn, key, value, deadline, sliding, now)?;
+    let old = existing.map(|r| Bytes::from(r.value));
+    Ok(if live {
+        Written {
+            written: true,
+            previous: old,
+            expired: None,
+        }
+    } else {
+        Written {
+            written: true,
+            previous: None,
+            expired: old,
+        }
+    })
+}
+
+/// The removal of `delete`, inside a transaction.
+fn delete_entry(conn: &Connection, key: &str, now: Millis) -> Result<Removed> {
+    let row = conn
+        .prepare_cached("DELETE FROM livedict_entries WHERE key = ?1 RETURNING value, deadline")
+        .map_err(db_error)?
+        .query_row([key], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<i64>>(1)?))
+        })
+        .optional()
+        .map_err(db_error)?;
+    Ok(match row {
+        None => Removed::default(),
+        Some((value, deadline)) if deadline.is_none_or(|d| d as u64 > now) => Removed {
+            previous: Some(Bytes::from(value)),
+            expired: None,
+        },
+        Some((value, _)) => Removed {
+            previous: None,
+            expired: Some(Bytes::from(value)),
+        },
+    })
+}
+
+impl SqliteBackend {
+    /// Opens (or creates) the store in the file at `path` with the default options.
+    ///
+    /// # Errors
+    /// [`Error::Format`] if the file is not a livedict store (another SQLite database, or not a
+    /// database at all) or is of a newer format; the file is left as it was. [`Error::Backend`]
+    /// for I/O errors.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (or creates) the store at `path` with `options`.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let mut writer = Self::connect(&path, &options)?;
+        schema::check_or_create(&mut writer)?;
+        Self::configure(&writer, &options)?;
+        Ok(SqliteBackend {
+            path,
+            options,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn connect(path: &Path, options: &SqliteOptions) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(db_error)?;
+        conn.busy_timeout(options.busy_timeout).map_err(db_error)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(conn)
+    }
+
+    fn configure(conn: &Connection, options: &SqliteOptions) -> Result<()> {
+        let synchronous = match options.durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)
+            .map_err(db_error)
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection; an error (or a
+    /// panic) in `f` rolls it back.
+    fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(db_error)?;
+        Ok(out)
+    }
+
+    /// Runs `f` on a reader connection from the pool.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = match self.readers.lock().pop() {
+            Some(c) => c,
+            None => {
+                let c = Self::connect(&self.path, &self.options)?;
+                Self::configure(&c, &self.options)?;
+                c
+            }
+        };
+        let out = f(&conn);
+        let mut readers = self.readers.lock();
+        if readers.len() < self.options.max_readers {
+            readers.push(conn);
+        }
+        out
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn get(&self, key: &str, now: &Now<'_>, mode: ReadMode) -> Result<Option<Bytes>> {
+        let now = now.exact();
+        let Some(row) = self.read(|c| load(c, key))? else {
+            return Ok(None);
+        };
+        if !row.is_live(now) {
+            return Ok(None);
+        }
+        let stale = row.last_access as u64 + ACCESS_GRANULARITY <= now;
+        if mode == ReadMode::Peek || (row.sliding == 0 && !stale) {
+            return Ok(Some(Bytes::from(row.value)));
+        }
+        // Renew the sliding deadline and/or the last-access time, and return the value as of
+        // that write (a writer may have changed it since the read).
+        let renewed = self.write(|c| {
+            c.prepare_cached(
+                "UPDATE livedict_entries SET last_access = ?2,
+                     deadline = CASE WHEN sliding > 0 THEN ?2 + sliding ELSE deadline END
+                 WHERE key = ?1 AND (deadline IS NULL OR deadline > ?2) RETURNING value",
+            )
+            .map_err(db_error)?
+            .query_row(params![key, now as i64], |r| r.get::<_, Vec<u8>>(0))
+            .optional()
+            .map_err(db_error)
+        })?;
+        Ok(renewed.map(Bytes::from))
+    }
+
+    fn contains(&self, key: &str, now: &Now<'_>) -> Result<bool> {
+        let now = now.exact();
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT 1 FROM livedict_entries
+                 WHERE key = ?1 AND (deadline IS NULL OR deadline > ?2)",
+            )
+            .map_err(db_error)?
+            .exists(params![key, now as i64])
+            .map_err(db_error)
+        })
+    }
+
+    fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        expiry: WriteExpiry,
+        condition: Condition,
+        now: Millis,
+    ) -> Result<Written> {
+        self.write(|c| write_entry(c, key, &value, expiry, condition, now))
+    }
+
+    fn delete(&self, key: &str, now: Millis) -> Result<Removed> {
+        self.write(|c| delete_entry(c, key, now))
+    }
+
+    fn update(
+        &self,
+        key: &str,
+        now: Millis,
+        f: &mut dyn FnMut(Option<&Bytes>) -> Result<Change>,
+    ) -> Result<Updated> {
+        self.write(|c| {
+            let current = load(c, key)?
+                .filter(|r| r.is_live(now))
+                .map(|r| Bytes::from(r.value));
+            match f(current.as_ref())? {
+                Change::Keep => Ok(Updated {
+                    previous: current,
+                    expired: None,
+                }),
+                Change::Write { value, expiry } => {
+                    let w = write_entry(c, key, &value, expiry, Condition::Always, now)?;
+                    Ok(Updated {
+                        previous: w.previous,
+                        expired: w.expired,
+                    })
+                }
+                Change::Delete => {
+                    let r = delete_entry(c, key, now)?;
+                    Ok(Updated {
+                        previous: r.previous,
+                        expired: r.expired,
+                    })
+                }
+            }
+        })
+    }
+
+    fn ttl(&self, key: &str, now: Millis) -> Result<KeyTtl> {
+        let row = self.read(|c| load(c, key))?;
+        Ok(match row.filter(|r| r.is_live(now)) {
+            None => KeyTtl::Missing,
+            Some(Row { deadline: None, .. }) => KeyTtl::Never,
+            Some(Row {
+                deadline: Some(d), ..
+            }) => KeyTtl::Remaining(Duration::from_millis(d as u64 - now)),
+        })
+    }
+
+    fn set_expiry(&self, key: &str, expiry: Expiry, now: Millis) -> Result<bool> {
+        let (deadline, sliding) = expiry.deadline_at(now);
+        self.write(|c| {
+            let changed = c
+                .prepare_cached(
+                    "UPDATE livedict_entries SET deadline = ?2, sliding = ?3
+                     WHERE key = ?1 AND (deadline IS NULL OR deadline > ?4)",
+                )
+                .map_err(db_error)?
+                .execute(params![
+                    key,
+                    deadline.map(|d| d as i64),
+                    sliding as i64,
+                    now as i64
+                ])
+                .map_err(db_error)?;
+            Ok(changed > 0)
+        })
+    }
+
+    fn scan(&self, prefix: &str, now: Millis, with_values: bool) -> Result<Vec<ScanEntry>> {
+        self.read(|c| {
+            // Keys come in order from the primary key: stop at the first one past the prefix.
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT key, value, deadline FROM livedict_entries
+                     WHERE key >= ?1 ORDER BY key",
+                )
+                .map_err(db_error)?;
+            let mut rows = stmt.query([prefix]).map_err(db_error)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(db_error)? {
+                let key: String = r.get(0).map_err(db_error)?;
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                let deadline: Option<i64> = r.get(2).map_err(db_error)?;
+                if deadline.is_some_and(|d| d as u64 <= now) {
+                    continue;
+                }
+                let value = if with_values {
+                    Some(Bytes::from(r.get::<_, Vec<u8>>(1).map_err(db_error)?))
+                } else {
+                    None
+                };
+                out.push((key, value));
+            }
+            Ok(out)
+        })
+    }
+
+    fn len(&self, now: Millis) -> Result<usize> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT count(*) FROM livedict_entries WHERE deadline IS NULL OR deadline > ?1",
+            )
+            .map_err(db_error)?
+            .query_row([now as i64], |r| r.get::<_, i64>(0))
+            .map(|n| n as usize)
+            .map_err(db_error)
+        })
+    }
+
+    fn clear(&self, now: Millis) -> Result<Cleared> {
+        self.write(|c| {
+            let expired = take_expired(c, now, i64::MAX)?;
+            let removed = c
+                .execute("DELETE FROM livedict_entries", [])
+                .map_err(db_error)?;
+            Ok(Cleared { removed, expired })
+        })
+    }
+
+    fn pop_any(&self, now: Millis) -> Result<Option<KeyValue>> {
+        self.write(|c| {
+            c.prepare_cached(
+                "DELETE FROM livedict_entries WHERE key = (
+                     SELECT key FROM livedict_entries
+                     WHERE deadline IS NULL OR deadline > ?1 LIMIT 1)
+                 RETURNING key, value",
+            )
+            .map_err(db_error)?
+            .query_row([now as i64], |r| {
+                Ok((r.get::<_, String>(0)?, Bytes::from(r.get::<_, Vec<u8>>(1)?)))
+            })
+            .optional()
+            .map_err(db_error)
+        })
+    }
+
+    fn apply_batch(&self, ops: Vec<BatchOp>, now: Millis) -> Result<Vec<Removed>> {
+        self.write(|c| {
+            ops.into_iter()
+                .map(|op| match op {
+                    BatchOp::Set { key, value, expiry } => {
+                        let w = write_entry(c, &key, &value, expiry, Condition::Always, now)?;
+                        Ok(Removed {
+                            previous: w.previous,
+                            expired: w.expired,
+                        })
+                    }
+                    BatchOp::Delete { key } => delete_entry(c, &key, now),
+                })
+                .collect()
+        })
+    }
+
+    fn sweep(&self, now: Millis, limit: usize, out: &mut Vec<ExpiredEntry>) -> Result<()> {
+        // Look before taking the write lock: most polls find nothing due.
+        let due = self.read(|c| {
+            c.prepare_cached("SELECT 1 FROM livedict_entries WHERE deadline <= ?1 LIMIT 1")
+                .map_err(db_error)?
+                .exists([now as i64])
+                .map_err(db_error)
+        })?;
+        if !due {
+            return Ok(());
+        }
+        let expired = self.write(|c| take_expired(c, now, limit as i64))?;
+        out.extend(expired);
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Result<Option<Millis>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT min(deadline) FROM livedict_entries")
+                .map_err(db_error)?
+                .query_row([], |r| r.get::<_, Option<i64>>(0))
+                .map(|d| d.map(|d| d as u64))
+                .map_err(db_error)
+        })
+    }
+
+    fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Result<Vec<KeyValue>> {
+        self.write(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "DELETE FROM livedict_entries
+                     WHERE (deadline IS NULL OR deadline > ?1) AND last_access + ?3 <= ?2
+                     RETURNING key, value",
+                )
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(
+                    params![now as i64, idle_since as i64, ACCESS_GRANULARITY as i64],
+                    |r| Ok((r.get::<_, String>(0)?, Bytes::from(r.get::<_, Vec<u8>>(1)?))),
+                )
+                .map_err(db_error)?;
+            rows.collect::<std::result::Result<_, _>>()
+                .map_err(db_error)
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+}
+
+/// Deletes up to `limit` entries due at `now`, earliest first, and returns them: one statement,
+/// so each is returned to exactly one caller, whatever the number of sweeping processes.
+fn take_expired(c: &Connection, now: Millis, limit: i64) -> Result<Vec<ExpiredEntry>> {
+    let mut stmt = c
+        .prepare_cached(
+            "DELETE FROM livedict_entries WHERE key IN (
+                 SELECT key FROM livedict_entries WHERE deadline <= ?1 ORDER BY deadline LIMIT ?2)
+             RETURNING key, value, deadline",
+        )
+        .map_err(db_error)?;
+    let rows = stmt
+        .query_map(params![now as i64, limit], |r| {
+            Ok(ExpiredEntry {
+                key: std::sync::Arc::from(r.get::<_, String>(0)?),
+                value: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                deadline: r.get::<_, i64>(2)? as u64,
+            })
+        })
+        .map_err(db_error)?;
+    rows.collect::<std::result::Result<_, _>>()
+        .map_err(db_error)
+}

@@ -1,0 +1,101 @@
+//! The file's schema: a plain SQLite database any tool can read.
+//!
+//! ```sql
+//! CREATE TABLE livedict_meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+//! -- ('format', '1')
+//! CREATE TABLE livedict_entries (
+//!     key         TEXT PRIMARY KEY NOT NULL,  -- the key, as given
+//!     value       BLOB NOT NULL,              -- livedict header + payload
+//!     deadline    INTEGER,                    -- ms since the Unix epoch; NULL: never expires
+//!     sliding     INTEGER NOT NULL,           -- sliding TTL in ms; 0: a fixed deadline
+//!     last_access INTEGER NOT NULL            -- ms since the Unix epoch (to about a second)
+//! ) WITHOUT ROWID;
+//! CREATE INDEX livedict_entries_deadline ON livedict_entries (deadline)
+//!     WHERE deadline IS NOT NULL;
+//! ```
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+use super::db_error;
+use crate::error::{Error, Result};
+
+/// The format version this build writes and the newest it opens.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+const CREATE: &str = "
+CREATE TABLE IF NOT EXISTS livedict_meta (
+    name TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS livedict_entries (
+    key TEXT PRIMARY KEY NOT NULL,
+    value BLOB NOT NULL,
+    deadline INTEGER,
+    sliding INTEGER NOT NULL,
+    last_access INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS livedict_entries_deadline
+    ON livedict_entries (deadline) WHERE deadline IS NOT NULL;
+INSERT OR IGNORE INTO livedict_meta (name, value) VALUES ('format', '1');
+";
+
+/// Checks that `conn` is a livedict store of a format this build reads, creating the schema in an
+/// empty database. Reads before it writes, so a file that is not a livedict store (or is of a
+/// newer format) is refused with [`Error::Format`] and left exactly as it was.
+pub(crate) fn check_or_create(conn: &mut Connection) -> Result<()> {
+    let tables: Vec<String> = {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
+            .map_err(db_error)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(db_error)?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(db_error)?
+    };
+    if tables.is_empty() {
+        // An empty database: make it a livedict store (WAL is a property of the file).
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_error)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        tx.execute_batch(CREATE).map_err(db_error)?;
+        tx.commit().map_err(db_error)?;
+        return check_format(conn);
+    }
+    if !tables.iter().any(|t| t == "livedict_meta") {
+        return Err(Error::Format(format!(
+            "the database is not a livedict store (it has tables {tables:?} and no livedict_meta)"
+        )));
+    }
+    check_format(conn)?;
+    if !tables.iter().any(|t| t == "livedict_entries") {
+        return Err(Error::Format(
+            "the livedict store has no livedict_entries table".into(),
+        ));
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(db_error)?;
+    Ok(())
+}
+
+fn check_format(conn: &Connection) -> Result<()> {
+    let format: Option<String> = conn
+        .query_row(
+            "SELECT value FROM livedict_meta WHERE name = 'format'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_error)?;
+    match format.as_deref().map(str::parse::<u32>) {
+        Some(Ok(v)) if v >= 1 && v <= FORMAT_VERSION => Ok(()),
+        Some(Ok(v)) => Err(Error::Format(format!(
+            "the store has format {v}; this build reads 1..={FORMAT_VERSION}"
+        ))),
+        _ => Err(Error::Format(format!(
+            "the store's format version is missing or unreadable ({format:?})"
+        ))),
+    }
+}

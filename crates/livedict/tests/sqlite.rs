@@ -1,0 +1,361 @@
+//! The conformance suite on the SQLite backend, plus what only a file can show: format checks,
+//! several processes on one file, and a writer killed mid-stream.
+//!
+//! Child processes are this test binary run again with `LIVEDICT_CHILD` set (see
+//! [`child_process`]).
+#![cfg(feature = "sqlite")]
+
+#[macro_use]
+mod conformance;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use livedict::{Durability, Error, EventKind, LiveDict, Result, SqliteBackend, SqliteOptions};
+
+/// A fresh database path under cargo's per-target temporary directory.
+fn fresh_path() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("livedict-sqlite");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!(
+        "{}-{}.db",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    path
+}
+
+conformance_suite!(sqlite, || Arc::new(
+    SqliteBackend::open(fresh_path()).unwrap()
+));
+
+fn open(path: &Path) -> Result<LiveDict> {
+    LiveDict::builder()
+        .backend(SqliteBackend::open(path)?)
+        .build()
+}
+
+// ---- the file ------------------------------------------------------------------------------------
+
+#[test]
+fn reopening_keeps_values_and_deadlines() -> Result<()> {
+    let path = fresh_path();
+    {
+        let store = open(&path)?;
+        store.set("forever", &1)?;
+        store.set_with("later", &2, Duration::from_secs(3600))?;
+        store.set_bytes("raw", b"\x00\xff")?;
+    }
+    let store = open(&path)?;
+    assert_eq!(store.get::<i32>("forever")?, Some(1));
+    assert!(
+        matches!(store.ttl("later")?, livedict::KeyTtl::Remaining(d) if d > Duration::from_secs(3500))
+    );
+    assert_eq!(store.get_bytes("raw")?.as_deref(), Some(&b"\x00\xff"[..]));
+    Ok(())
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_refused_and_left_alone() -> Result<()> {
+    // Not a database at all.
+    let text = fresh_path();
+    std::fs::write(
+        &text,
+        b"just some text, not a database at all, long enough to matter",
+    )
+    .unwrap();
+    let before = std::fs::read(&text).unwrap();
+    assert!(matches!(SqliteBackend::open(&text), Err(Error::Format(_))));
+    assert_eq!(std::fs::read(&text).unwrap(), before);
+
+    // Another application's SQLite database.
+    let other = fresh_path();
+    {
+        let c = rusqlite::Connection::open(&other).unwrap();
+        c.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL); INSERT INTO invoices VALUES (1, 9.5);")
+            .unwrap();
+    }
+    let before = std::fs::read(&other).unwrap();
+    match SqliteBackend::open(&other) {
+        Err(Error::Format(msg)) => assert!(msg.contains("not a livedict store"), "{msg}"),
+        other => panic!("expected a format error, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(&other).unwrap(),
+        before,
+        "the foreign database was changed"
+    );
+    assert!(!Path::new(&format!("{}-wal", other.display())).exists());
+
+    // A livedict store of a newer format.
+    let newer = fresh_path();
+    drop(open(&newer)?);
+    {
+        let c = rusqlite::Connection::open(&newer).unwrap();
+        c.execute(
+            "UPDATE livedict_meta SET value = '99' WHERE name = 'format'",
+            [],
+        )
+        .unwrap();
+    }
+    match SqliteBackend::open(&newer) {
+        Err(Error::Format(msg)) => assert!(msg.contains("99"), "{msg}"),
+        other => panic!("expected a format error, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn the_file_is_a_plain_sqlite_database() -> Result<()> {
+    let path = fresh_path();
+    let store = open(&path)?;
+    store.set("user:1", &serde_json::json!({"name": "ann"}))?;
+    store.set_with("otp", &"1234", Duration::from_secs(60))?;
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let rows: HashMap<String, (Vec<u8>, Option<i64>)> = c
+        .prepare("SELECT key, value, deadline FROM livedict_entries")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    let (value, deadline) = &rows["user:1"];
+    assert_eq!(
+        &value[3..],
+        br#"{"name":"ann"}"#,
+        "header then the JSON payload"
+    );
+    assert_eq!(*deadline, None);
+    let now = livedict::Clock::System.now() as i64;
+    let otp_deadline = rows["otp"].1.unwrap();
+    assert!(otp_deadline > now && otp_deadline <= now + 60_000);
+    // And the sqlite3 shell reads it too, where it is installed.
+    if let Ok(out) = Command::new("sqlite3")
+        .arg(&path)
+        .arg("SELECT key FROM livedict_entries ORDER BY key")
+        .output()
+    {
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "otp\nuser:1\n");
+    }
+    Ok(())
+}
+
+#[test]
+fn full_durability_works() -> Result<()> {
+    let path = fresh_path();
+    let backend =
+        SqliteBackend::open_with(&path, SqliteOptions::default().durability(Durability::Full))?;
+    let store = LiveDict::builder().backend(backend).build()?;
+    store.set("k", &1)?;
+    assert_eq!(store.incr("k", 1)?, 2);
+    Ok(())
+}
+
+#[test]
+fn readers_see_other_stores_writes_at_once() -> Result<()> {
+    let path = fresh_path();
+    let a = open(&path)?;
+    let b = open(&path)?;
+    a.set("k", &1)?;
+    assert_eq!(b.get::<i32>("k")?, Some(1));
+    b.delete("k")?;
+    assert!(!a.contains("k")?);
+    Ok(())
+}
+
+// ---- several processes ---------------------------------------------------------------------------
+
+/// The body of a child process; does nothing in a normal test run.
+#[test]
+fn child_process() -> Result<()> {
+    let Ok(role) = std::env::var("LIVEDICT_CHILD") else {
+        return Ok(());
+    };
+    let path = PathBuf::from(std::env::var("LIVEDICT_DB").unwrap());
+    let arg: u64 = std::env::var("LIVEDICT_ARG").unwrap().parse().unwrap();
+    match role.as_str() {
+        "incr" => {
+            let store = open(&path)?;
+            for _ in 0..arg {
+                store.incr("counter", 1)?;
+            }
+            println!("CHILD:done");
+        }
+        "sweep" => {
+            // Expire hooks print what this process's sweeps removed, until nothing is left.
+            let store = open(&path)?;
+            store.on(EventKind::Expire, |e| {
+                println!("CHILD:expired {} {}", e.key(), e.value::<u64>()?.unwrap());
+                Ok(())
+            })?;
+            let started = Instant::now();
+            while store.len()? > 0
+                || store.stats().expirations == 0 && started.elapsed() < Duration::from_secs(5)
+            {
+                if started.elapsed() > Duration::from_secs(60) {
+                    panic!("entries never expired");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(300)); // let the other sweepers finish
+            store.close(); // delivers the queued hook events
+            println!("CHILD:done");
+        }
+        "writer" => {
+            // Writes keys from `arg` on, reporting each write that returned Ok, until killed.
+            let store = open(&path)?;
+            let mut i = arg;
+            loop {
+                store.set(&format!("w{i}"), &i)?;
+                println!("CHILD:ok {i}");
+                i += 1;
+            }
+        }
+        other => panic!("unknown child role {other}"),
+    }
+    Ok(())
+}
+
+fn spawn_child(role: &str, path: &Path, arg: u64) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("LIVEDICT_CHILD", role)
+        .env("LIVEDICT_DB", path)
+        .env("LIVEDICT_ARG", arg.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// The `CHILD:` lines a finished child printed.
+fn child_lines(child: Child) -> Vec<String> {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "child failed: {:?}", out.status);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once("CHILD:").map(|(_, rest)| rest.to_owned()))
+        .collect()
+}
+
+#[test]
+fn increments_from_four_processes_lose_nothing() -> Result<()> {
+    let path = fresh_path();
+    drop(open(&path)?);
+    let children: Vec<_> = (0..4).map(|_| spawn_child("incr", &path, 500)).collect();
+    for c in children {
+        assert_eq!(child_lines(c), ["done"]);
+    }
+    assert_eq!(open(&path)?.get::<i64>("counter")?, Some(2000));
+    Ok(())
+}
+
+#[test]
+fn each_expired_entry_goes_to_exactly_one_of_three_processes() -> Result<()> {
+    let path = fresh_path();
+    let n = 1500u64;
+    {
+        let store = LiveDict::builder()
+            .backend(SqliteBackend::open(&path)?)
+            .active_expiry(false) // this process never sweeps
+            .build()?;
+        let mut batch = store.batch();
+        for i in 0..n {
+            batch.set_with(&format!("k{i}"), &i, Duration::from_millis(800 + i % 400))?;
+        }
+        store.apply(batch)?;
+    }
+    let children: Vec<_> = (0..3).map(|_| spawn_child("sweep", &path, 0)).collect();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut per_child = Vec::new();
+    for c in children {
+        let lines = child_lines(c);
+        let expired: Vec<_> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("expired "))
+            .collect();
+        per_child.push(expired.len());
+        for e in expired {
+            let (key, value) = e.split_once(' ').unwrap();
+            let value: u64 = value.parse().unwrap();
+            assert_eq!(
+                key,
+                format!("k{value}"),
+                "the event carries the entry's own value"
+            );
+            assert!(
+                seen.insert(key.to_owned(), value).is_none(),
+                "{key} expired twice"
+            );
+        }
+    }
+    assert_eq!(seen.len() as u64, n, "per process: {per_child:?}");
+    Ok(())
+}
+
+#[test]
+fn a_writer_killed_mid_stream_loses_no_acknowledged_write() -> Result<()> {
+    let path = fresh_path();
+    drop(open(&path)?);
+    let mut acknowledged: Vec<u64> = Vec::new();
+    let mut next = 0u64;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    for kill in 0..25 {
+        let mut child = spawn_child("writer", &path, next);
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let wait_for = 1 + rng % 300; // acknowledgements before the kill
+        let mut got = 0;
+        while got < wait_for {
+            let line = lines.next().expect("child output").unwrap();
+            if let Some((_, i)) = line.split_once("CHILD:ok ") {
+                acknowledged.push(i.parse().unwrap());
+                got += 1;
+            }
+        }
+        child.kill().unwrap(); // SIGKILL, mid-stream
+        // Acknowledgements printed before the kill landed also count.
+        for line in lines.map_while(|l| l.ok()) {
+            if let Some((_, i)) = line.split_once("CHILD:ok ") {
+                acknowledged.push(i.parse().unwrap());
+            }
+        }
+        let _ = child.wait();
+        next = acknowledged.last().copied().unwrap_or(0) + 1_000_000 * (kill + 1);
+        // Every acknowledged write is there and readable.
+        let store = open(&path)?;
+        for &i in &acknowledged {
+            assert_eq!(
+                store.get::<u64>(&format!("w{i}"))?,
+                Some(i),
+                "lost w{i} after kill {kill}"
+            );
+        }
+    }
+    assert!(acknowledged.len() >= 25);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    Ok(())
+}
