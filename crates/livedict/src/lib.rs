@@ -63,6 +63,7 @@ mod expiry;
 mod key;
 mod stats;
 mod sync;
+mod transfer;
 mod ttl;
 
 pub use backend::memory::MemoryBackend;

@@ -19,6 +19,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::events::{Cause, EntryHooks, Event, EventKind, Hook, HookId, HookResult};
 use crate::expiry::ExpiryDriver;
 use crate::stats::Stats;
+use crate::transfer;
 use crate::ttl::{self, WriteOptions};
 
 /// How often `wait_for` re-reads a key on a backend other processes write to.
@@ -788,6 +789,80 @@ impl LiveDict {
             }
             waiter.wait(left.min(poll));
         }
+    }
+
+    // ---- moving whole stores ------------------------------------------------------------------
+
+    /// Writes every live entry to `writer` as JSON lines (see the format below) and returns how
+    /// many. Typed values are written as JSON, raw bytes in base64, with the time left of each.
+    ///
+    /// ```text
+    /// {"key":"user:1","ttl_ms":59000,"value":{"name":"ann"}}
+    /// {"key":"blob","ttl_ms":null,"bytes":"AAEC"}
+    /// ```
+    ///
+    /// A sliding TTL is exported as the time left, and imported as a fixed TTL.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] for read or write errors.
+    ///
+    /// # Examples
+    /// ```
+    /// # let store = livedict::LiveDict::new();
+    /// store.set("a", &1)?;
+    /// let mut out = Vec::new();
+    /// assert_eq!(store.export(&mut out)?, 1);
+    /// let copy = livedict::LiveDict::new();
+    /// assert_eq!(copy.import(&out[..])?, 1);
+    /// assert_eq!(copy.get::<i32>("a")?, Some(1));
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn export(&self, writer: impl std::io::Write) -> Result<usize> {
+        let entries = transfer::read_entries(self.engine(), self.backend(), "")?;
+        transfer::write_lines(&entries, writer)
+    }
+
+    /// Reads entries written by [`export`](Self::export) and stores them all-or-nothing (typed
+    /// values with this store's codec); returns how many.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] naming the first bad line, [`Error::InvalidKey`],
+    /// [`Error::ValueTooLarge`]: nothing is stored. [`Error::Backend`].
+    pub fn import(&self, reader: impl std::io::BufRead) -> Result<usize> {
+        let ops = transfer::parse_lines(self.engine(), reader)?;
+        let n = ops.len();
+        self.apply(Batch {
+            engine: self.inner.engine.clone(),
+            ops,
+        })?;
+        Ok(n)
+    }
+
+    /// Copies every live entry into `target` (any backend), all-or-nothing, keeping the stored
+    /// bytes as they are and the time left of each; returns how many.
+    ///
+    /// # Errors
+    /// [`Error::ValueTooLarge`] if a value exceeds the target's limit (nothing is copied);
+    /// [`Error::Backend`].
+    ///
+    /// # Examples
+    /// ```
+    /// # let store = livedict::LiveDict::new();
+    /// store.set("a", &1)?;
+    /// let other = livedict::LiveDict::new();
+    /// assert_eq!(store.copy_to(&other)?, 1);
+    /// assert_eq!(other.get::<i32>("a")?, Some(1));
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn copy_to(&self, target: &LiveDict) -> Result<usize> {
+        let entries = transfer::read_entries(self.engine(), self.backend(), "")?;
+        let ops = transfer::copy_ops(target.engine(), entries)?;
+        let n = ops.len();
+        target.apply(Batch {
+            engine: target.inner.engine.clone(),
+            ops,
+        })?;
+        Ok(n)
     }
 
     // ---- the store ----------------------------------------------------------------------------

@@ -174,6 +174,30 @@ fn readers_see_other_stores_writes_at_once() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn copy_between_memory_and_sqlite() -> Result<()> {
+    let memory = LiveDict::new();
+    memory.set("a", &serde_json::json!({"x": 1}))?;
+    memory.set_bytes("b", b"raw")?;
+    memory.set_with("c", &3, Duration::from_secs(600))?;
+    let path = fresh_path();
+    let on_disk = open(&path)?;
+    assert_eq!(memory.copy_to(&on_disk)?, 3);
+    drop(on_disk);
+    let reopened = open(&path)?;
+    let back = LiveDict::new();
+    assert_eq!(reopened.copy_to(&back)?, 3);
+    assert_eq!(
+        back.get::<serde_json::Value>("a")?,
+        Some(serde_json::json!({"x": 1}))
+    );
+    assert_eq!(back.get_bytes("b")?.as_deref(), Some(&b"raw"[..]));
+    assert!(
+        matches!(back.ttl("c")?, livedict::KeyTtl::Remaining(d) if d > Duration::from_secs(590))
+    );
+    Ok(())
+}
+
 // ---- several processes ---------------------------------------------------------------------------
 
 /// The body of a child process; does nothing in a normal test run.

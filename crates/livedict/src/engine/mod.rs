@@ -125,7 +125,8 @@ impl Engine {
         stats
     }
 
-    fn check_size(&self, stored: Bytes) -> Result<Bytes> {
+    /// Checks an encoded value against the maximum value size.
+    pub(crate) fn check_size(&self, stored: Bytes) -> Result<Bytes> {
         let size = codec::payload_len(&stored);
         if size > self.max_value_size {
             return Err(Error::ValueTooLarge {

@@ -1158,3 +1158,75 @@ pub fn concurrent_sets_and_expiry_stay_consistent(h: &Harness) -> Result<()> {
     assert_eq!(store.len()?, never.len());
     Ok(())
 }
+
+// ---- moving whole stores -----------------------------------------------------------------------
+
+pub fn export_import_round_trip(h: &Harness) -> Result<()> {
+    let (store, clock) = h.manual();
+    store.set("user", &ann())?;
+    store.set_with("otp", &"1234", secs(60))?;
+    store.set_bytes("blob", &[0, 1, 2, 255])?;
+    store.set_with("gone", &1, secs(1))?;
+    clock.advance(secs(1)); // "gone" is dead: not exported
+    let mut out = Vec::new();
+    assert_eq!(store.export(&mut out)?, 3);
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    assert!(text.contains(r#""bytes":"AAEC/w==""#), "{text}");
+
+    let (copy, copy_clock) = h.manual();
+    copy_clock.set(clock.now());
+    assert_eq!(copy.import(&out[..])?, 3);
+    assert_eq!(copy.get::<User>("user")?, Some(ann()));
+    assert_eq!(
+        copy.get_bytes("blob")?.as_deref(),
+        Some(&[0u8, 1, 2, 255][..])
+    );
+    assert_eq!(copy.ttl("otp")?, KeyTtl::Remaining(secs(59)));
+    assert_eq!(copy.ttl("user")?, KeyTtl::Never);
+    Ok(())
+}
+
+pub fn import_with_a_bad_line_changes_nothing(h: &Harness) -> Result<()> {
+    let store = h.store();
+    store.set("keep", &1)?;
+    let input = concat!(
+        r#"{"key":"a","ttl_ms":null,"value":1}"#,
+        "\n",
+        r#"{"key":"b","ttl_ms":null}"#,
+        "\n"
+    );
+    match store.import(input.as_bytes()) {
+        Err(Error::Decode { message, .. }) => assert!(message.contains("line 2"), "{message}"),
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    let bad_key = r#"{"key":"","ttl_ms":null,"value":1}"#;
+    assert!(matches!(
+        store.import(bad_key.as_bytes()),
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(store.import(&b"not json\n"[..]).is_err());
+    assert_eq!(store.keys()?, vec!["keep".to_string()]);
+    Ok(())
+}
+
+pub fn copy_to_another_store_keeps_values_and_ttls(h: &Harness) -> Result<()> {
+    let (store, clock) = h.manual();
+    store.set("typed", &ann())?;
+    store.set_bytes("raw", b"xyz")?;
+    store.set_with("ttl", &1, secs(30))?;
+    let (target, target_clock) = h.manual();
+    target_clock.set(clock.now());
+    assert_eq!(store.copy_to(&target)?, 3);
+    assert_eq!(target.get::<User>("typed")?, Some(ann()));
+    assert_eq!(target.get_bytes("raw")?.as_deref(), Some(&b"xyz"[..]));
+    assert_eq!(target.ttl("ttl")?, KeyTtl::Remaining(secs(30)));
+    // A target with a smaller value limit refuses the whole copy.
+    let small = h.build(|b| b.max_value_size(4));
+    assert!(matches!(
+        store.copy_to(&small),
+        Err(Error::ValueTooLarge { .. })
+    ));
+    assert!(small.is_empty()?);
+    Ok(())
+}

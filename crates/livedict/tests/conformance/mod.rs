@@ -132,6 +132,10 @@ macro_rules! conformance_suite {
             concurrent_replace_sees_true_previous_values,
             concurrent_setdefault_has_one_winner,
             concurrent_sets_and_expiry_stay_consistent,
+            // moving whole stores
+            export_import_round_trip,
+            import_with_a_bad_line_changes_nothing,
+            copy_to_another_store_keeps_values_and_ttls,
             // SPEC 4: events and hooks
             set_events_carry_new_and_previous_values,
             access_events_only_for_hits_not_peeks,

@@ -1,0 +1,153 @@
+//! Moving whole stores: export to and import from JSON lines, and copying between backends.
+//!
+//! One entry per line:
+//!
+//! ```text
+//! {"key":"user:1","ttl_ms":59000,"value":{"name":"ann"}}
+//! {"key":"blob","ttl_ms":null,"bytes":"AAEC"}
+//! ```
+//!
+//! `value` holds a typed value as JSON (whichever codec stored it; an import stores it with the
+//! importing store's codec); `bytes` holds raw bytes (`set_bytes`) in standard base64; `ttl_ms` is
+//! the time left (`null`: never expires), applied as a fixed TTL on import.
+
+use std::io::{BufRead, Write};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, BatchOp, Expiry, KeyTtl, WriteExpiry};
+use crate::codec;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::key;
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    key: String,
+    ttl_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bytes: Option<String>,
+}
+
+/// One live entry with its stored bytes and time left.
+pub(crate) struct Exported {
+    pub(crate) key: String,
+    pub(crate) stored: Bytes,
+    pub(crate) ttl: KeyTtl,
+}
+
+/// Reads the live entries under `prefix`, with their time left.
+pub(crate) fn read_entries(
+    engine: &Engine,
+    backend: &dyn Backend,
+    prefix: &str,
+) -> Result<Vec<Exported>> {
+    let now = engine.begin()?;
+    let mut out = Vec::new();
+    for (key, value) in backend.scan(prefix, now, true)? {
+        let Some(stored) = value else { continue };
+        let ttl = backend.ttl(&key, now)?;
+        if ttl == KeyTtl::Missing {
+            continue; // removed since the scan
+        }
+        out.push(Exported { key, stored, ttl });
+    }
+    Ok(out)
+}
+
+/// Writes `entries` as JSON lines; returns how many.
+pub(crate) fn write_lines(entries: &[Exported], mut writer: impl Write) -> Result<usize> {
+    let io = |e: std::io::Error| Error::Backend(Box::new(e));
+    for e in entries {
+        let ttl_ms = match e.ttl {
+            KeyTtl::Remaining(d) => Some(d.as_millis().max(1) as u64),
+            _ => None,
+        };
+        let (value, bytes) = match codec::decode::<serde_json::Value>(&e.stored) {
+            Ok(v) => (Some(v), None),
+            Err(_) => {
+                let raw = codec::decode_raw(e.stored.clone())?;
+                (None, Some(BASE64.encode(&raw)))
+            }
+        };
+        let line = Line {
+            key: e.key.clone(),
+            ttl_ms,
+            value,
+            bytes,
+        };
+        serde_json::to_writer(&mut writer, &line).map_err(|e| Error::Encode(Box::new(e)))?;
+        writer.write_all(b"\n").map_err(io)?;
+    }
+    writer.flush().map_err(io)?;
+    Ok(entries.len())
+}
+
+/// Parses JSON lines into batch operations, validating every line first: a bad line is an error
+/// naming it, and nothing is applied.
+pub(crate) fn parse_lines(engine: &Engine, reader: impl BufRead) -> Result<Vec<BatchOp>> {
+    let mut ops = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| Error::Backend(Box::new(e)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |what: String| Error::decode(format!("import, line {}: {what}", i + 1), None);
+        let parsed: Line =
+            serde_json::from_str(&line).map_err(|e| bad(format!("not an entry: {e}")))?;
+        key::validate(&parsed.key)?;
+        let value = match (parsed.value, parsed.bytes) {
+            (Some(v), None) => engine.encode(&v)?,
+            (None, Some(b)) => {
+                let raw = BASE64
+                    .decode(b.as_bytes())
+                    .map_err(|e| bad(format!("bad base64: {e}")))?;
+                engine.encode_raw(&raw)?
+            }
+            _ => return Err(bad("needs exactly one of \"value\" and \"bytes\"".into())),
+        };
+        let expiry = match parsed.ttl_ms {
+            Some(0) => return Err(bad("a ttl_ms of 0".into())),
+            Some(ttl) => Expiry::After {
+                ttl,
+                sliding: false,
+            },
+            None => Expiry::Never,
+        };
+        ops.push(BatchOp::Set {
+            key: parsed.key,
+            value,
+            expiry: WriteExpiry::replace(expiry),
+        });
+    }
+    Ok(ops)
+}
+
+/// Batch operations that store `entries` verbatim (stored bytes, header included, so the target
+/// reads them whatever its codec).
+///
+/// # Errors
+/// [`Error::ValueTooLarge`] if a value exceeds the target's limit.
+pub(crate) fn copy_ops(target: &Engine, entries: Vec<Exported>) -> Result<Vec<BatchOp>> {
+    entries
+        .into_iter()
+        .map(|e| {
+            Ok(BatchOp::Set {
+                key: e.key,
+                value: target.check_size(e.stored)?,
+                expiry: WriteExpiry::replace(match e.ttl {
+                    KeyTtl::Remaining(d) => Expiry::After {
+                        ttl: (d.as_millis() as u64).max(1),
+                        sliding: false,
+                    },
+                    _ => Expiry::Never,
+                }),
+            })
+        })
+        .collect()
+}
