@@ -275,3 +275,15 @@ proptest! {
         check(ops, Arc::new(MemoryBackend::with_shards(2)));
     }
 }
+
+#[cfg(feature = "sqlite")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn sqlite_backend_matches_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = livedict::SqliteBackend::open(dir.path().join("model.db")).unwrap();
+        check(ops, Arc::new(backend));
+    }
+}
