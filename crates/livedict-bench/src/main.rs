@@ -6,7 +6,8 @@
 //! `SUITE` is `memory` (livedict's memory store against `moka::sync::Cache` with the same TTL and
 //! `quick_cache` without TTL, on the same byte values, plus bytes per entry and expiry lateness),
 //! `events` (the cost of registered hooks on the set path against no hooks, delivery throughput
-//! and latency) or `all`. `--quick` is a smoke run with small sizes (seconds), for the test suite.
+//! and latency), `sqlite` (livedict's SQLite backend against raw `rusqlite` running the same
+//! statements with the same pragmas, and against Python's `diskcache`) or `all`. `--quick` is a smoke run with small sizes (seconds), for the test suite.
 //!
 //! Each comparison runs livedict and the peer interleaved (livedict, peer, livedict, peer, ...)
 //! for several rounds with the same operations, and prints the medians as one line:
@@ -21,6 +22,7 @@ mod alloc_counter;
 mod events;
 mod harness;
 mod memory;
+mod sqlite;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -39,6 +41,11 @@ const SUITES: &[Suite] = &[
         name: "memory",
         settings: memory::settings,
         run: memory::run,
+    },
+    Suite {
+        name: "sqlite",
+        settings: sqlite::settings,
+        run: sqlite::run,
     },
     Suite {
         name: "events",
