@@ -7,7 +7,8 @@
 //! `quick_cache` without TTL, on the same byte values, plus bytes per entry and expiry lateness),
 //! `events` (the cost of registered hooks on the set path against no hooks, delivery throughput
 //! and latency), `sqlite` (livedict's SQLite backend against raw `rusqlite` running the same
-//! statements with the same pragmas, and against Python's `diskcache`) or `all`. `--quick` is a smoke run with small sizes (seconds), for the test suite.
+//! statements with the same pragmas, and against Python's `diskcache`) or `all`. `--quick` is a
+//! smoke run with small sizes (seconds), for the test suite.
 //!
 //! Each comparison runs livedict and the peer interleaved (livedict, peer, livedict, peer, ...)
 //! for several rounds with the same operations, and prints the medians as one line:

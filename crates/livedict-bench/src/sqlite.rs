@@ -269,7 +269,12 @@ fn livedict_gets(store: &LiveDict, keys: &[String], order: &[u32], case: &str) -
         order
             .iter()
             .filter(|&&i| {
-                black_box(store.get_bytes(&keys[i as usize]).expect("livedict get_bytes")).is_some()
+                black_box(
+                    store
+                        .get_bytes(&keys[i as usize])
+                        .expect("livedict get_bytes"),
+                )
+                .is_some()
             })
             .count() as u64
     });
@@ -413,7 +418,12 @@ pub fn run(cfg: &Config) {
         || {
             let raw = &mut raw;
             raw_set_many(raw, &keys, &all, &value);
-            timed(|| order.iter().filter(|&&i| raw.delete(&keys[i as usize])).count() as u64)
+            timed(|| {
+                order
+                    .iter()
+                    .filter(|&&i| raw.delete(&keys[i as usize]))
+                    .count() as u64
+            })
         },
         expect_count(ops),
     );
@@ -435,8 +445,12 @@ pub fn run(cfg: &Config) {
                 order
                     .iter()
                     .filter(|&&i| {
-                        black_box(store.get_bytes(&keys[i as usize]).expect("livedict get_bytes"))
-                            .is_some()
+                        black_box(
+                            store
+                                .get_bytes(&keys[i as usize])
+                                .expect("livedict get_bytes"),
+                        )
+                        .is_some()
                     })
                     .count() as u64
             })

@@ -65,8 +65,9 @@ impl Batch {
         options: impl Into<WriteOptions>,
     ) -> Result<&mut Self> {
         key::validate(key)?;
-        let expiry = self.engine.expiry(&options.into())?;
-        let value = self.engine.encode(value)?;
+        let options = options.into();
+        let expiry = self.engine.expiry(&options)?;
+        let value = self.engine.encode(key, value, options.secret)?;
         self.ops.push(BatchOp::Set {
             key: key.to_owned(),
             value,
@@ -86,8 +87,9 @@ impl Batch {
         options: impl Into<WriteOptions>,
     ) -> Result<&mut Self> {
         key::validate(key)?;
-        let expiry = self.engine.expiry(&options.into())?;
-        let value = self.engine.encode_raw(value)?;
+        let options = options.into();
+        let expiry = self.engine.expiry(&options)?;
+        let value = self.engine.encode_raw(key, value, options.secret)?;
         self.ops.push(BatchOp::Set {
             key: key.to_owned(),
             value,

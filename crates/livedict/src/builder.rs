@@ -7,6 +7,7 @@ use crate::backend::Backend;
 use crate::backend::memory::MemoryBackend;
 use crate::clock::Clock;
 use crate::codec::Codec;
+use crate::crypto::Keyring;
 use crate::engine::{DEFAULT_MAX_VALUE_SIZE, Engine, EngineConfig};
 use crate::error::{Error, Result};
 use crate::events::EventSettings;
@@ -42,6 +43,8 @@ pub struct Builder {
     backend: Option<Arc<dyn Backend>>,
     active_expiry: bool,
     events: EventSettings,
+    keyring: Option<Keyring>,
+    encrypt_all: bool,
 }
 
 impl Default for Builder {
@@ -55,6 +58,8 @@ impl Default for Builder {
             backend: None,
             active_expiry: true,
             events: EventSettings::default(),
+            keyring: None,
+            encrypt_all: true,
         }
     }
 }
@@ -121,6 +126,20 @@ impl Builder {
         self
     }
 
+    /// Encrypts values at rest with AES-256-GCM under this keyring's newest key (every value,
+    /// unless [`encrypt_all(false)`](Self::encrypt_all) keeps it for secret ones).
+    pub fn keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// With a keyring: whether every value is encrypted (the default) or only those written as
+    /// [`secret`](crate::WriteOptions::secret) and password keys.
+    pub fn encrypt_all(mut self, all: bool) -> Self {
+        self.encrypt_all = all;
+        self
+    }
+
     /// Builds the synchronous store.
     ///
     /// # Errors
@@ -133,6 +152,7 @@ impl Builder {
             policy: TtlPolicy::new(self.default_ttl, self.sliding)?,
             max_value_size: self.max_value_size,
             events: self.events,
+            keyring: self.keyring.map(|k| (k, self.encrypt_all)),
         }));
         let backend = self
             .backend

@@ -58,6 +58,14 @@ pub enum Error {
     /// livedict store).
     #[error("format error: {0}")]
     Format(String),
+    /// Encryption or decryption failed: a wrong or unknown key, a value that does not authenticate
+    /// (tampered, truncated, moved from another key), an encrypted value and no keyring, or a
+    /// keyring operation that is refused.
+    #[error("crypto error: {0}")]
+    Crypto(String),
+    /// The value may not be read this way: a password key read with `get`.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
     /// An arithmetic operation (`incr`) would overflow a 64-bit integer.
     #[error("integer overflow in incr on {key:?}")]
     Overflow {

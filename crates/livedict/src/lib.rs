@@ -56,6 +56,7 @@ mod batch;
 mod builder;
 mod clock;
 mod codec;
+pub mod crypto;
 mod engine;
 mod error;
 pub mod events;
@@ -74,6 +75,7 @@ pub use batch::Batch;
 pub use builder::Builder;
 pub use clock::{Clock, ManualClock, Millis, Now};
 pub use codec::Codec;
+pub use crypto::Keyring;
 pub use engine::DEFAULT_MAX_VALUE_SIZE;
 pub use error::{BoxError, Error, Result};
 pub use events::{

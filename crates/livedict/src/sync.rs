@@ -13,8 +13,8 @@ use crate::backend::{Backend, Change, Condition, Expiry, KeyTtl, ReadMode, Writt
 use crate::batch::Batch;
 use crate::builder::Builder;
 use crate::clock::Now;
-use crate::codec;
-use crate::engine::{self, Engine};
+use crate::crypto::Keyring;
+use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
 use crate::events::{Cause, EntryHooks, Event, EventKind, Hook, HookId, HookResult};
 use crate::expiry::ExpiryDriver;
@@ -142,7 +142,8 @@ impl LiveDict {
     /// # Ok::<(), livedict::Error>(())
     /// ```
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        engine::decode_opt(self.read(key, ReadMode::Touch)?)
+        self.engine()
+            .decode_opt(key, self.read(key, ReadMode::Touch)?)
     }
 
     /// Raw bytes stored with [`set_bytes`](Self::set_bytes), sharing the stored buffer.
@@ -150,7 +151,8 @@ impl LiveDict {
     /// # Errors
     /// As [`get`](Self::get); [`Error::Decode`] if the value is a typed value.
     pub fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
-        engine::decode_raw_opt(self.read(key, ReadMode::Touch)?)
+        self.engine()
+            .decode_raw_opt(key, self.read(key, ReadMode::Touch)?)
     }
 
     /// The value under `key` without counting as an access: a sliding deadline is not renewed.
@@ -158,7 +160,8 @@ impl LiveDict {
     /// # Errors
     /// As [`get`](Self::get).
     pub fn peek<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        engine::decode_opt(self.read(key, ReadMode::Peek)?)
+        self.engine()
+            .decode_opt(key, self.read(key, ReadMode::Peek)?)
     }
 
     /// The value under `key`, which must exist.
@@ -203,7 +206,7 @@ impl LiveDict {
             .zip(keys)
             .map(|(v, key)| {
                 self.engine().read(key, v.as_ref(), &now);
-                engine::decode_opt(v)
+                self.engine().decode_opt(key, v)
             })
             .collect()
     }
@@ -288,9 +291,10 @@ impl LiveDict {
     ) -> Result<impl Iterator<Item = Result<(String, T)>> + use<T>> {
         let now = self.engine().begin()?;
         let entries = self.backend().scan("", now, true)?;
-        Ok(entries.into_iter().filter_map(|(k, v)| {
+        let engine = self.inner.engine.clone();
+        Ok(entries.into_iter().filter_map(move |(k, v)| {
             let v = v?;
-            Some(codec::decode::<T>(&v).map(|v| (k, v)))
+            Some(engine.decode::<T>(&k, v).map(|v| (k, v)))
         }))
     }
 
@@ -339,7 +343,14 @@ impl LiveDict {
         value: &T,
         options: impl Into<WriteOptions>,
     ) -> Result<()> {
-        self.write(key, |e| e.encode(value), options.into(), Condition::Always)?;
+        let options = options.into();
+        let secret = options.secret;
+        self.write(
+            key,
+            |e| e.encode(key, value, secret),
+            options,
+            Condition::Always,
+        )?;
         Ok(())
     }
 
@@ -361,10 +372,12 @@ impl LiveDict {
         value: &[u8],
         options: impl Into<WriteOptions>,
     ) -> Result<()> {
+        let options = options.into();
+        let secret = options.secret;
         self.write(
             key,
-            |e| e.encode_raw(value),
-            options.into(),
+            |e| e.encode_raw(key, value, secret),
+            options,
             Condition::Always,
         )?;
         Ok(())
@@ -383,11 +396,11 @@ impl LiveDict {
     ) -> Result<Option<T>> {
         let written = self.write(
             key,
-            |e| e.encode(value),
+            |e| e.encode(key, value, false),
             WriteOptions::new(),
             Condition::Always,
         )?;
-        engine::decode_opt(written.previous)
+        self.engine().decode_opt(key, written.previous)
     }
 
     /// Returns the value under `key`; if there is none, stores `default` and returns it, atomically
@@ -406,12 +419,12 @@ impl LiveDict {
     pub fn setdefault<T: Serialize + DeserializeOwned>(&self, key: &str, default: T) -> Result<T> {
         let written = self.write(
             key,
-            |e| e.encode(&default),
+            |e| e.encode(key, &default, false),
             WriteOptions::new(),
             Condition::IfAbsent,
         )?;
         match written.previous {
-            Some(existing) if !written.written => codec::decode(&existing),
+            Some(existing) if !written.written => self.engine().decode(key, existing),
             _ => Ok(default),
         }
     }
@@ -552,7 +565,7 @@ impl LiveDict {
         let mut out = None;
         self.modify(key, |engine, current| {
             let f = f.take().ok_or(Error::Reentrant)?;
-            engine.decide(current, f, expiry, &mut out)
+            engine.decide(key, current, f, expiry, &mut out)
         })?;
         Ok(out)
     }
@@ -588,7 +601,7 @@ impl LiveDict {
     /// ```
     pub fn merge<P: Serialize + ?Sized>(&self, key: &str, patch: &P) -> Result<()> {
         let patch = serde_json::to_value(patch).map_err(|e| Error::Encode(Box::new(e)))?;
-        self.modify(key, |engine, current| engine.merge(current, &patch))?;
+        self.modify(key, |engine, current| engine.merge(key, current, &patch))?;
         Ok(())
     }
 
@@ -628,7 +641,7 @@ impl LiveDict {
     /// As [`delete`](Self::delete); [`Error::Decode`] if the value is not a `T` (it is removed
     /// all the same).
     pub fn pop<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        engine::decode_opt(self.remove(key)?)
+        self.engine().decode_opt(key, self.remove(key)?)
     }
 
     fn remove(&self, key: &str) -> Result<Option<Bytes>> {
@@ -652,7 +665,8 @@ impl LiveDict {
         self.engine()
             .removed_entries(std::slice::from_ref(&entry), Cause::Explicit, now);
         let (key, value) = entry;
-        Ok(Some((key, codec::decode(&value)?)))
+        let value = self.engine().decode(&key, value)?;
+        Ok(Some((key, value)))
     }
 
     /// Removes every entry; returns how many live ones there were.
@@ -789,6 +803,177 @@ impl LiveDict {
             }
             waiter.wait(left.min(poll));
         }
+    }
+
+    // ---- secrets, passwords and keys ----------------------------------------------------------
+
+    /// Stores `password` under `key` as an argon2id hash (PHC string, OWASP parameters), never
+    /// the password itself; encrypted too if the store encrypts every value. `get` on the key is
+    /// [`Error::AccessDenied`]; check candidates with [`verify_password`](Self::verify_password).
+    ///
+    /// # Errors
+    /// As [`set`](Self::set).
+    ///
+    /// # Examples
+    /// ```
+    /// # let store = livedict::LiveDict::new();
+    /// store.set_password("user:1:password", "correct horse")?;
+    /// assert_eq!(store.verify_password("user:1:password", "correct horse")?, Some(true));
+    /// assert_eq!(store.verify_password("user:1:password", "wrong")?, Some(false));
+    /// assert_eq!(store.verify_password("user:2:password", "x")?, None);
+    /// assert!(matches!(store.get::<String>("user:1:password"), Err(livedict::Error::AccessDenied(_))));
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn set_password(&self, key: &str, password: &str) -> Result<()> {
+        self.set_password_with(key, password, WriteOptions::new())
+    }
+
+    /// [`set_password`](Self::set_password) with write options (a TTL, say).
+    ///
+    /// # Errors
+    /// As [`set_with`](Self::set_with).
+    pub fn set_password_with(
+        &self,
+        key: &str,
+        password: &str,
+        options: impl Into<WriteOptions>,
+    ) -> Result<()> {
+        crate::key::validate(key)?;
+        let phc = crate::crypto::password::hash(password.as_bytes())?;
+        let options = options.into();
+        let secret = options.secret;
+        self.write(
+            key,
+            |e| e.seal_if_needed(key, crate::codec::encode_password_hash(&phc), secret),
+            options,
+            Condition::Always,
+        )?;
+        Ok(())
+    }
+
+    /// Whether `password` matches the password key `key`: `Some(true)`, `Some(false)`, or `None`
+    /// when the key is missing. Not an access.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] if `key` holds something other than a password.
+    pub fn verify_password(&self, key: &str, password: &str) -> Result<Option<bool>> {
+        match self.password_hash(key)? {
+            None => Ok(None),
+            Some(phc) => crate::crypto::password::verify(password.as_bytes(), &phc).map(Some),
+        }
+    }
+
+    /// The stored argon2id hash (PHC string) of a password key: the explicit way to reveal it.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] if `key` holds something other than a password.
+    pub fn password_hash(&self, key: &str) -> Result<Option<String>> {
+        let Some(stored) = self.read(key, ReadMode::Peek)? else {
+            return Ok(None);
+        };
+        let plain = self.engine().open(key, stored)?;
+        crate::codec::decode_password_hash(&plain).map(Some)
+    }
+
+    fn sealer(&self) -> Result<&crate::crypto::Sealer> {
+        self.engine()
+            .sealer
+            .as_ref()
+            .ok_or_else(crate::crypto::no_keyring)
+    }
+
+    /// Adds the keys of `keys` to the store's keyring; new writes use the newest (highest id).
+    ///
+    /// # Errors
+    /// [`Error::Crypto`] if the store has no keyring or an id is already taken.
+    pub fn rotate_key(&self, keys: Keyring) -> Result<()> {
+        self.engine().begin()?;
+        self.sealer()?.keyring.write().merge(keys)
+    }
+
+    /// Re-encrypts every entry that uses an older key (and, in a store that encrypts every value,
+    /// encrypts plain ones) with the newest key, in batches, calling `progress(done, total)` after
+    /// each batch. Each entry is rewritten atomically, keeping its value and deadline, and without
+    /// events; safe to interrupt and run again. Returns how many entries were rewritten.
+    ///
+    /// # Errors
+    /// [`Error::Crypto`] if the store has no keyring, or an entry cannot be decrypted;
+    /// [`Error::Backend`].
+    ///
+    /// # Examples
+    /// ```
+    /// use livedict::{Keyring, LiveDict};
+    ///
+    /// let store = LiveDict::builder().keyring(Keyring::generate(1)).build()?;
+    /// store.set("a", &1)?;
+    /// store.rotate_key(Keyring::generate(2))?;
+    /// assert_eq!(store.rekey(|done, total| println!("{done}/{total}"))?, 1);
+    /// store.retire_key(1)?; // nothing needs key 1 any more
+    /// assert_eq!(store.get::<i32>("a")?, Some(1));
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn rekey(&self, mut progress: impl FnMut(usize, usize)) -> Result<usize> {
+        const BATCH: usize = 256;
+        let sealer = self.sealer()?.clone();
+        let now = self.engine().begin()?;
+        let keys = self.backend().scan("", now, false)?;
+        let total = keys.len();
+        let mut rewritten = 0;
+        for (i, chunk) in keys.chunks(BATCH).enumerate() {
+            for (key, _) in chunk {
+                let now = self.engine().begin()?;
+                let mut changed = false;
+                self.backend().update(key, now, &mut |current| {
+                    let Some(stored) = current else {
+                        return Ok(Change::Keep);
+                    };
+                    if !sealer.needs_rekey(stored)? {
+                        return Ok(Change::Keep);
+                    }
+                    let plain = sealer.open_any(key, stored.clone())?;
+                    changed = true;
+                    Ok(Change::Write {
+                        value: sealer.seal(key, &plain)?,
+                        expiry: crate::backend::WriteExpiry::keep_or(Expiry::Never),
+                    })
+                })?;
+                rewritten += usize::from(changed);
+            }
+            progress(((i + 1) * BATCH).min(total), total);
+        }
+        Ok(rewritten)
+    }
+
+    /// Removes key `id` from the keyring, refusing while any entry still needs it (run
+    /// [`rekey`](Self::rekey) first) or if it is the newest key.
+    ///
+    /// # Errors
+    /// [`Error::Crypto`] naming how many entries still use the key.
+    pub fn retire_key(&self, id: u32) -> Result<()> {
+        let sealer = self.sealer()?;
+        if sealer.keyring.read().current_id() == Some(id) {
+            return Err(Error::Crypto(format!(
+                "key {id} is the newest key; rotate to another before retiring it"
+            )));
+        }
+        let now = self.engine().begin()?;
+        let mut users = 0;
+        for (_, value) in self.backend().scan("", now, true)? {
+            if let Some(v) = value
+                && crate::crypto::envelope::key_id(&v)? == Some(id)
+            {
+                users += 1;
+            }
+        }
+        if users > 0 {
+            return Err(Error::Crypto(format!(
+                "key {id} is still used by {users} entries; run rekey first"
+            )));
+        }
+        if !sealer.keyring.write().remove(id) {
+            return Err(Error::Crypto(format!("key {id} is not in the keyring")));
+        }
+        Ok(())
     }
 
     // ---- moving whole stores ------------------------------------------------------------------

@@ -8,8 +8,10 @@
 //! ```
 //!
 //! `value` holds a typed value as JSON (whichever codec stored it; an import stores it with the
-//! importing store's codec); `bytes` holds raw bytes (`set_bytes`) in standard base64; `ttl_ms` is
-//! the time left (`null`: never expires), applied as a fixed TTL on import.
+//! importing store's codec); `bytes` holds raw bytes (`set_bytes`) in standard base64; `sealed`
+//! holds an encrypted value exactly as stored, in base64 (it stays encrypted, bound to its key
+//! name, and is readable by a store with the same keyring); `ttl_ms` is the time left (`null`:
+//! never expires), applied as a fixed TTL on import.
 
 use std::io::{BufRead, Write};
 
@@ -32,6 +34,8 @@ struct Line {
     value: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bytes: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<String>,
 }
 
 /// One live entry with its stored bytes and time left.
@@ -68,19 +72,25 @@ pub(crate) fn write_lines(entries: &[Exported], mut writer: impl Write) -> Resul
             KeyTtl::Remaining(d) => Some(d.as_millis().max(1) as u64),
             _ => None,
         };
-        let (value, bytes) = match codec::decode::<serde_json::Value>(&e.stored) {
-            Ok(v) => (Some(v), None),
-            Err(_) => {
-                let raw = codec::decode_raw(e.stored.clone())?;
-                (None, Some(BASE64.encode(&raw)))
-            }
-        };
-        let line = Line {
+        let mut line = Line {
             key: e.key.clone(),
             ttl_ms,
-            value,
-            bytes,
+            value: None,
+            bytes: None,
+            sealed: None,
         };
+        if crate::crypto::is_encrypted(&e.stored) {
+            // Encrypted values stay encrypted: exported as stored, bound to their key name.
+            line.sealed = Some(BASE64.encode(&e.stored));
+        } else {
+            match codec::decode::<serde_json::Value>(&e.stored) {
+                Ok(v) => line.value = Some(v),
+                Err(_) => {
+                    let raw = codec::decode_raw(e.stored.clone())?;
+                    line.bytes = Some(BASE64.encode(&raw));
+                }
+            }
+        }
         serde_json::to_writer(&mut writer, &line).map_err(|e| Error::Encode(Box::new(e)))?;
         writer.write_all(b"\n").map_err(io)?;
     }
@@ -101,15 +111,26 @@ pub(crate) fn parse_lines(engine: &Engine, reader: impl BufRead) -> Result<Vec<B
         let parsed: Line =
             serde_json::from_str(&line).map_err(|e| bad(format!("not an entry: {e}")))?;
         key::validate(&parsed.key)?;
-        let value = match (parsed.value, parsed.bytes) {
-            (Some(v), None) => engine.encode(&v)?,
-            (None, Some(b)) => {
-                let raw = BASE64
-                    .decode(b.as_bytes())
-                    .map_err(|e| bad(format!("bad base64: {e}")))?;
-                engine.encode_raw(&raw)?
+        let base64 = |b: String| {
+            BASE64
+                .decode(b.as_bytes())
+                .map_err(|e| bad(format!("bad base64: {e}")))
+        };
+        let value = match (parsed.value, parsed.bytes, parsed.sealed) {
+            (Some(v), None, None) => engine.encode(&parsed.key, &v, false)?,
+            (None, Some(b), None) => engine.encode_raw(&parsed.key, &base64(b)?, false)?,
+            (None, None, Some(s)) => {
+                let stored = Bytes::from(base64(s)?);
+                if !crate::crypto::is_encrypted(&stored) {
+                    return Err(bad("\"sealed\" holds no encrypted value".into()));
+                }
+                engine.check_size(stored)?
             }
-            _ => return Err(bad("needs exactly one of \"value\" and \"bytes\"".into())),
+            _ => {
+                return Err(bad(
+                    "needs exactly one of \"value\", \"bytes\" and \"sealed\"".into(),
+                ));
+            }
         };
         let expiry = match parsed.ttl_ms {
             Some(0) => return Err(bad("a ttl_ms of 0".into())),

@@ -57,6 +57,7 @@ pub struct WriteOptions {
     pub(crate) ttl: Ttl,
     pub(crate) sliding: Option<bool>,
     pub(crate) hooks: EntryHooks,
+    pub(crate) secret: bool,
 }
 
 impl WriteOptions {
@@ -87,6 +88,27 @@ impl WriteOptions {
     /// default applies.
     pub fn sliding(mut self, sliding: bool) -> Self {
         self.sliding = Some(sliding);
+        self
+    }
+
+    /// Encrypts this value even in a store that does not encrypt every value (the store needs a
+    /// keyring). Whatever the value looks like, it is encrypted: a value shaped like a ciphertext
+    /// is just text. Updates of the entry (`update`, `incr`, `merge`) keep it encrypted.
+    ///
+    /// # Examples
+    /// ```
+    /// use livedict::{Keyring, LiveDict, WriteOptions};
+    ///
+    /// let store = LiveDict::builder()
+    ///     .keyring(Keyring::generate(1))
+    ///     .encrypt_all(false) // only secrets are encrypted
+    ///     .build()?;
+    /// store.set_with("api-token", &"s3cr3t", WriteOptions::new().secret())?;
+    /// assert_eq!(store.get::<String>("api-token")?.as_deref(), Some("s3cr3t"));
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn secret(mut self) -> Self {
+        self.secret = true;
         self
     }
 

@@ -32,6 +32,8 @@ pub(crate) enum PayloadKind {
     Json,
     /// A serde value encoded as MessagePack (maps with field names).
     MessagePack,
+    /// An argon2id password hash (PHC string) of a password key.
+    PasswordHash,
 }
 
 impl PayloadKind {
@@ -40,6 +42,7 @@ impl PayloadKind {
             PayloadKind::Raw => 0,
             PayloadKind::Json => 1,
             PayloadKind::MessagePack => 2,
+            PayloadKind::PasswordHash => 3,
         }
     }
 
@@ -48,6 +51,7 @@ impl PayloadKind {
             0 => Ok(PayloadKind::Raw),
             1 => Ok(PayloadKind::Json),
             2 => Ok(PayloadKind::MessagePack),
+            3 => Ok(PayloadKind::PasswordHash),
             other => Err(Error::Format(format!("unknown payload kind {other}"))),
         }
     }
@@ -57,6 +61,7 @@ impl PayloadKind {
             PayloadKind::Raw => "raw bytes",
             PayloadKind::Json => "JSON",
             PayloadKind::MessagePack => "MessagePack",
+            PayloadKind::PasswordHash => "a password hash",
         }
     }
 }
@@ -128,6 +133,7 @@ mod tests {
             PayloadKind::Raw,
             PayloadKind::Json,
             PayloadKind::MessagePack,
+            PayloadKind::PasswordHash,
         ] {
             for encrypted in [false, true] {
                 let h = Header { kind, encrypted };

@@ -88,6 +88,7 @@ pub(crate) fn decode<T: DeserializeOwned>(stored: &[u8]) -> Result<T> {
             "the value was stored as raw bytes; read it with get_bytes",
             None,
         )),
+        PayloadKind::PasswordHash => Err(password_denied()),
     }
 }
 
@@ -121,6 +122,7 @@ pub(crate) fn decode_raw(mut stored: Bytes) -> Result<Bytes> {
             bytes::Buf::advance(&mut stored, HEADER_LEN);
             Ok(stored)
         }
+        PayloadKind::PasswordHash => Err(password_denied()),
         other => Err(Error::decode(
             format!("the value is {}; read it with get", other.name()),
             None,
@@ -130,11 +132,40 @@ pub(crate) fn decode_raw(mut stored: Bytes) -> Result<Bytes> {
 
 fn refuse_encrypted(header: Header) -> Result<()> {
     if header.encrypted {
-        return Err(Error::Format(
+        return Err(Error::Crypto(
             "the value is encrypted and this store has no keyring".into(),
         ));
     }
     Ok(())
+}
+
+fn password_denied() -> Error {
+    Error::AccessDenied("a password key is read only through verify_password".into())
+}
+
+/// Wraps an argon2id PHC string as a password-key value.
+pub(crate) fn encode_password_hash(phc: &str) -> Bytes {
+    let mut out = Vec::with_capacity(HEADER_LEN + phc.len());
+    out.extend_from_slice(&Header::plain(PayloadKind::PasswordHash).to_bytes());
+    out.extend_from_slice(phc.as_bytes());
+    Bytes::from(out)
+}
+
+/// The PHC string of a (plain) password-key value.
+///
+/// # Errors
+/// [`Error::Decode`] if the value is not a password key.
+pub(crate) fn decode_password_hash(plain: &[u8]) -> Result<String> {
+    let (header, payload) = Header::parse(plain)?;
+    refuse_encrypted(header)?;
+    if header.kind != PayloadKind::PasswordHash {
+        return Err(Error::decode(
+            format!("the value is {}, not a password key", header.kind.name()),
+            None,
+        ));
+    }
+    String::from_utf8(payload.to_vec())
+        .map_err(|e| Error::decode("the password hash is not UTF-8", Some(Box::new(e))))
 }
 
 #[cfg(test)]

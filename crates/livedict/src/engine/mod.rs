@@ -21,6 +21,7 @@ use crate::backend::{
 };
 use crate::clock::{Clock, Millis, Now};
 use crate::codec::{self, Codec};
+use crate::crypto::{Keyring, Sealer};
 use crate::error::{BoxError, Error, Result};
 use crate::events::{Cause, EntryHooks, EntryLock, EventHub, EventKind, EventSettings, HookFn};
 use crate::expiry::DriverControl;
@@ -44,6 +45,7 @@ pub(crate) struct Engine {
     pub(crate) changes: ChangeSignal,
     pub(crate) expiry: Arc<DriverControl>,
     pub(crate) events: EventHub,
+    pub(crate) sealer: Option<Sealer>,
     closed: AtomicBool,
 }
 
@@ -55,11 +57,16 @@ pub(crate) struct EngineConfig {
     pub(crate) policy: TtlPolicy,
     pub(crate) max_value_size: usize,
     pub(crate) events: EventSettings,
+    pub(crate) keyring: Option<(Keyring, bool)>,
 }
 
 impl Engine {
     pub(crate) fn new(config: EngineConfig) -> Engine {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let sealer = config.keyring.map(|(keyring, encrypt_all)| Sealer {
+            keyring: Arc::new(parking_lot::RwLock::new(keyring)),
+            encrypt_all,
+        });
         Engine {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             clock: config.clock,
@@ -69,7 +76,8 @@ impl Engine {
             counters: Counters::new(),
             changes: ChangeSignal::default(),
             expiry: Arc::new(DriverControl::default()),
-            events: EventHub::new(config.events),
+            events: EventHub::new(config.events, sealer.clone()),
+            sealer,
             closed: AtomicBool::new(false),
         }
     }
@@ -137,20 +145,63 @@ impl Engine {
         Ok(stored)
     }
 
-    /// Encodes a typed value with the store's codec, within the size limit.
-    pub(crate) fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes> {
-        self.check_size(self.codec.encode(value)?)
+    /// Encodes a typed value of `key` with the store's codec, within the size limit, encrypted
+    /// if the store encrypts every value or the write is `secret`.
+    pub(crate) fn encode<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        secret: bool,
+    ) -> Result<Bytes> {
+        let plain = self.check_size(self.codec.encode(value)?)?;
+        self.seal_if_needed(key, plain, secret)
     }
 
-    /// Wraps raw bytes, within the size limit.
-    pub(crate) fn encode_raw(&self, value: &[u8]) -> Result<Bytes> {
+    /// Wraps raw bytes of `key`, within the size limit, encrypted as [`encode`](Self::encode).
+    pub(crate) fn encode_raw(&self, key: &str, value: &[u8], secret: bool) -> Result<Bytes> {
         if value.len() > self.max_value_size {
             return Err(Error::ValueTooLarge {
                 size: value.len(),
                 max: self.max_value_size,
             });
         }
-        Ok(codec::encode_raw(value))
+        self.seal_if_needed(key, codec::encode_raw(value), secret)
+    }
+
+    /// Encrypts a plain value when the store or the write asks for it.
+    pub(crate) fn seal_if_needed(&self, key: &str, plain: Bytes, secret: bool) -> Result<Bytes> {
+        match &self.sealer {
+            Some(s) if s.encrypt_all || secret => s.seal(key, &plain),
+            None if secret => Err(crate::crypto::no_keyring()),
+            _ => Ok(plain),
+        }
+    }
+
+    /// Decrypts a stored value of `key` if need be (plain values pass as they are).
+    #[inline]
+    pub(crate) fn open(&self, key: &str, stored: Bytes) -> Result<Bytes> {
+        crate::crypto::open(self.sealer.as_ref(), key, stored)
+    }
+
+    /// Decodes a stored value of `key`.
+    pub(crate) fn decode<T: DeserializeOwned>(&self, key: &str, stored: Bytes) -> Result<T> {
+        codec::decode(&self.open(key, stored)?)
+    }
+
+    /// Decodes an optional stored value of `key`.
+    pub(crate) fn decode_opt<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        stored: Option<Bytes>,
+    ) -> Result<Option<T>> {
+        stored.map(|b| self.decode(key, b)).transpose()
+    }
+
+    /// The raw bytes of an optional stored value of `key`.
+    pub(crate) fn decode_raw_opt(&self, key: &str, stored: Option<Bytes>) -> Result<Option<Bytes>> {
+        stored
+            .map(|b| codec::decode_raw(self.open(key, b)?))
+            .transpose()
     }
 
     /// The expiry a write with `options` applies.
@@ -427,6 +478,7 @@ impl Engine {
     /// [`Error::Reentrant`].
     pub(crate) fn decide<T, E, F>(
         &self,
+        key: &str,
         current: Option<&Bytes>,
         f: F,
         expiry: WriteExpiry,
@@ -437,14 +489,15 @@ impl Engine {
         E: Into<BoxError>,
         F: FnOnce(Option<T>) -> Result<Option<T>, E>,
     {
-        let old = current.map(|b| codec::decode::<T>(b)).transpose()?;
+        let old = self.decode_opt::<T>(key, current.cloned())?;
+        let secret = current.is_some_and(|b| crate::crypto::is_encrypted(b));
         let new = {
             let _guard = reentrancy::Guard::enter(self.id);
             f(old).map_err(|e| Error::Aborted(e.into()))?
         };
         let change = match &new {
             Some(v) => Change::Write {
-                value: self.encode(v)?,
+                value: self.encode(key, v, secret)?,
                 expiry,
             },
             None if current.is_some() => Change::Delete,
@@ -463,7 +516,7 @@ impl Engine {
         out: &mut i64,
     ) -> Result<Change> {
         let old: i64 = match current {
-            Some(b) => codec::decode(b).map_err(|e| match e {
+            Some(b) => self.decode(key, b.clone()).map_err(|e| match e {
                 Error::Decode { source, .. } => Error::Decode {
                     message: format!("incr: the value of {key:?} is not a 64-bit integer"),
                     source,
@@ -476,8 +529,9 @@ impl Engine {
             key: key.to_owned(),
         })?;
         *out = new;
+        let secret = current.is_some_and(|b| crate::crypto::is_encrypted(b));
         Ok(Change::Write {
-            value: self.encode(&new)?,
+            value: self.encode(key, &new, secret)?,
             expiry: self.update_expiry(),
         })
     }
@@ -485,6 +539,7 @@ impl Engine {
     /// The change `merge(patch)` makes: the patch's fields set into the stored map.
     pub(crate) fn merge(
         &self,
+        key: &str,
         current: Option<&Bytes>,
         patch: &serde_json::Value,
     ) -> Result<Change> {
@@ -495,7 +550,7 @@ impl Engine {
         };
         let mut map = match current {
             None => serde_json::Map::new(),
-            Some(b) => match codec::decode::<serde_json::Value>(b)? {
+            Some(b) => match self.decode::<serde_json::Value>(key, b.clone())? {
                 serde_json::Value::Object(map) => map,
                 other => {
                     return Err(Error::decode(
@@ -511,8 +566,9 @@ impl Engine {
         for (k, v) in fields {
             map.insert(k.clone(), v.clone());
         }
+        let secret = current.is_some_and(|b| crate::crypto::is_encrypted(b));
         Ok(Change::Write {
-            value: self.encode(&map)?,
+            value: self.encode(key, &map, secret)?,
             expiry: self.update_expiry(),
         })
     }
@@ -534,14 +590,4 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 pub(crate) struct PlannedOp {
     key: String,
     set: Option<(WriteExpiry, Option<Bytes>)>,
-}
-
-/// Decodes an optional stored value.
-pub(crate) fn decode_opt<T: DeserializeOwned>(stored: Option<Bytes>) -> Result<Option<T>> {
-    stored.map(|b| codec::decode(&b)).transpose()
-}
-
-/// Decodes an optional raw value.
-pub(crate) fn decode_raw_opt(stored: Option<Bytes>) -> Result<Option<Bytes>> {
-    stored.map(codec::decode_raw).transpose()
 }

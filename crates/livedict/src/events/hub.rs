@@ -12,6 +12,7 @@ use super::{
     Cause, EntryHooks, Event, EventKind, EventSettings, Executor, Hook, HookFn, HookId, Registry,
 };
 use crate::clock::Millis;
+use crate::crypto::Sealer;
 use crate::error::{Error, Result};
 
 /// The events of one store.
@@ -22,16 +23,19 @@ pub(crate) struct EventHub {
     pub(crate) counters: Arc<DeliveryCounters>,
     executor: OnceLock<Executor>,
     starting: Mutex<()>,
+    /// Handed to events, which decrypt their values on demand.
+    sealer: Option<Sealer>,
 }
 
 impl EventHub {
-    pub(crate) fn new(settings: EventSettings) -> Self {
+    pub(crate) fn new(settings: EventSettings, sealer: Option<Sealer>) -> Self {
         EventHub {
             registry: Arc::new(Registry::default()),
             settings,
             counters: Arc::new(DeliveryCounters::default()),
             executor: OnceLock::new(),
             starting: Mutex::new(()),
+            sealer,
         }
     }
 
@@ -114,6 +118,7 @@ impl EventHub {
                 value,
                 previous,
                 time,
+                sealer: self.sealer.clone(),
             },
             entry_hook,
         });

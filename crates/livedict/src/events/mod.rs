@@ -138,6 +138,7 @@ pub struct Event {
     pub(crate) value: Option<Bytes>,
     pub(crate) previous: Option<Bytes>,
     pub(crate) time: Millis,
+    pub(crate) sealer: Option<crate::crypto::Sealer>,
 }
 
 impl fmt::Debug for Event {
@@ -178,7 +179,7 @@ impl Event {
     /// # Errors
     /// [`Error::Decode`](crate::Error::Decode) if it is not a `T`.
     pub fn value<T: DeserializeOwned>(&self) -> Result<Option<T>> {
-        self.value.as_ref().map(|b| codec::decode(b)).transpose()
+        self.decoded(&self.value)
     }
 
     /// The value replaced by a `Set`, decoded.
@@ -186,7 +187,7 @@ impl Event {
     /// # Errors
     /// [`Error::Decode`](crate::Error::Decode) if it is not a `T`.
     pub fn previous<T: DeserializeOwned>(&self) -> Result<Option<T>> {
-        self.previous.as_ref().map(|b| codec::decode(b)).transpose()
+        self.decoded(&self.previous)
     }
 
     /// The value of an entry stored as raw bytes.
@@ -194,15 +195,30 @@ impl Event {
     /// # Errors
     /// [`Error::Decode`](crate::Error::Decode) if it is a typed value.
     pub fn value_bytes(&self) -> Result<Option<Bytes>> {
-        self.value.clone().map(codec::decode_raw).transpose()
+        self.opened(&self.value)?.map(codec::decode_raw).transpose()
+    }
+
+    /// A value as stored, decrypted if need be.
+    fn opened(&self, v: &Option<Bytes>) -> Result<Option<Bytes>> {
+        v.clone()
+            .map(|b| crate::crypto::open(self.sealer.as_ref(), &self.key, b))
+            .transpose()
+    }
+
+    fn decoded<T: DeserializeOwned>(&self, v: &Option<Bytes>) -> Result<Option<T>> {
+        self.opened(v)?.map(|b| codec::decode(&b)).transpose()
     }
 
     /// The event as JSON: `{"kind", "cause", "key", "time", "value", "previous"}`, values as JSON
     /// (raw byte values as `{"bytes_hex": "..."}`; values that cannot be decoded as `null` with an
     /// `"error"`).
     pub fn to_json(&self) -> serde_json::Value {
-        fn value_json(v: &Option<Bytes>) -> serde_json::Value {
-            match v {
+        let value_json = |v: &Option<Bytes>| -> serde_json::Value {
+            let v = match self.opened(v) {
+                Ok(v) => v,
+                Err(e) => return serde_json::json!({ "error": e.to_string() }),
+            };
+            match &v {
                 None => serde_json::Value::Null,
                 Some(b) => match codec::decode::<serde_json::Value>(b) {
                     Ok(v) => v,
@@ -215,7 +231,7 @@ impl Event {
                     },
                 },
             }
-        }
+        };
         serde_json::json!({
             "kind": self.kind.name(),
             "cause": self.cause.name(),
