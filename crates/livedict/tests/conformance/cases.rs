@@ -232,15 +232,16 @@ pub fn corrupted_or_foreign_bytes_are_format_errors(h: &Harness) -> Result<()> {
         .build()?;
     let never = WriteExpiry::replace(Expiry::Never);
     let now = livedict::Clock::System.now();
-    let format = |r: &Error| matches!(r, Error::Format(_));
-    let crypto = |r: &Error| matches!(r, Error::Crypto(_));
-    let samples: [(&[u8], &dyn Fn(&Error) -> bool); 6] = [
-        (b"", &format),
-        (b"{\"plain\": \"json\"}", &format),
-        (&[0xD7], &format),
-        (&[0xD7, 9, 1, b'1'], &format),    // written by a newer format
-        (&[0xD7, 1, 0x0E, b'1'], &format), // unknown payload kind
-        (&[0xD7, 1, 0x11, 1, 2], &crypto), // encrypted, and this store has no keyring
+    type Expected = fn(&Error) -> bool;
+    let format: Expected = |r| matches!(r, Error::Format(_));
+    let crypto: Expected = |r| matches!(r, Error::Crypto(_));
+    let samples: [(&[u8], Expected); 6] = [
+        (b"", format),
+        (b"{\"plain\": \"json\"}", format),
+        (&[0xD7], format),
+        (&[0xD7, 9, 1, b'1'], format),    // written by a newer format
+        (&[0xD7, 1, 0x0E, b'1'], format), // unknown payload kind
+        (&[0xD7, 1, 0x11, 1, 2], crypto), // encrypted, and this store has no keyring
     ];
     for (i, (bytes, expected)) in samples.iter().enumerate() {
         let key = format!("bad{i}");
