@@ -9,3 +9,8 @@ use livedict::MemoryBackend;
 
 conformance_suite!(memory, || Arc::new(MemoryBackend::new()));
 conformance_suite!(memory_one_shard, || Arc::new(MemoryBackend::with_shards(1)));
+conformance_suite!(
+    memory_encrypted,
+    || Arc::new(MemoryBackend::new()),
+    conformance::encrypted
+);

@@ -37,6 +37,11 @@ fn fresh_path() -> PathBuf {
 conformance_suite!(sqlite, || Arc::new(
     SqliteBackend::open(fresh_path()).unwrap()
 ));
+conformance_suite!(
+    sqlite_encrypted,
+    || Arc::new(SqliteBackend::open(fresh_path()).unwrap()),
+    conformance::encrypted
+);
 
 fn open(path: &Path) -> Result<LiveDict> {
     LiveDict::builder()

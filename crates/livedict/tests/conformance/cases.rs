@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::{Harness, eventually};
 
+pub use super::crypto_cases::*;
 pub use super::event_cases::*;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -1173,7 +1174,14 @@ pub fn export_import_round_trip(h: &Harness) -> Result<()> {
     assert_eq!(store.export(&mut out)?, 3);
     let text = String::from_utf8(out.clone()).unwrap();
     assert_eq!(text.lines().count(), 3);
-    assert!(text.contains(r#""bytes":"AAEC/w==""#), "{text}");
+    if h.encrypted() {
+        assert!(
+            text.contains(r#""sealed":""#) && !text.contains("AAEC"),
+            "{text}"
+        );
+    } else {
+        assert!(text.contains(r#""bytes":"AAEC/w==""#), "{text}");
+    }
 
     let (copy, copy_clock) = h.manual();
     copy_clock.set(clock.now());

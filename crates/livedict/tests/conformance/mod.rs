@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod cases;
+pub mod crypto_cases;
 pub mod event_cases;
 
 use std::sync::Arc;
@@ -19,16 +20,44 @@ use std::time::{Duration, Instant};
 
 use livedict::{Backend, Builder, Clock, LiveDict, ManualClock};
 
-/// Creates stores over fresh backends of one kind.
+/// Creates stores over fresh backends of one kind, each configured by the suite's mode.
 pub struct Harness {
     setup: Box<dyn Fn() -> Arc<dyn Backend>>,
+    mode: fn(Builder) -> Builder,
+    encrypted: bool,
+}
+
+/// The plain mode: stores with the defaults.
+pub fn plain(b: Builder) -> Builder {
+    b
+}
+
+/// The encrypted mode: every value encrypted under one test keyring (the same for every store of
+/// the harness, so that copies between them stay readable).
+pub fn encrypted(b: Builder) -> Builder {
+    b.keyring(test_keyring())
+}
+
+/// The keyring of the encrypted mode.
+pub fn test_keyring() -> livedict::Keyring {
+    livedict::Keyring::from_bytes(1, &[0x5A; 32]).unwrap()
 }
 
 impl Harness {
-    pub fn new(setup: impl Fn() -> Arc<dyn Backend> + 'static) -> Self {
+    pub fn new(
+        setup: impl Fn() -> Arc<dyn Backend> + 'static,
+        mode: fn(Builder) -> Builder,
+    ) -> Self {
         Harness {
             setup: Box::new(setup),
+            mode,
+            encrypted: mode == encrypted as fn(Builder) -> Builder,
         }
+    }
+
+    /// Whether the suite runs with every value encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.encrypted
     }
 
     /// A fresh backend.
@@ -43,9 +72,11 @@ impl Harness {
 
     /// A store over a fresh backend, configured by `configure`.
     pub fn build(&self, configure: impl FnOnce(Builder) -> Builder) -> LiveDict {
-        configure(LiveDict::builder().shared_backend(self.backend()))
-            .build()
-            .expect("build store")
+        configure((self.mode)(
+            LiveDict::builder().shared_backend(self.backend()),
+        ))
+        .build()
+        .expect("build store")
     }
 
     /// A store with a manual clock.
@@ -77,11 +108,15 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
     condition()
 }
 
-/// Instantiates every conformance case for one backend: `conformance_suite!(name, setup)`.
+/// Instantiates every conformance case for one backend: `conformance_suite!(name, setup)`, or
+/// `conformance_suite!(name, setup, mode)` with a mode from this module (`encrypted`).
 #[macro_export]
 macro_rules! conformance_suite {
     ($name:ident, $setup:expr) => {
-        $crate::conformance_suite!(@cases $name, $setup, [
+        $crate::conformance_suite!($name, $setup, $crate::conformance::plain);
+    };
+    ($name:ident, $setup:expr, $mode:expr) => {
+        $crate::conformance_suite!(@cases $name, $setup, $mode, [
             // SPEC 1: keys and values
             invalid_keys_are_refused_and_change_nothing,
             longest_key_and_unicode_keys_work,
@@ -155,16 +190,22 @@ macro_rules! conformance_suite {
             clear_update_and_inactive_events,
             close_delivers_queued_events_and_never_hangs,
             slow_expire_hook_never_delays_other_expirations,
+            // SPEC 5: encryption, secrets, passwords
+            encrypted_values_round_trip_through_every_path,
+            tampered_or_moved_ciphertexts_are_refused,
+            rotate_rekey_and_retire_keys,
+            secret_values_are_encrypted_whatever_they_look_like,
+            password_keys_store_only_hashes,
         ]);
     };
-    (@cases $name:ident, $setup:expr, [$($case:ident),* $(,)?]) => {
+    (@cases $name:ident, $setup:expr, $mode:expr, [$($case:ident),* $(,)?]) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
             $(
                 #[test]
                 fn $case() -> livedict::Result<()> {
-                    let harness = $crate::conformance::Harness::new($setup);
+                    let harness = $crate::conformance::Harness::new($setup, $mode);
                     $crate::conformance::cases::$case(&harness)
                 }
             )*
