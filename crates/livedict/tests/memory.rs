@@ -12,5 +12,5 @@ conformance_suite!(memory_one_shard, || Arc::new(MemoryBackend::with_shards(1)))
 conformance_suite!(
     memory_encrypted,
     || Arc::new(MemoryBackend::new()),
-    conformance::encrypted
+    conformance::Mode::Encrypted
 );

@@ -40,7 +40,7 @@ conformance_suite!(sqlite, || Arc::new(
 conformance_suite!(
     sqlite_encrypted,
     || Arc::new(SqliteBackend::open(fresh_path()).unwrap()),
-    conformance::encrypted
+    conformance::Mode::Encrypted
 );
 
 fn open(path: &Path) -> Result<LiveDict> {

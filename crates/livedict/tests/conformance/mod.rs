@@ -23,19 +23,26 @@ use livedict::{Backend, Builder, Clock, LiveDict, ManualClock};
 /// Creates stores over fresh backends of one kind, each configured by the suite's mode.
 pub struct Harness {
     setup: Box<dyn Fn() -> Arc<dyn Backend>>,
-    mode: fn(Builder) -> Builder,
-    encrypted: bool,
+    mode: Mode,
 }
 
-/// The plain mode: stores with the defaults.
-pub fn plain(b: Builder) -> Builder {
-    b
+/// How every store of a suite is configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The defaults.
+    Plain,
+    /// Every value encrypted under one test keyring (the same for every store of the harness,
+    /// so that copies between them stay readable).
+    Encrypted,
 }
 
-/// The encrypted mode: every value encrypted under one test keyring (the same for every store of
-/// the harness, so that copies between them stay readable).
-pub fn encrypted(b: Builder) -> Builder {
-    b.keyring(test_keyring())
+impl Mode {
+    fn configure(self, b: Builder) -> Builder {
+        match self {
+            Mode::Plain => b,
+            Mode::Encrypted => b.keyring(test_keyring()),
+        }
+    }
 }
 
 /// The keyring of the encrypted mode.
@@ -44,20 +51,16 @@ pub fn test_keyring() -> livedict::Keyring {
 }
 
 impl Harness {
-    pub fn new(
-        setup: impl Fn() -> Arc<dyn Backend> + 'static,
-        mode: fn(Builder) -> Builder,
-    ) -> Self {
+    pub fn new(setup: impl Fn() -> Arc<dyn Backend> + 'static, mode: Mode) -> Self {
         Harness {
             setup: Box::new(setup),
             mode,
-            encrypted: mode == encrypted as fn(Builder) -> Builder,
         }
     }
 
     /// Whether the suite runs with every value encrypted.
     pub fn encrypted(&self) -> bool {
-        self.encrypted
+        self.mode == Mode::Encrypted
     }
 
     /// A fresh backend.
@@ -72,9 +75,10 @@ impl Harness {
 
     /// A store over a fresh backend, configured by `configure`.
     pub fn build(&self, configure: impl FnOnce(Builder) -> Builder) -> LiveDict {
-        configure((self.mode)(
-            LiveDict::builder().shared_backend(self.backend()),
-        ))
+        configure(
+            self.mode
+                .configure(LiveDict::builder().shared_backend(self.backend())),
+        )
         .build()
         .expect("build store")
     }
@@ -109,11 +113,11 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
 }
 
 /// Instantiates every conformance case for one backend: `conformance_suite!(name, setup)`, or
-/// `conformance_suite!(name, setup, mode)` with a mode from this module (`encrypted`).
+/// `conformance_suite!(name, setup, conformance::Mode::Encrypted)`.
 #[macro_export]
 macro_rules! conformance_suite {
     ($name:ident, $setup:expr) => {
-        $crate::conformance_suite!($name, $setup, $crate::conformance::plain);
+        $crate::conformance_suite!($name, $setup, $crate::conformance::Mode::Plain);
     };
     ($name:ident, $setup:expr, $mode:expr) => {
         $crate::conformance_suite!(@cases $name, $setup, $mode, [
