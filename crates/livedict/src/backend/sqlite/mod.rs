@@ -3,8 +3,10 @@
 //! Every write is one `BEGIN IMMEDIATE` transaction on the store's writer connection, which takes
 //! SQLite's write lock: writes (and the closure of an `update`) are linearizable per key across
 //! threads and processes. Reads use a pool of reader connections and, in WAL mode, run in parallel
-//! with each other and with the writer. Expiry removal is one `DELETE ... RETURNING` on the
-//! indexed deadline column, so each expired entry is returned to exactly one sweeping process.
+//! with each other and with the writer; a read writes only to renew a sliding deadline (last-access
+//! times of reads are recorded in memory and written in batches). Expiry removal is one
+//! `DELETE ... RETURNING` on the indexed deadline column, so each expired entry is returned to
+//! exactly one sweeping process.
 //! The schema is in [`schema`].
 //!
 //! Crash safety: a write that returned `Ok` is committed to the WAL; a process killed at any point
@@ -13,6 +15,7 @@
 
 mod schema;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,9 +31,11 @@ use super::{
 use crate::clock::{Millis, Now};
 use crate::error::{Error, Result};
 
-/// How a read refreshes an entry's last-access time: at most once per this many milliseconds, so
-/// that most reads stay reads.
+/// How a read refreshes an entry's last-access time: at most once per this many milliseconds.
 const ACCESS_GRANULARITY: Millis = 1000;
+/// Reads record last-access times in memory; they are written in one transaction by the next
+/// sweep, by `remove_inactive`, on drop, or when this many are pending.
+const ACCESS_FLUSH: usize = 4096;
 
 /// What a commit waits for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,6 +111,16 @@ pub struct SqliteBackend {
     options: SqliteOptions,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Last-access times of reads not written yet.
+    pending_access: Mutex<HashMap<String, Millis>>,
+}
+
+impl Drop for SqliteBackend {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_access() {
+            tracing::warn!(error = %e, "livedict: could not record the last reads");
+        }
+    }
 }
 
 impl fmt::Debug for SqliteBackend {
@@ -299,6 +314,7 @@ impl SqliteBackend {
             options,
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            pending_access: Mutex::new(HashMap::new()),
         })
     }
 
@@ -342,6 +358,35 @@ impl SqliteBackend {
         Ok(out)
     }
 
+    /// Records that `key` was read at `now`; written later, in a batch.
+    fn note_access(&self, key: &str, now: Millis) -> Result<()> {
+        let full = {
+            let mut pending = self.pending_access.lock();
+            pending.insert(key.to_owned(), now);
+            pending.len() >= ACCESS_FLUSH
+        };
+        if full { self.flush_access() } else { Ok(()) }
+    }
+
+    /// Writes the pending last-access times in one transaction.
+    fn flush_access(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending_access.lock());
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.write(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "UPDATE livedict_entries SET last_access = max(last_access, ?2) WHERE key = ?1",
+                )
+                .map_err(db_error)?;
+            for (key, at) in &pending {
+                stmt.execute(params![key, *at as i64]).map_err(db_error)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Runs `f` on a reader connection from the pool.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = match self.readers.lock().pop() {
@@ -370,12 +415,17 @@ impl Backend for SqliteBackend {
         if !row.is_live(now) {
             return Ok(None);
         }
-        let stale = row.last_access as u64 + ACCESS_GRANULARITY <= now;
-        if mode == ReadMode::Peek || (row.sliding == 0 && !stale) {
+        if mode == ReadMode::Peek {
             return Ok(Some(Bytes::from(row.value)));
         }
-        // Renew the sliding deadline and/or the last-access time, and return the value as of
-        // that write (a writer may have changed it since the read).
+        if row.sliding == 0 {
+            if row.last_access as u64 + ACCESS_GRANULARITY <= now {
+                self.note_access(key, now)?;
+            }
+            return Ok(Some(Bytes::from(row.value)));
+        }
+        // Renew the sliding deadline (and the last-access time), and return the value as of that
+        // write (a writer may have changed it since the read).
         let renewed = self.write(|c| {
             c.prepare_cached(
                 "UPDATE livedict_entries SET last_access = ?2,
@@ -570,6 +620,7 @@ impl Backend for SqliteBackend {
     }
 
     fn sweep(&self, now: Millis, limit: usize, out: &mut Vec<ExpiredEntry>) -> Result<()> {
+        self.flush_access()?;
         // Look before taking the write lock: most polls find nothing due.
         let due = self.read(|c| {
             c.prepare_cached("SELECT 1 FROM livedict_entries WHERE deadline <= ?1 LIMIT 1")
@@ -596,6 +647,7 @@ impl Backend for SqliteBackend {
     }
 
     fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Result<Vec<KeyValue>> {
+        self.flush_access()?;
         self.write(|c| {
             let mut stmt = c
                 .prepare_cached(
