@@ -15,6 +15,10 @@
 //!   `msgpack`), behind a small self-describing header; raw bytes too.
 //! - **Backends** behind one small byte-level trait, [`Backend`]: [`MemoryBackend`] (default) and
 //!   `SqliteBackend` (feature `sqlite`: one file, persistent, shared by processes).
+//! - **Events**: hooks per event kind or per entry, run on background workers with timeouts,
+//!   isolation and per-key order; external programs as hooks, under resource limits.
+//! - **Encryption at rest** with a rotating [`Keyring`] (AES-256-GCM bound to the key name),
+//!   secret values and password keys (argon2id).
 //! - **Testable time**: give the store a [`ManualClock`] and TTL tests need no sleeps.
 //!
 //! ## Cargo features
