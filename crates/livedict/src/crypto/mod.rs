@@ -1,9 +1,10 @@
 //! Encryption at rest and password hashing.
 //!
-//! - [`Keyring`]: AES-256 keys with ids (see [`keyring`]).
-//! - The envelope (see [`envelope`]): AES-256-GCM with a fresh nonce per write, the header, key id
-//!   and full key name bound in as associated data.
-//! - Password keys (see [`password`]): argon2id PHC hashes, never the password.
+//! - [`Keyring`]: AES-256 keys with ids; new writes use the newest, reads pick the key by the id
+//!   written in the value.
+//! - The envelope: AES-256-GCM with a fresh random nonce per write, and the header, key id and full
+//!   key name bound in as associated data, so a ciphertext moved to another key fails to decrypt.
+//! - Password keys: argon2id PHC hashes (OWASP parameters), never the password.
 
 pub(crate) mod envelope;
 pub(crate) mod keyring;

@@ -7,7 +7,22 @@
 //! times of reads are recorded in memory and written in batches). Expiry removal is one
 //! `DELETE ... RETURNING` on the indexed deadline column, so each expired entry is returned to
 //! exactly one sweeping process.
-//! The schema is in [`schema`].
+//!
+//! The file is a plain SQLite database:
+//!
+//! ```sql
+//! CREATE TABLE livedict_meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+//! -- ('format', '1')
+//! CREATE TABLE livedict_entries (
+//!     key         TEXT PRIMARY KEY NOT NULL,  -- the key, as given
+//!     value       BLOB NOT NULL,              -- livedict header + payload
+//!     deadline    INTEGER,                    -- ms since the Unix epoch; NULL: never expires
+//!     sliding     INTEGER NOT NULL,           -- sliding TTL in ms; 0: a fixed deadline
+//!     last_access INTEGER NOT NULL            -- ms since the Unix epoch (to about a second)
+//! ) WITHOUT ROWID;
+//! CREATE INDEX livedict_entries_deadline ON livedict_entries (deadline)
+//!     WHERE deadline IS NOT NULL;
+//! ```
 //!
 //! Crash safety: a write that returned `Ok` is committed to the WAL; a process killed at any point
 //! loses none of them. [`Durability::Full`] also syncs the WAL on every commit, so that an
