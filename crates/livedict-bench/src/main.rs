@@ -7,7 +7,9 @@
 //! `quick_cache` without TTL, on the same byte values, plus bytes per entry and expiry lateness),
 //! `events` (the cost of registered hooks on the set path against no hooks, delivery throughput
 //! and latency), `sqlite` (livedict's SQLite backend against raw `rusqlite` running the same
-//! statements with the same pragmas, and against Python's `diskcache`) or `all`. `--quick` is a
+//! statements with the same pragmas, and against Python's `diskcache`), `crypto` (an encrypted
+//! store's set+get round trip against raw `aes-gcm` plus a plain store doing the same by hand, on
+//! 64 B, 1 KiB and 64 KiB payloads, and encrypted against plain get/set) or `all`. `--quick` is a
 //! smoke run with small sizes (seconds), for the test suite.
 //!
 //! Each comparison runs livedict and the peer interleaved (livedict, peer, livedict, peer, ...)
@@ -20,6 +22,7 @@
 //! A new suite is one module with `settings` and `run` functions, listed in [`SUITES`].
 
 mod alloc_counter;
+mod crypto;
 mod events;
 mod harness;
 mod memory;
@@ -52,6 +55,11 @@ const SUITES: &[Suite] = &[
         name: "events",
         settings: events::settings,
         run: events::run,
+    },
+    Suite {
+        name: "crypto",
+        settings: crypto::settings,
+        run: crypto::run,
     },
 ];
 

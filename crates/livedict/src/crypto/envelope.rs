@@ -10,8 +10,8 @@
 //! AES-256-GCM authenticates, as associated data, the header, the key id and the full key name:
 //! a ciphertext copied to another key, a changed header, or any flipped bit fails to decrypt.
 
-use aes_gcm::aead::{Aead, Generate as _, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::Nonce;
+use aes_gcm::aead::{Aead, Generate as _, Payload};
 use bytes::Bytes;
 
 use super::keyring::Keyring;
@@ -46,10 +46,11 @@ pub(crate) fn seal(keyring: &Keyring, key: &str, plain: &[u8]) -> Result<Bytes> 
     }
     .to_bytes();
     let key_id = id.to_be_bytes();
-    let nonce = Nonce::generate();
-    let cipher = Aes256Gcm::new_from_slice(&material.0)
-        .map_err(|_| Error::Crypto("bad key length".into()))?;
-    let sealed = cipher
+    // A fresh random nonce from the thread's CSPRNG (ChaCha, seeded by the operating system): as
+    // unpredictable as asking the OS every time, without a system call per write.
+    let nonce = Nonce::generate_from_rng(&mut rand::rng());
+    let sealed = material
+        .cipher
         .encrypt(
             &nonce,
             Payload {
@@ -118,10 +119,9 @@ pub(crate) fn open(
     let material = keyring
         .get(id)
         .ok_or_else(|| Error::Crypto(format!("the value needs key id {id}, not in the keyring")))?;
-    let cipher = Aes256Gcm::new_from_slice(&material.0)
-        .map_err(|_| Error::Crypto("bad key length".into()))?;
     let nonce = Nonce::try_from(nonce).map_err(|_| Error::Format("bad nonce".into()))?;
-    let payload = cipher
+    let payload = material
+        .cipher
         .decrypt(
             &nonce,
             Payload {

@@ -4,15 +4,29 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::KeyInit;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
 
-/// 256 bits of key material, zeroized on drop, never printed.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub(crate) struct KeyMaterial(pub(crate) [u8; 32]);
+/// One key, ready to use: the AES-256-GCM cipher with its round keys expanded once, when the key
+/// joins the keyring (not on every seal and open). The raw material is zeroized as soon as the
+/// cipher is built, and the cipher's own round keys when it is dropped (aes-gcm's `zeroize`).
+#[derive(Clone)]
+pub(crate) struct KeyMaterial {
+    pub(crate) cipher: Aes256Gcm,
+}
+
+impl KeyMaterial {
+    fn new(mut raw: [u8; 32]) -> Self {
+        let cipher = Aes256Gcm::new(&raw.into());
+        raw.zeroize();
+        KeyMaterial { cipher }
+    }
+}
 
 impl fmt::Debug for KeyMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -112,8 +126,7 @@ impl Keyring {
         material.copy_from_slice(&fresh);
         fresh.zeroize();
         let mut ring = Self::new();
-        ring.keys.insert(id, KeyMaterial(material));
-        material.zeroize();
+        ring.keys.insert(id, KeyMaterial::new(material));
         ring
     }
 
@@ -128,7 +141,7 @@ impl Keyring {
         if self.keys.contains_key(&id) {
             return Err(bad_key(format!("key id {id} is already in the keyring")));
         }
-        self.keys.insert(id, KeyMaterial(material));
+        self.keys.insert(id, KeyMaterial::new(material));
         Ok(())
     }
 
@@ -206,8 +219,21 @@ mod tests {
         assert!(ring.add_bytes(1, &[0; 32]).is_err(), "duplicate id");
         ring.add_bytes(2, &[1; 32]).unwrap();
         assert_eq!(ring.current_id(), Some(2));
-        let g1 = Keyring::generate(1);
-        let g2 = Keyring::generate(1);
-        assert_ne!(g1.get(1).unwrap().0, g2.get(1).unwrap().0);
+        // Two generated keys differ: the same plaintext and nonce encrypt differently.
+        use aes_gcm::aead::Aead;
+        let nonce = aes_gcm::Nonce::default();
+        let a = Keyring::generate(1)
+            .get(1)
+            .unwrap()
+            .cipher
+            .encrypt(&nonce, &b"x"[..])
+            .unwrap();
+        let b = Keyring::generate(1)
+            .get(1)
+            .unwrap()
+            .cipher
+            .encrypt(&nonce, &b"x"[..])
+            .unwrap();
+        assert_ne!(a, b);
     }
 }
