@@ -146,7 +146,11 @@ impl Builder {
     /// [`Error::InvalidTtl`] for a zero default TTL; [`Error::Backend`] if the expiry thread cannot
     /// be started.
     pub fn build(self) -> Result<LiveDict> {
+        let backend = self
+            .backend
+            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
         let engine = Arc::new(Engine::new(EngineConfig {
+            backend_id: Arc::as_ptr(&backend).cast::<()>() as usize as u64,
             clock: self.clock,
             codec: self.codec,
             policy: TtlPolicy::new(self.default_ttl, self.sliding)?,
@@ -154,9 +158,6 @@ impl Builder {
             events: self.events,
             keyring: self.keyring.map(|k| (k, self.encrypt_all)),
         }));
-        let backend = self
-            .backend
-            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
         let driver = if self.active_expiry {
             Some(
                 ExpiryDriver::start(engine.clone(), backend.clone())

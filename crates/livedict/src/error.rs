@@ -72,8 +72,8 @@ pub enum Error {
         /// The key being incremented.
         key: String,
     },
-    /// The store was used from inside a closure it is running (`update`, `try_update`), which
-    /// would deadlock or break atomicity.
+    /// The store (or another store on the same backend) was used from inside a closure it is
+    /// running (`update`, `try_update`), which would deadlock or break atomicity.
     #[error("re-entrant call: the store was used from inside one of its own update closures")]
     Reentrant,
     /// A user closure given to `try_update` returned an error; nothing was changed.

@@ -154,7 +154,7 @@ fn sweep_due(engine: &Engine, backend: &dyn Backend, expired: &mut Vec<ExpiredEn
                             .map(|e| now_us.saturating_sub(e.deadline.saturating_mul(1000))),
                     );
                 }
-                if expired.len() < SWEEP_BATCH {
+                if expired.len() < SWEEP_BATCH || engine.expiry.stop.load(SeqCst) {
                     return true;
                 }
             }

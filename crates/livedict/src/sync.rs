@@ -62,6 +62,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.engine.close();
+        self.engine.events.begin_close();
         if let Some(mut d) = self.driver.lock().take() {
             d.stop();
         }
@@ -932,9 +933,8 @@ impl LiveDict {
                     }
                     let plain = sealer.open_any(key, stored.clone())?;
                     changed = true;
-                    Ok(Change::Write {
+                    Ok(Change::Replace {
                         value: sealer.seal(key, &plain)?,
-                        expiry: crate::backend::WriteExpiry::keep_or(Expiry::Never),
                     })
                 })?;
                 rewritten += usize::from(changed);
@@ -1114,6 +1114,7 @@ impl LiveDict {
     /// [`Error::Closed`]. Also done when the last handle is dropped.
     pub fn close(&self) {
         self.engine().close();
+        self.engine().events.begin_close();
         if let Some(mut d) = self.inner.driver.lock().take() {
             d.stop();
         }

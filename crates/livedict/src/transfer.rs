@@ -36,6 +36,8 @@ struct Line {
     bytes: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sealed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password_hash: Option<String>,
 }
 
 /// One live entry with its stored bytes and time left.
@@ -78,17 +80,19 @@ pub(crate) fn write_lines(entries: &[Exported], mut writer: impl Write) -> Resul
             value: None,
             bytes: None,
             sealed: None,
+            password_hash: None,
         };
         if crate::crypto::is_encrypted(&e.stored) {
             // Encrypted values stay encrypted: exported as stored, bound to their key name.
             line.sealed = Some(BASE64.encode(&e.stored));
         } else {
-            match codec::decode::<serde_json::Value>(&e.stored) {
-                Ok(v) => line.value = Some(v),
-                Err(_) => {
-                    let raw = codec::decode_raw(e.stored.clone())?;
-                    line.bytes = Some(BASE64.encode(&raw));
-                }
+            if let Ok(v) = codec::decode::<serde_json::Value>(&e.stored) {
+                line.value = Some(v);
+            } else if let Ok(phc) = codec::decode_password_hash(&e.stored) {
+                line.password_hash = Some(phc);
+            } else {
+                let raw = codec::decode_raw(e.stored.clone())?;
+                line.bytes = Some(BASE64.encode(&raw));
             }
         }
         serde_json::to_writer(&mut writer, &line).map_err(|e| Error::Encode(Box::new(e)))?;
@@ -116,26 +120,37 @@ pub(crate) fn parse_lines(engine: &Engine, reader: impl BufRead) -> Result<Vec<B
                 .decode(b.as_bytes())
                 .map_err(|e| bad(format!("bad base64: {e}")))
         };
-        let value = match (parsed.value, parsed.bytes, parsed.sealed) {
-            (Some(v), None, None) => engine.encode(&parsed.key, &v, false)?,
-            (None, Some(b), None) => engine.encode_raw(&parsed.key, &base64(b)?, false)?,
-            (None, None, Some(s)) => {
+        let key = &parsed.key;
+        let value = match (
+            parsed.value,
+            parsed.bytes,
+            parsed.sealed,
+            parsed.password_hash,
+        ) {
+            (Some(v), None, None, None) => engine.encode(key, &v, false)?,
+            (None, Some(b), None, None) => engine.encode_raw(key, &base64(b)?, false)?,
+            (None, None, Some(s), None) => {
                 let stored = Bytes::from(base64(s)?);
                 if !crate::crypto::is_encrypted(&stored) {
                     return Err(bad("\"sealed\" holds no encrypted value".into()));
                 }
                 engine.check_size(stored)?
             }
+            // A dump's password hash is restored as it was (this is an administrator's restore,
+            // not a way around set_password).
+            (None, None, None, Some(phc)) if phc.starts_with("$argon2") => {
+                engine.seal_if_needed(key, codec::encode_password_hash(&phc), false)?
+            }
             _ => {
                 return Err(bad(
-                    "needs exactly one of \"value\", \"bytes\" and \"sealed\"".into(),
+                    "needs exactly one of \"value\", \"bytes\", \"sealed\" and \"password_hash\""
+                        .into(),
                 ));
             }
         };
         let expiry = match parsed.ttl_ms {
-            Some(0) => return Err(bad("a ttl_ms of 0".into())),
             Some(ttl) => Expiry::After {
-                ttl,
+                ttl: crate::ttl::to_millis(std::time::Duration::from_millis(ttl))?,
                 sliding: false,
             },
             None => Expiry::Never,
@@ -158,9 +173,15 @@ pub(crate) fn copy_ops(target: &Engine, entries: Vec<Exported>) -> Result<Vec<Ba
     entries
         .into_iter()
         .map(|e| {
+            // A plain value copied into a store that encrypts every value is encrypted on the way.
+            let stored = if crate::crypto::is_encrypted(&e.stored) {
+                e.stored
+            } else {
+                target.seal_if_needed(&e.key, e.stored, false)?
+            };
             Ok(BatchOp::Set {
+                value: target.check_size(stored)?,
                 key: e.key,
-                value: target.check_size(e.stored)?,
                 expiry: WriteExpiry::replace(match e.ttl {
                     KeyTtl::Remaining(d) => Expiry::After {
                         ttl: (d.as_millis() as u64).max(1),

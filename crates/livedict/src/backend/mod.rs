@@ -133,6 +133,12 @@ pub enum Change {
     },
     /// Remove the entry.
     Delete,
+    /// Replace the stored bytes of a live entry with an equivalent encoding (re-encryption),
+    /// keeping its deadline, sliding TTL and last-access time exactly as they are.
+    Replace {
+        /// The new stored bytes.
+        value: Bytes,
+    },
 }
 
 /// What an update did.

@@ -21,8 +21,10 @@ pub(crate) struct KeyMaterial {
 }
 
 impl KeyMaterial {
-    fn new(mut raw: [u8; 32]) -> Self {
-        let cipher = Aes256Gcm::new(&raw.into());
+    fn new(raw: &mut [u8; 32]) -> Self {
+        let mut key = aes_gcm::Key::<Aes256Gcm>::from(*raw);
+        let cipher = Aes256Gcm::new(&key);
+        key.as_mut_slice().zeroize();
         raw.zeroize();
         KeyMaterial { cipher }
     }
@@ -97,7 +99,9 @@ impl Keyring {
     /// # Errors
     /// [`Error::Crypto`] if the variable is missing or not base64 of 32 bytes.
     pub fn from_env(id: u32, var: &str) -> Result<Self> {
-        let value = std::env::var(var).map_err(|_| bad_key(format!("${var} is not set")))?;
+        let value = zeroize::Zeroizing::new(
+            std::env::var(var).map_err(|_| bad_key(format!("${var} is not set")))?,
+        );
         Self::from_base64(id, value.trim())
     }
 
@@ -111,7 +115,7 @@ impl Keyring {
         let ring = if content.len() == 32 {
             Self::from_bytes(id, &content)
         } else {
-            let text = String::from_utf8_lossy(&content).trim().to_owned();
+            let text = zeroize::Zeroizing::new(String::from_utf8_lossy(&content).trim().to_owned());
             Self::from_base64(id, &text)
         };
         content.zeroize();
@@ -126,7 +130,7 @@ impl Keyring {
         material.copy_from_slice(&fresh);
         fresh.zeroize();
         let mut ring = Self::new();
-        ring.keys.insert(id, KeyMaterial::new(material));
+        ring.keys.insert(id, KeyMaterial::new(&mut material));
         ring
     }
 
@@ -135,13 +139,13 @@ impl Keyring {
     /// # Errors
     /// [`Error::Crypto`] if it is not 32 bytes, or `id` is taken.
     pub fn add_bytes(&mut self, id: u32, key: &[u8]) -> Result<()> {
-        let material: [u8; 32] = key
-            .try_into()
-            .map_err(|_| bad_key(format!("{} bytes instead of 32", key.len())))?;
         if self.keys.contains_key(&id) {
             return Err(bad_key(format!("key id {id} is already in the keyring")));
         }
-        self.keys.insert(id, KeyMaterial::new(material));
+        let mut material: [u8; 32] = key
+            .try_into()
+            .map_err(|_| bad_key(format!("{} bytes instead of 32", key.len())))?;
+        self.keys.insert(id, KeyMaterial::new(&mut material));
         Ok(())
     }
 

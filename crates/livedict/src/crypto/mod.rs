@@ -64,6 +64,18 @@ pub(crate) fn open(sealer: Option<&Sealer>, key: &str, stored: Bytes) -> Result<
     }
 }
 
+/// A decode error of a decrypted value, without serde's message (which quotes the value).
+pub(crate) fn redact(e: Error) -> Error {
+    match e {
+        Error::Decode { .. } => Error::decode(
+            "the decrypted value does not match the requested type (details withheld: they would \
+             show the plaintext)",
+            None,
+        ),
+        other => other,
+    }
+}
+
 /// Whether a stored value is encrypted.
 pub(crate) fn is_encrypted(stored: &[u8]) -> bool {
     Header::parse(stored).is_ok_and(|(h, _)| h.encrypted)

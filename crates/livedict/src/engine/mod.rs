@@ -9,7 +9,7 @@ mod change_signal;
 pub(crate) mod reentrancy;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -58,17 +58,19 @@ pub(crate) struct EngineConfig {
     pub(crate) max_value_size: usize,
     pub(crate) events: EventSettings,
     pub(crate) keyring: Option<(Keyring, bool)>,
+    /// Identifies the backend: stores sharing one backend share re-entrancy checks, since an
+    /// update closure holds the backend's lock whichever store it came through.
+    pub(crate) backend_id: u64,
 }
 
 impl Engine {
     pub(crate) fn new(config: EngineConfig) -> Engine {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let sealer = config.keyring.map(|(keyring, encrypt_all)| Sealer {
             keyring: Arc::new(parking_lot::RwLock::new(keyring)),
             encrypt_all,
         });
         Engine {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: config.backend_id,
             clock: config.clock,
             codec: config.codec,
             policy: config.policy,
@@ -183,9 +185,18 @@ impl Engine {
         crate::crypto::open(self.sealer.as_ref(), key, stored)
     }
 
-    /// Decodes a stored value of `key`.
+    /// Decodes a stored value of `key`. When the value was encrypted, a decode error says only
+    /// that the type did not match: serde's message would quote the plaintext.
     pub(crate) fn decode<T: DeserializeOwned>(&self, key: &str, stored: Bytes) -> Result<T> {
-        codec::decode(&self.open(key, stored)?)
+        let encrypted = self.sealer.is_some() && crate::crypto::is_encrypted(&stored);
+        let plain = self.open(key, stored)?;
+        codec::decode(&plain).map_err(|e| {
+            if encrypted {
+                crate::crypto::redact(e)
+            } else {
+                e
+            }
+        })
     }
 
     /// Decodes an optional stored value of `key`.
@@ -260,17 +271,25 @@ impl Engine {
         mut lock: Option<EntryLock<'_>>,
         hooks: EntryHooks,
     ) {
+        // Hook-table work under the entry lock; events only once it is released (a hook that
+        // writes to this key must never wait on a publisher that waits on it).
+        let old_on_expire = match (&written.expired, lock.as_mut()) {
+            (Some(_), Some(l)) => l.detach(key).and_then(|h| h.on_expire),
+            _ => None,
+        };
+        if written.written
+            && let Some(l) = lock.as_mut()
+        {
+            l.attach(key, hooks);
+        }
+        drop(lock);
         if let Some(dead) = &written.expired {
-            let old = lock.as_mut().and_then(|l| l.detach(key));
-            self.expire_one(key, dead, now, old.and_then(|h| h.on_expire));
+            self.expire_one(key, dead, now, old_on_expire);
         }
         if written.written {
             self.counters.add(Counter::Set, 1);
             self.schedule(expiry, now);
             self.changes.notify();
-            if let Some(l) = lock.as_mut() {
-                l.attach(key, hooks);
-            }
             if value.is_some() {
                 self.events.publish(
                     EventKind::Set,
@@ -294,6 +313,7 @@ impl Engine {
         mut lock: Option<EntryLock<'_>>,
     ) {
         let hooks = lock.as_mut().and_then(|l| l.detach(key));
+        drop(lock);
         if let Some(dead) = &removed.expired {
             self.expire_one(key, dead, now, hooks.and_then(|h| h.on_expire));
         } else if let Some(previous) = &removed.previous {
@@ -310,9 +330,17 @@ impl Engine {
         now: Millis,
         mut lock: Option<EntryLock<'_>>,
     ) {
+        let old_on_expire = match (&updated.expired, lock.as_mut()) {
+            (Some(_), Some(l)) => l.detach(key).and_then(|h| h.on_expire),
+            _ => None,
+        };
+        if let (Some(Change::Delete), Some(_), Some(l)) = (change, &updated.previous, lock.as_mut())
+        {
+            l.detach(key);
+        }
+        drop(lock);
         if let Some(dead) = &updated.expired {
-            let old = lock.as_mut().and_then(|l| l.detach(key));
-            self.expire_one(key, dead, now, old.and_then(|h| h.on_expire));
+            self.expire_one(key, dead, now, old_on_expire);
         }
         match change {
             Some(Change::Write { expiry, value }) => {
@@ -333,9 +361,6 @@ impl Engine {
             }
             Some(Change::Delete) => {
                 if let Some(previous) = &updated.previous {
-                    if let Some(l) = lock.as_mut() {
-                        l.detach(key);
-                    }
                     self.deleted_one(key, previous, Cause::Explicit, now);
                 }
             }

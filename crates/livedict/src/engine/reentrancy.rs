@@ -1,9 +1,10 @@
 //! Detects a store used from inside one of its own update closures.
 //!
 //! Backends run update closures while holding the key (a shard lock, a SQLite transaction); a call
-//! back into the same store from there would deadlock or break atomicity. Each thread keeps the ids
-//! of the stores whose closures it is running, and every operation checks it first: one
-//! thread-local read on the fast path.
+//! back into the same backend from there, through the same store or another store sharing the
+//! backend, would deadlock or break atomicity. Each thread keeps the ids of the backends whose
+//! closures it is running, and every operation checks it first: one thread-local read on the fast
+//! path.
 
 use std::cell::RefCell;
 

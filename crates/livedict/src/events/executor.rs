@@ -191,6 +191,9 @@ struct Shared {
     registry: Arc<Registry>,
     counters: Arc<DeliveryCounters>,
     stopping: AtomicBool,
+    /// The store is closing: publishers no longer wait for room (the bound may be exceeded), so
+    /// that closing never waits on a full queue.
+    closing: AtomicBool,
     /// Workers not abandoned and not exited.
     live: Mutex<usize>,
     live_cv: Condvar,
@@ -254,6 +257,7 @@ impl Executor {
             registry,
             counters,
             stopping: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             live: Mutex::new(0),
             live_cv: Condvar::new(),
             abandoned: AtomicUsize::new(0),
@@ -281,7 +285,7 @@ impl Executor {
         }
         let lane = &s.lanes[(s.hasher.hash_one(job.event.key()) as usize) % s.lanes.len()];
         let mut q = lane.queue.lock();
-        if q.jobs.len() >= s.lane_capacity && !in_worker() {
+        if q.jobs.len() >= s.lane_capacity && !in_worker() && !s.closing.load(SeqCst) {
             match s.settings.when_full {
                 QueueFullPolicy::DropNewest => {
                     s.counters.dropped.fetch_add(1, Relaxed);
@@ -293,7 +297,10 @@ impl Executor {
                 }
                 QueueFullPolicy::Block => {
                     lane.space_waiters.fetch_add(1, SeqCst);
-                    while q.jobs.len() >= s.lane_capacity && !s.stopping.load(SeqCst) {
+                    while q.jobs.len() >= s.lane_capacity
+                        && !s.stopping.load(SeqCst)
+                        && !s.closing.load(SeqCst)
+                    {
                         lane.space.wait_for(&mut q, Duration::from_millis(50));
                     }
                     lane.space_waiters.fetch_sub(1, SeqCst);
@@ -319,6 +326,16 @@ impl Executor {
             lane.ready.notify_one();
         }
         drop(returned);
+    }
+
+    /// The store is closing: from now on publishers never wait for room.
+    pub(crate) fn begin_close(&self) {
+        let s = &*self.shared;
+        s.closing.store(true, SeqCst);
+        for lane in s.lanes.iter() {
+            let _q = lane.queue.lock();
+            lane.space.notify_all();
+        }
     }
 
     /// Stops the executor: queued events are delivered until the grace period passes, then

@@ -124,6 +124,13 @@ impl EventHub {
         });
     }
 
+    /// The store is closing: publishing stops waiting for room in the queue.
+    pub(crate) fn begin_close(&self) {
+        if let Some(executor) = self.executor.get() {
+            executor.begin_close();
+        }
+    }
+
     /// Delivers what is queued (up to the grace period) and stops the hook threads.
     pub(crate) fn shutdown(&self) {
         if let Some(executor) = self.executor.get() {

@@ -206,7 +206,17 @@ impl Event {
     }
 
     fn decoded<T: DeserializeOwned>(&self, v: &Option<Bytes>) -> Result<Option<T>> {
-        self.opened(v)?.map(|b| codec::decode(&b)).transpose()
+        let encrypted = v.as_deref().is_some_and(crate::crypto::is_encrypted);
+        self.opened(v)?
+            .map(|b| codec::decode(&b))
+            .transpose()
+            .map_err(|e| {
+                if encrypted {
+                    crate::crypto::redact(e)
+                } else {
+                    e
+                }
+            })
     }
 
     /// The event as JSON: `{"kind", "cause", "key", "time", "value", "previous"}`, values as JSON

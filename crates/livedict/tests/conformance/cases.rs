@@ -569,7 +569,19 @@ pub fn reentrant_use_inside_update_is_an_error(h: &Harness) -> Result<()> {
         6
     })?;
     assert!(results.iter().all(|e| matches!(e, Some(Error::Reentrant))));
-    // Another store may be used from inside.
+    // A second store on the same backend is refused too: the closure holds the backend.
+    let backend = h.backend();
+    let first = LiveDict::builder()
+        .shared_backend(backend.clone())
+        .build()?;
+    let second = LiveDict::builder().shared_backend(backend).build()?;
+    let mut from_second = None;
+    first.update("k", |_: Option<i32>| {
+        from_second = Some(second.len());
+        1
+    })?;
+    assert!(matches!(from_second, Some(Err(Error::Reentrant))));
+    // A store on another backend may be used from inside.
     let other = h.store();
     store.update("k", |_: Option<i32>| {
         other.set("x", &1).expect("another store is fine");
@@ -1215,6 +1227,16 @@ pub fn import_with_a_bad_line_changes_nothing(h: &Harness) -> Result<()> {
         Err(Error::InvalidKey { .. })
     ));
     assert!(store.import(&b"not json\n"[..]).is_err());
+    let absurd_ttl = format!(r#"{{"key":"t","ttl_ms":{},"value":1}}"#, u64::MAX);
+    assert!(matches!(
+        store.import(absurd_ttl.as_bytes()),
+        Err(Error::InvalidTtl { .. })
+    ));
+    let zero_ttl = r#"{"key":"t","ttl_ms":0,"value":1}"#;
+    assert!(matches!(
+        store.import(zero_ttl.as_bytes()),
+        Err(Error::InvalidTtl { .. })
+    ));
     assert_eq!(store.keys()?, vec!["keep".to_string()]);
     Ok(())
 }

@@ -91,6 +91,21 @@ pub fn encrypted_values_round_trip_through_every_path(h: &Harness) -> Result<()>
         4
     );
     assert_eq!(store.pop::<i64>("d")?, Some(6));
+    // A decode error never quotes the decrypted value.
+    store.set("card", &"4111 1111 1111 1111")?;
+    let e = store.get::<u64>("card").unwrap_err().to_string();
+    assert!(!e.contains("4111"), "{e}");
+    // Copying plain values into a store that encrypts every value encrypts them on the way.
+    let plain = LiveDict::new();
+    plain.set("p", &"from a plain store")?;
+    let target_backend = h.backend();
+    let target = store_on(&target_backend, Some(Keyring::generate(1)), true);
+    plain.copy_to(&target)?;
+    assert!(is_encrypted(&stored(&target_backend, "p")));
+    assert_eq!(
+        target.get::<String>("p")?.as_deref(),
+        Some("from a plain store")
+    );
     // Hooks decode encrypted values like any other.
     assert_eq!(
         rx.recv_timeout(Duration::from_secs(10)).unwrap(),
@@ -204,6 +219,25 @@ pub fn rotate_rekey_and_retire_keys(h: &Harness) -> Result<()> {
     for i in [0, 299, 599] {
         assert_eq!(store.get::<i32>(&format!("k{i}"))?, Some(i));
     }
+    // rekey keeps deadlines as they are: a sliding entry is not renewed by it.
+    let clock = livedict::ManualClock::new();
+    let sliding = LiveDict::builder()
+        .shared_backend(h.backend())
+        .clock(livedict::Clock::Manual(clock.clone()))
+        .keyring(Keyring::generate(1))
+        .build()?;
+    sliding.set_with(
+        "s",
+        &1,
+        WriteOptions::ttl(Duration::from_secs(10)).sliding(true),
+    )?;
+    clock.advance(Duration::from_secs(8));
+    sliding.rotate_key(Keyring::generate(2))?;
+    assert_eq!(sliding.rekey(|_, _| {})?, 1);
+    assert_eq!(
+        sliding.ttl("s")?,
+        livedict::KeyTtl::Remaining(Duration::from_secs(2))
+    );
     // Rotating in a store without a keyring is refused.
     let plain = h.store();
     if !h.encrypted() {

@@ -397,6 +397,17 @@ impl Backend for MemoryBackend {
                     expired: r.expired,
                 })
             }
+            Change::Replace { value } => {
+                if let Some(slot) = shard.table.find_mut(hash, |s| s.key == key)
+                    && slot.is_live(now)
+                {
+                    slot.value = value;
+                }
+                Ok(Updated {
+                    previous: current,
+                    expired: None,
+                })
+            }
         }
     }
 

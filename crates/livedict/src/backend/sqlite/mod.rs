@@ -512,6 +512,18 @@ impl Backend for SqliteBackend {
                         expired: r.expired,
                     })
                 }
+                Change::Replace { value } => {
+                    if current.is_some() {
+                        c.prepare_cached("UPDATE livedict_entries SET value = ?2 WHERE key = ?1")
+                            .map_err(db_error)?
+                            .execute(params![key, &value[..]])
+                            .map_err(db_error)?;
+                    }
+                    Ok(Updated {
+                        previous: current,
+                        expired: None,
+                    })
+                }
             }
         })
     }
