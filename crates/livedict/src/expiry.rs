@@ -135,33 +135,33 @@ fn micros_since_epoch() -> u64 {
         .unwrap_or(0)
 }
 
-/// Sweeps everything due at the clock's current time, through `expired` (a buffer kept from
-/// sweep to sweep). Returns false if the backend failed.
-fn sweep_due(engine: &Engine, backend: &dyn Backend, expired: &mut Vec<ExpiredEntry>) -> bool {
+/// Removes everything due at the clock's current time, in batches through `expired` (a buffer
+/// kept from sweep to sweep), and accounts for it; returns how many entries were removed. Used by
+/// the driver and by `sweep_expired`.
+pub(crate) fn sweep_due(
+    engine: &Engine,
+    backend: &dyn Backend,
+    expired: &mut Vec<ExpiredEntry>,
+) -> crate::error::Result<usize> {
+    let mut total = 0;
     loop {
         let now = engine.clock.now();
         expired.clear();
-        match backend.sweep(now, SWEEP_BATCH, expired) {
-            Ok(()) => {
-                engine.expired(expired, &|k| {
-                    backend.contains(k, &Now::fixed(now)).unwrap_or(false)
-                });
-                if matches!(engine.clock, Clock::System) {
-                    let now_us = micros_since_epoch();
-                    engine.counters.record_lags(
-                        expired
-                            .iter()
-                            .map(|e| now_us.saturating_sub(e.deadline.saturating_mul(1000))),
-                    );
-                }
-                if expired.len() < SWEEP_BATCH || engine.expiry.stop.load(SeqCst) {
-                    return true;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "livedict: expiry sweep failed; retrying");
-                return false;
-            }
+        backend.sweep(now, SWEEP_BATCH, expired)?;
+        engine.expired(expired, &|k| {
+            backend.contains(k, &Now::fixed(now)).unwrap_or(false)
+        });
+        if matches!(engine.clock, Clock::System) {
+            let now_us = micros_since_epoch();
+            engine.counters.record_lags(
+                expired
+                    .iter()
+                    .map(|e| now_us.saturating_sub(e.deadline.saturating_mul(1000))),
+            );
+        }
+        total += expired.len();
+        if expired.len() < SWEEP_BATCH || engine.expiry.stop.load(SeqCst) {
+            return Ok(total);
         }
     }
 }
@@ -179,7 +179,8 @@ fn run(engine: &Engine, backend: &dyn Backend) {
         // the sleep below.
         control.planned.store(u64::MAX, SeqCst);
         control.kicked.store(false, SeqCst);
-        if !sweep_due(engine, backend, &mut expired) {
+        if let Err(e) = sweep_due(engine, backend, &mut expired) {
+            tracing::warn!(error = %e, "livedict: expiry sweep failed; retrying");
             control.sleep(ERROR_BACKOFF);
             continue;
         }

@@ -87,7 +87,7 @@ pub use events::{
 };
 pub use key::MAX_KEY_LEN;
 pub use stats::Stats;
-pub use sync::LiveDict;
+pub use sync::{LiveDict, WeakLiveDict};
 pub use ttl::{MAX_TTL, Ttl, WriteOptions};
 
 /// Shared buffer type of raw values ([`LiveDict::get_bytes`]), re-exported from `bytes`.

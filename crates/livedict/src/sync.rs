@@ -25,6 +25,19 @@ use crate::ttl::{self, WriteOptions};
 /// How often `wait_for` re-reads a key on a backend other processes write to.
 const SHARED_WAIT_POLL: Duration = Duration::from_millis(20);
 
+/// A handle on a [`LiveDict`] that does not keep it alive; see [`LiveDict::downgrade`].
+#[derive(Clone, Debug)]
+pub struct WeakLiveDict {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl WeakLiveDict {
+    /// The store, if it is still alive.
+    pub fn upgrade(&self) -> Option<LiveDict> {
+        self.inner.upgrade().map(|inner| LiveDict { inner })
+    }
+}
+
 /// A living dictionary: a key-value store whose values expire, with the dictionary API of Python's
 /// `dict` and the atomic operations of Redis.
 ///
@@ -57,6 +70,14 @@ struct Inner {
     engine: Arc<Engine>,
     backend: Arc<dyn Backend>,
     driver: Mutex<Option<ExpiryDriver>>,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Inner {
@@ -99,6 +120,30 @@ impl LiveDict {
     /// A [`Builder`] to configure a store.
     pub fn builder() -> Builder {
         Builder::new()
+    }
+
+    /// A weak handle on this store, which does not keep it alive: what a hook that uses its own
+    /// store should capture (a strong handle inside a hook would keep the store, its threads and
+    /// its files alive for good).
+    ///
+    /// # Examples
+    /// ```
+    /// use livedict::{EventKind, LiveDict};
+    ///
+    /// let store = LiveDict::new();
+    /// let weak = store.downgrade();
+    /// store.on(EventKind::Set, move |e| {
+    ///     if let Some(store) = weak.upgrade() && e.key() != "audit" {
+    ///         store.incr("audit", 1)?;
+    ///     }
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn downgrade(&self) -> WeakLiveDict {
+        WeakLiveDict {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     pub(crate) fn from_parts(
@@ -742,21 +787,8 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Backend`].
     pub fn sweep_expired(&self) -> Result<usize> {
-        let now = self.engine().begin()?;
-        let mut total = 0;
-        let mut expired = Vec::with_capacity(256);
-        loop {
-            expired.clear();
-            self.backend().sweep(now, 256, &mut expired)?;
-            let backend = self.backend();
-            self.engine().expired(&expired, &|k| {
-                backend.contains(k, &Now::fixed(now)).unwrap_or(false)
-            });
-            total += expired.len();
-            if expired.len() < 256 {
-                return Ok(total);
-            }
-        }
+        self.engine().begin()?;
+        crate::expiry::sweep_due(self.engine(), self.backend(), &mut Vec::new())
     }
 
     // ---- waiting ------------------------------------------------------------------------------
@@ -1060,7 +1092,9 @@ impl LiveDict {
     // ---- hooks --------------------------------------------------------------------------------
 
     /// Registers a store-wide hook for events of `kinds` (an [`EventKind`] or several) and returns
-    /// its id. The hook runs on the store's hook workers, never on the caller's thread.
+    /// its id. The hook runs on the store's hook workers, never on the caller's thread. A hook
+    /// that uses this store should capture a [`downgrade`](Self::downgrade)d handle: a strong one
+    /// would keep the store alive for good.
     ///
     /// # Errors
     /// [`Error::Backend`] if the hook threads cannot be started.

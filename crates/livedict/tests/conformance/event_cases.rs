@@ -140,21 +140,34 @@ pub fn set_events_carry_new_and_previous_values(h: &Harness) -> Result<()> {
 pub fn access_events_only_for_hits_not_peeks(h: &Harness) -> Result<()> {
     let store = h.store();
     let c = Collector::new();
-    store.on(EventKind::Access, c.hook())?;
+    store.on([EventKind::Access, EventKind::Delete], c.hook())?;
     store.set("k", &"v")?;
     store.get::<String>("missing")?;
     store.peek::<String>("k")?;
     store.contains("k")?;
     store.get::<String>("k")?;
     store.get_many::<String>(&["k", "missing"])?;
-    let seen = c.wait(2);
-    assert_eq!(seen.len(), 2);
-    assert!(seen.iter().all(|s| s.key == "k" && s.value == json("v")));
+    // A marker on the same key: events of a key arrive in order, so once it is here, every
+    // access event there was has arrived too.
+    store.delete("k")?;
+    let seen = c.wait(3);
+    assert_eq!(seen.last().map(|s| s.kind), Some(EventKind::Delete));
+    let accesses: Vec<_> = seen
+        .iter()
+        .filter(|s| s.kind == EventKind::Access)
+        .collect();
+    assert_eq!(accesses.len(), 2, "{seen:?}");
+    assert!(
+        accesses
+            .iter()
+            .all(|s| s.key == "k" && s.value == json("v"))
+    );
     Ok(())
 }
 
 pub fn delete_events_only_when_something_was_deleted(h: &Harness) -> Result<()> {
-    let store = h.store();
+    // One lane: every event in publication order, so the final marker bounds them all.
+    let store = h.build(|b| b.events(EventSettings::default().workers(1)));
     let c = Collector::new();
     store.on(EventKind::Delete, c.hook())?;
     assert!(!store.delete("missing")?);
@@ -480,8 +493,9 @@ pub fn full_queue_blocks_publisher_and_loses_nothing(h: &Harness) -> Result<()> 
 }
 
 pub fn entry_hooks_on_access_and_on_expire(h: &Harness) -> Result<()> {
-    let (store, clock) = h.manual();
-    let (access, expire) = (Collector::new(), Collector::new());
+    let (store, clock) = h.manual_with(|b| b.events(EventSettings::default().workers(1)));
+    let (access, expire, marker) = (Collector::new(), Collector::new(), Collector::new());
+    store.on(EventKind::Set, marker.hook())?;
     let opts = || {
         WriteOptions::ttl(secs(10))
             .on_access(access.hook())
@@ -498,11 +512,15 @@ pub fn entry_hooks_on_access_and_on_expire(h: &Harness) -> Result<()> {
     clock.advance(secs(10));
     let e = expire.wait(1);
     assert!(eventually(secs(5), || store.stats().expirations == 2));
-    assert_eq!(expire.wait(1).len(), 1);
+    // One lane: once a marker written now has been delivered, every earlier event has been.
+    let before = marker.now().len();
+    store.set("marker", &0)?;
+    marker.wait(before + 1);
+    assert_eq!(expire.now().len(), 1);
     assert_eq!(e[0].key, "a");
     assert_eq!(e[0].value, json("a1+"));
-    let a = access.wait(1);
-    assert_eq!(a.len(), 1);
+    let a = access.now();
+    assert_eq!(a.len(), 1, "{a:?}");
     assert_eq!(a[0].value, json("a1"));
     Ok(())
 }
@@ -516,9 +534,11 @@ pub fn hooks_may_use_the_store(h: &Harness) -> Result<()> {
                 .when_full(QueueFullPolicy::Block),
         )
     });
-    let s = store.clone();
+    let weak = store.downgrade();
     store.hook(Hook::new(EventKind::Set, move |e: &Event| {
-        if let Some(rest) = e.key().strip_prefix("ping") {
+        if let Some(rest) = e.key().strip_prefix("ping")
+            && let Some(s) = weak.upgrade()
+        {
             s.set(&format!("pong{rest}"), &1)?; // publishes from a hook: never blocks
         }
         Ok(())
@@ -527,6 +547,10 @@ pub fn hooks_may_use_the_store(h: &Harness) -> Result<()> {
         store.set(&format!("ping{i}"), &i)?;
     }
     assert!(eventually(WAIT, || store.len().unwrap() == 100));
+    // The hook's weak handle does not keep the store alive.
+    let weak = store.downgrade();
+    drop(store);
+    assert!(eventually(WAIT, || weak.upgrade().is_none()));
     Ok(())
 }
 
