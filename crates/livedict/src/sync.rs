@@ -488,7 +488,23 @@ impl LiveDict {
         let value = encode(engine)?;
         let event_value = engine.events.copy_for(EventKind::Set, &value);
         let lock = engine.events.entry_lock(key, &options.hooks)?;
-        let written = self.backend().set(key, value, expiry, condition, now)?;
+        let written = if engine.secrets_stick() && !options.secret {
+            // Look at the value being replaced: a write over a secret stays secret.
+            let mut wrote = false;
+            let updated = self.backend().update(key, now, &mut |current| {
+                let change =
+                    engine.write_keeping_secrecy(key, current, &value, expiry, condition)?;
+                wrote = matches!(change, Change::Write { .. });
+                Ok(change)
+            })?;
+            Written {
+                written: wrote,
+                previous: updated.previous,
+                expired: updated.expired,
+            }
+        } else {
+            self.backend().set(key, value, expiry, condition, now)?
+        };
         engine.wrote(key, &written, event_value, expiry, now, lock, options.hooks);
         Ok(written)
     }

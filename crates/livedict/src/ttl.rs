@@ -93,7 +93,9 @@ impl WriteOptions {
 
     /// Encrypts this value even in a store that does not encrypt every value (the store needs a
     /// keyring). Whatever the value looks like, it is encrypted: a value shaped like a ciphertext
-    /// is just text. Updates of the entry (`update`, `incr`, `merge`) keep it encrypted.
+    /// is just text. The key stays secret: later writes of it (`set`, `replace`, `update`, `incr`,
+    /// `merge`) are encrypted too, until it is deleted or expires. (Batches, `set_many` and
+    /// `import` write what they are given.)
     ///
     /// # Examples
     /// ```

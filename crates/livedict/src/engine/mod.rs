@@ -179,6 +179,35 @@ impl Engine {
         }
     }
 
+    /// Whether a plain write must look at the value it replaces: in a store that encrypts only
+    /// secret values, a write over a secret stays secret.
+    pub(crate) fn secrets_stick(&self) -> bool {
+        self.sealer.as_ref().is_some_and(|s| !s.encrypt_all)
+    }
+
+    /// The change a plain write makes under `condition` when secrets stick: the value, encrypted
+    /// if the value it replaces was.
+    pub(crate) fn write_keeping_secrecy(
+        &self,
+        key: &str,
+        current: Option<&Bytes>,
+        value: &Bytes,
+        expiry: WriteExpiry,
+        condition: crate::backend::Condition,
+    ) -> Result<Change> {
+        use crate::backend::Condition;
+        match (condition, current) {
+            (Condition::IfAbsent, Some(_)) | (Condition::IfPresent, None) => Ok(Change::Keep),
+            _ => {
+                let secret = current.is_some_and(|c| crate::crypto::is_encrypted(c));
+                Ok(Change::Write {
+                    value: self.seal_if_needed(key, value.clone(), secret)?,
+                    expiry,
+                })
+            }
+        }
+    }
+
     /// Decrypts a stored value of `key` if need be (plain values pass as they are).
     #[inline]
     pub(crate) fn open(&self, key: &str, stored: Bytes) -> Result<Bytes> {

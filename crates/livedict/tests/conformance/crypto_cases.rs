@@ -269,6 +269,19 @@ pub fn secret_values_are_encrypted_whatever_they_look_like(h: &Harness) -> Resul
         Some(&ciphertext[..])
     );
 
+    // The key stays secret: a plain write over it is encrypted too.
+    store.set("token", &"rotated token")?;
+    assert!(is_encrypted(&stored(&backend, "token")));
+    assert_eq!(
+        store.replace("token", &"third".to_string())?.as_deref(),
+        Some("rotated token")
+    );
+    assert!(is_encrypted(&stored(&backend, "token")));
+    assert_eq!(store.get::<String>("token")?.as_deref(), Some("third"));
+    // Deleted, the key is no longer secret.
+    store.delete("token")?;
+    store.set("token", &"public now")?;
+    assert!(!is_encrypted(&stored(&backend, "token")));
     // Updates keep a secret encrypted.
     store.set_with("count", &1, WriteOptions::new().secret())?;
     assert_eq!(store.incr("count", 1)?, 2);
