@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use livedict::{CommandHook, EventKind, EventSettings, Hook, LiveDict, Result};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("livedict-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A temporary directory, removed when the returned guard drops.
+fn temp_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    (dir, path)
 }
 
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -30,7 +30,7 @@ fn sh(script: &str) -> CommandHook {
 
 #[test]
 fn event_is_json_on_stdin_with_a_clean_environment() -> Result<()> {
-    let dir = temp_dir("stdin");
+    let (_guard, dir) = temp_dir();
     let out = dir.join("events.jsonl");
     let env_out = dir.join("env.txt");
     let store = LiveDict::new();
@@ -81,7 +81,7 @@ fn failing_program_is_counted_and_later_events_go_on() -> Result<()> {
 
 #[test]
 fn runaway_program_is_killed_at_its_timeout() -> Result<()> {
-    let dir = temp_dir("runaway");
+    let (_guard, dir) = temp_dir();
     let marker = dir.join("child-survived");
     let store = LiveDict::builder()
         .events(EventSettings::default().workers(1))

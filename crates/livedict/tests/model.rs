@@ -54,6 +54,21 @@ enum Op {
     },
     Sweep,
     Clear,
+    Pop {
+        key: u8,
+    },
+    PopItem,
+    /// `update` adding `delta` (a missing key starts at 0), keeping the TTL.
+    Update {
+        key: u8,
+        delta: i64,
+    },
+    /// An all-or-nothing batch: set one key (no TTL), delete another.
+    Batch {
+        set: u8,
+        value: i64,
+        delete: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -75,6 +90,11 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u64..30).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::Sweep),
         1 => Just(Op::Clear),
+        1 => key.clone().prop_map(|key| Op::Pop { key }),
+        1 => Just(Op::PopItem),
+        2 => (key.clone(), -5i64..5).prop_map(|(key, delta)| Op::Update { key, delta }),
+        1 => (key.clone(), any::<i32>(), key.clone())
+            .prop_map(|(set, value, delete)| Op::Batch { set, value: value as i64, delete }),
     ]
 }
 
@@ -262,6 +282,52 @@ fn check(ops: Vec<Op>, backend: Arc<dyn Backend>) {
                 model.purge();
                 assert_eq!(store.clear().unwrap(), model.map.len(), "{ctx}");
                 model.map.clear();
+            }
+            Op::Pop { key } => {
+                let k = format!("k{key}");
+                let expected = model.live(&k).map(|e| e.0);
+                model.map.remove(&k);
+                assert_eq!(store.pop::<i64>(&k).unwrap(), expected, "{ctx}");
+            }
+            Op::PopItem => {
+                model.purge();
+                match store.popitem::<i64>().unwrap() {
+                    None => assert!(model.map.is_empty(), "{ctx}"),
+                    Some((k, v)) => {
+                        let removed = model.map.remove(&k).map(|e| e.0);
+                        assert_eq!(removed, Some(v), "{ctx}");
+                    }
+                }
+            }
+            Op::Update { key, delta } => {
+                let k = format!("k{key}");
+                let now = model.now;
+                let new = match model.live(&k) {
+                    Some(e) => {
+                        e.0 += delta;
+                        if e.2 > 0 {
+                            e.1 = Some(now + e.2);
+                        }
+                        e.0
+                    }
+                    None => {
+                        model.map.insert(k.clone(), (delta, None, 0));
+                        delta
+                    }
+                };
+                let got = store
+                    .update(&k, |old: Option<i64>| old.unwrap_or(0) + delta)
+                    .unwrap();
+                assert_eq!(got, new, "{ctx}");
+            }
+            Op::Batch { set, value, delete } => {
+                let (ks, kd) = (format!("k{set}"), format!("k{delete}"));
+                let mut batch = store.batch();
+                batch.set_with(&ks, &value, Ttl::Never).unwrap();
+                batch.delete(&kd).unwrap();
+                store.apply(batch).unwrap();
+                model.map.insert(ks, (value, None, 0));
+                model.map.remove(&kd);
             }
         }
     }
