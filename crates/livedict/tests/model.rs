@@ -127,6 +127,25 @@ impl Model {
         Some(e.0)
     }
 
+    /// What `incr` and `update(+delta)` do: add to a live value (renewing a sliding deadline,
+    /// keeping the TTL), or start a new key without TTL.
+    fn add(&mut self, key: &str, delta: i64) -> i64 {
+        let now = self.now;
+        match self.live(key) {
+            Some(e) => {
+                e.0 += delta;
+                if e.2 > 0 {
+                    e.1 = Some(now + e.2);
+                }
+                e.0
+            }
+            None => {
+                self.map.insert(key.to_owned(), (delta, None, 0));
+                delta
+            }
+        }
+    }
+
     fn purge(&mut self) {
         let now = self.now;
         self.map.retain(|_, e| e.1.is_none_or(|d| d > now));
@@ -196,20 +215,7 @@ fn check(ops: Vec<Op>, backend: Arc<dyn Backend>) {
             }
             Op::Incr { key, delta } => {
                 let k = format!("k{key}");
-                let now = model.now;
-                let new = match model.live(&k) {
-                    Some(e) => {
-                        e.0 += delta;
-                        if e.2 > 0 {
-                            e.1 = Some(now + e.2);
-                        }
-                        e.0
-                    }
-                    None => {
-                        model.map.insert(k.clone(), (delta, None, 0));
-                        delta
-                    }
-                };
+                let new = model.add(&k, delta);
                 assert_eq!(store.incr(&k, delta).unwrap(), new, "{ctx}");
             }
             Op::Expire { key, ttl } => {
@@ -301,20 +307,7 @@ fn check(ops: Vec<Op>, backend: Arc<dyn Backend>) {
             }
             Op::Update { key, delta } => {
                 let k = format!("k{key}");
-                let now = model.now;
-                let new = match model.live(&k) {
-                    Some(e) => {
-                        e.0 += delta;
-                        if e.2 > 0 {
-                            e.1 = Some(now + e.2);
-                        }
-                        e.0
-                    }
-                    None => {
-                        model.map.insert(k.clone(), (delta, None, 0));
-                        delta
-                    }
-                };
+                let new = model.add(&k, delta);
                 let got = store
                     .update(&k, |old: Option<i64>| old.unwrap_or(0) + delta)
                     .unwrap();

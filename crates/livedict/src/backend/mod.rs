@@ -150,6 +150,33 @@ pub struct Updated {
     pub expired: Option<Bytes>,
 }
 
+impl From<Written> for Updated {
+    fn from(w: Written) -> Self {
+        Updated {
+            previous: w.previous,
+            expired: w.expired,
+        }
+    }
+}
+
+impl From<Removed> for Updated {
+    fn from(r: Removed) -> Self {
+        Updated {
+            previous: r.previous,
+            expired: r.expired,
+        }
+    }
+}
+
+impl From<Written> for Removed {
+    fn from(w: Written) -> Self {
+        Removed {
+            previous: w.previous,
+            expired: w.expired,
+        }
+    }
+}
+
 /// An entry removed by [`Backend::sweep`] because its deadline passed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExpiredEntry {

@@ -237,13 +237,9 @@ impl Shard {
 
     fn apply(&mut self, hash: u64, op: BatchOp, now: Millis) -> Removed {
         match op {
-            BatchOp::Set { key, value, expiry } => {
-                let w = self.write(hash, &key, value, expiry, Condition::Always, now);
-                Removed {
-                    previous: w.previous,
-                    expired: w.expired,
-                }
-            }
+            BatchOp::Set { key, value, expiry } => self
+                .write(hash, &key, value, expiry, Condition::Always, now)
+                .into(),
             BatchOp::Delete { key } => self.remove(hash, &key, now),
         }
     }
@@ -383,20 +379,10 @@ impl Backend for MemoryBackend {
                 previous: current,
                 expired: None,
             }),
-            Change::Write { value, expiry } => {
-                let w = shard.write(hash, key, value, expiry, Condition::Always, now);
-                Ok(Updated {
-                    previous: w.previous,
-                    expired: w.expired,
-                })
-            }
-            Change::Delete => {
-                let r = shard.remove(hash, key, now);
-                Ok(Updated {
-                    previous: r.previous,
-                    expired: r.expired,
-                })
-            }
+            Change::Write { value, expiry } => Ok(shard
+                .write(hash, key, value, expiry, Condition::Always, now)
+                .into()),
+            Change::Delete => Ok(shard.remove(hash, key, now).into()),
             Change::Replace { value } => {
                 if let Some(slot) = shard.table.find_mut(hash, |s| s.key == key)
                     && slot.is_live(now)

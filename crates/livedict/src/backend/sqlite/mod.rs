@@ -499,19 +499,9 @@ impl Backend for SqliteBackend {
                     expired: None,
                 }),
                 Change::Write { value, expiry } => {
-                    let w = write_entry(c, key, &value, expiry, Condition::Always, now)?;
-                    Ok(Updated {
-                        previous: w.previous,
-                        expired: w.expired,
-                    })
+                    Ok(write_entry(c, key, &value, expiry, Condition::Always, now)?.into())
                 }
-                Change::Delete => {
-                    let r = delete_entry(c, key, now)?;
-                    Ok(Updated {
-                        previous: r.previous,
-                        expired: r.expired,
-                    })
-                }
+                Change::Delete => Ok(delete_entry(c, key, now)?.into()),
                 Change::Replace { value } => {
                     if current.is_some() {
                         c.prepare_cached("UPDATE livedict_entries SET value = ?2 WHERE key = ?1")
@@ -634,11 +624,7 @@ impl Backend for SqliteBackend {
             ops.into_iter()
                 .map(|op| match op {
                     BatchOp::Set { key, value, expiry } => {
-                        let w = write_entry(c, &key, &value, expiry, Condition::Always, now)?;
-                        Ok(Removed {
-                            previous: w.previous,
-                            expired: w.expired,
-                        })
+                        Ok(write_entry(c, &key, &value, expiry, Condition::Always, now)?.into())
                     }
                     BatchOp::Delete { key } => delete_entry(c, &key, now),
                 })
