@@ -260,24 +260,27 @@ fn timed(f: impl FnOnce() -> u64) -> Run {
 
 /// livedict's gets of `order` (hits counted), after an untimed read of every key so that none is
 /// due for a last-access renewal during the run; warns if the run came close to a second anyway.
+/// livedict gets of `order`'s keys; how many were found.
+fn count_gets(store: &LiveDict, keys: &[String], order: &[u32]) -> u64 {
+    order
+        .iter()
+        .filter(|&&i| {
+            black_box(
+                store
+                    .get_bytes(&keys[i as usize])
+                    .expect("livedict get_bytes"),
+            )
+            .is_some()
+        })
+        .count() as u64
+}
+
 fn livedict_gets(store: &LiveDict, keys: &[String], order: &[u32], case: &str) -> Run {
     let warm = Instant::now();
     for k in keys {
         black_box(store.get_bytes(k).expect("livedict get_bytes"));
     }
-    let run = timed(|| {
-        order
-            .iter()
-            .filter(|&&i| {
-                black_box(
-                    store
-                        .get_bytes(&keys[i as usize])
-                        .expect("livedict get_bytes"),
-                )
-                .is_some()
-            })
-            .count() as u64
-    });
+    let run = timed(|| count_gets(store, keys, order));
     if warm.elapsed() >= Duration::from_millis(900) {
         println!(
             "# warning: {SUITE}/{case}: the warm-up and run took {:.2} s; some gets may have \
@@ -441,19 +444,7 @@ pub fn run(cfg: &Config) {
         ops,
         || {
             std::thread::sleep(IDLE);
-            timed(|| {
-                order
-                    .iter()
-                    .filter(|&&i| {
-                        black_box(
-                            store
-                                .get_bytes(&keys[i as usize])
-                                .expect("livedict get_bytes"),
-                        )
-                        .is_some()
-                    })
-                    .count() as u64
-            })
+            timed(|| count_gets(&store, &keys, &order))
         },
         || {
             timed(|| {
