@@ -5,7 +5,8 @@
 //! ```
 //! `SUITE` is `memory` (livedict's memory store against `moka::sync::Cache` with the same TTL and
 //! `quick_cache` without TTL, on the same byte values, plus bytes per entry and expiry lateness),
-//! `events` (the cost of registered hooks on the set path against no hooks, delivery throughput
+//! `redis` (livedict's Redis backend against raw redis-rs on one connection, with
+//! `redis-benchmark` figures as context), `events` (the cost of registered hooks on the set path against no hooks, delivery throughput
 //! and latency), `sqlite` (livedict's SQLite backend against raw `rusqlite` running the same
 //! statements with the same pragmas, and against Python's `diskcache`), `crypto` (an encrypted
 //! store's set+get round trip against raw `aes-gcm` plus a plain store doing the same by hand, on
@@ -26,6 +27,7 @@ mod crypto;
 mod events;
 mod harness;
 mod memory;
+mod redis_server;
 mod sqlite;
 
 use std::process::ExitCode;
@@ -50,6 +52,11 @@ const SUITES: &[Suite] = &[
         name: "sqlite",
         settings: sqlite::settings,
         run: sqlite::run,
+    },
+    Suite {
+        name: "redis",
+        settings: redis_server::settings,
+        run: redis_server::run,
     },
     Suite {
         name: "events",

@@ -72,6 +72,8 @@ mod transfer;
 mod ttl;
 
 pub use backend::memory::MemoryBackend;
+#[cfg(feature = "redis")]
+pub use backend::redis::{RedisBackend, RedisOptions};
 #[cfg(feature = "sqlite")]
 pub use backend::sqlite::{Durability, SqliteBackend, SqliteOptions};
 pub use backend::{Backend, KeyTtl};

@@ -1,0 +1,300 @@
+//! The redis suite: livedict on its Redis backend against raw redis-rs on one connection, with
+//! `redis-benchmark` figures for the same server as context.
+//!
+//! The server is `$LIVEDICT_BENCH_REDIS_URL` (scripts/test sets it), or else a throwaway
+//! `redis-server` the suite starts on a free loopback port (no persistence) and stops afterwards.
+//! One thread, so livedict uses one pooled connection, as the peer does. Values are 64 bytes
+//! (livedict stores them behind its 3-byte header), TTL 3600 s, on keys `key:N`. The peer does
+//! what a Rust user would write by hand:
+//!
+//! - `get`: `GET key` on string keys written with `SET key value PX ttl`. livedict runs its `get`
+//!   script: the entry's hash fields, the deadline judged by the server's clock, a sliding
+//!   deadline renewed and the last access refreshed at most once a second.
+//! - `set`: `SET key value PX ttl` (overwrites). livedict's `set` script also keeps the expiry
+//!   index, the native TTL and the lock check, and returns the previous value.
+//! - `set_many_1000`: one pipeline of 1,000 `SET ... PX` (not atomic); livedict applies a
+//!   [`livedict::Batch`] of 1,000 `set_bytes_with`: one script, all or nothing. Ops are keys
+//!   written.
+//!
+//! `redis-benchmark` (when installed) runs `GET` and `SET` with one client (`-c 1`), unpipelined
+//! and pipelined by 1,000, on the same server: the ceiling of one connection.
+
+use std::hint::black_box;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use livedict::{LiveDict, RedisBackend, RedisOptions};
+
+use crate::harness::{Config, Run, XorShift, compare, print_figure};
+
+const SUITE: &str = "redis";
+const VALUE_LEN: usize = 64;
+const TTL: Duration = Duration::from_secs(3600);
+const BATCH: usize = 1000;
+const GET_PASSES: usize = 3;
+
+struct Sizes {
+    keys: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        Sizes {
+            keys: if quick { 1_000 } else { 10_000 },
+        }
+    }
+}
+
+/// The settings of this suite, for the header line.
+pub fn settings(cfg: &Config) -> String {
+    let s = Sizes::new(cfg.quick);
+    format!(
+        "redis: keys {}, value {VALUE_LEN} B, ttl {} s, 1 thread, 1 connection, loopback, \
+         gets/run {}, sets/run {}, set_many {} pipelines of {BATCH}/run",
+        s.keys,
+        TTL.as_secs(),
+        GET_PASSES * s.keys,
+        s.keys,
+        s.keys / BATCH,
+    )
+}
+
+/// A server to run against: the given one, or one of our own.
+struct Server {
+    url: String,
+    own: Option<(Child, tempfile::TempDir)>,
+}
+
+impl Server {
+    fn find() -> Option<Server> {
+        if let Ok(url) = std::env::var("LIVEDICT_BENCH_REDIS_URL") {
+            return Some(Server { url, own: None });
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let dir = tempfile::tempdir().ok()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .ok()?;
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str()).ok()?;
+        let started = Instant::now();
+        while client.get_connection().is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Server {
+            url,
+            own: Some((child, dir)),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some((child, _)) = &mut self.own {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn timed(f: impl FnOnce() -> u64) -> Run {
+    let start = Instant::now();
+    let count = f();
+    Run {
+        elapsed: start.elapsed(),
+        count,
+    }
+}
+
+fn expect_count(expected: u64) -> impl Fn(u64) -> Option<String> {
+    move |n| (n != expected).then(|| format!("expected {expected}, counted {n}"))
+}
+
+pub fn run(cfg: &Config) {
+    let Some(server) = Server::find() else {
+        println!(
+            "# redis: skipped: no server (set LIVEDICT_BENCH_REDIS_URL, or install redis-server)"
+        );
+        return;
+    };
+    let sizes = Sizes::new(cfg.quick);
+    let n = sizes.keys;
+    let prefix = format!("bench{}", std::process::id());
+    let keys: Vec<String> = (0..n).map(|i| format!("key:{i}")).collect();
+    let raw_keys: Vec<String> = keys.iter().map(|k| format!("{prefix}-raw:{k}")).collect();
+    let value: Vec<u8> = (0..VALUE_LEN as u8).collect();
+    let ttl_ms = TTL.as_millis() as u64;
+
+    let backend = RedisBackend::open_with(&server.url, RedisOptions::new().prefix(&prefix))
+        .expect("open the livedict Redis store");
+    let store = LiveDict::builder()
+        .backend(backend)
+        .build()
+        .expect("build the store");
+    let mut raw = redis::Client::open(server.url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect the raw peer");
+
+    let livedict_set_many = |order: &[u32]| {
+        for chunk in order.chunks(BATCH) {
+            let mut batch = store.batch();
+            for &i in chunk {
+                batch
+                    .set_bytes_with(&keys[i as usize], &value, TTL)
+                    .expect("batch set");
+            }
+            store.apply(batch).expect("apply");
+        }
+        order.len() as u64
+    };
+    let raw_set_many = |raw: &mut redis::Connection, order: &[u32]| {
+        for chunk in order.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for &i in chunk {
+                pipe.cmd("SET")
+                    .arg(&raw_keys[i as usize])
+                    .arg(&value[..])
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+            pipe.query::<()>(raw).expect("raw pipeline");
+        }
+        order.len() as u64
+    };
+    let all: Vec<u32> = (0..n as u32).collect();
+    livedict_set_many(&all);
+    raw_set_many(&mut raw, &all);
+    let raw = std::cell::RefCell::new(raw);
+
+    // get
+    let order = XorShift::new(1).indices(GET_PASSES * n, n);
+    let ops = order.len() as u64;
+    compare(
+        cfg,
+        SUITE,
+        "get",
+        "redis-rs",
+        ops,
+        || {
+            timed(|| {
+                order
+                    .iter()
+                    .filter(|&&i| {
+                        black_box(store.get_bytes(&keys[i as usize]).expect("get")).is_some()
+                    })
+                    .count() as u64
+            })
+        },
+        || {
+            let mut raw = raw.borrow_mut();
+            timed(|| {
+                order
+                    .iter()
+                    .filter(|&&i| {
+                        let v: Option<Vec<u8>> = redis::cmd("GET")
+                            .arg(&raw_keys[i as usize])
+                            .query(&mut *raw)
+                            .expect("raw GET");
+                        black_box(v).is_some()
+                    })
+                    .count() as u64
+            })
+        },
+        expect_count(ops),
+    );
+
+    // set
+    let order = XorShift::new(2).indices(n, n);
+    let ops = order.len() as u64;
+    compare(
+        cfg,
+        SUITE,
+        "set",
+        "redis-rs",
+        ops,
+        || {
+            timed(|| {
+                for &i in &order {
+                    store
+                        .set_bytes_with(&keys[i as usize], &value, TTL)
+                        .expect("set");
+                }
+                order.len() as u64
+            })
+        },
+        || {
+            let mut raw = raw.borrow_mut();
+            timed(|| {
+                for &i in &order {
+                    redis::cmd("SET")
+                        .arg(&raw_keys[i as usize])
+                        .arg(&value[..])
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .query::<()>(&mut *raw)
+                        .expect("raw SET");
+                }
+                order.len() as u64
+            })
+        },
+        expect_count(ops),
+    );
+
+    // set_many_1000
+    let order = XorShift::new(3).permutation(0, n);
+    let ops = order.len() as u64;
+    compare(
+        cfg,
+        SUITE,
+        "set_many_1000",
+        "redis-rs pipeline",
+        ops,
+        || timed(|| livedict_set_many(&order)),
+        || timed(|| raw_set_many(&mut raw.borrow_mut(), &order)),
+        expect_count(ops),
+    );
+
+    redis_benchmark(cfg, &server.url);
+    store.clear().expect("clear the bench store");
+    let mut raw = raw.into_inner();
+    for chunk in raw_keys.chunks(BATCH) {
+        let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(chunk).query(&mut raw);
+    }
+}
+
+/// `redis-benchmark` on the same server, one client: the ceiling of one connection.
+fn redis_benchmark(cfg: &Config, url: &str) {
+    let requests = if cfg.quick { "2000" } else { "100000" };
+    for (case, pipeline) in [("redis-benchmark", "1"), ("redis-benchmark_p1000", "1000")] {
+        let out = Command::new("redis-benchmark")
+            .args(["-u", url, "-t", "get,set", "-c", "1", "-d", "64", "-q"])
+            .args(["-n", requests, "-P", pipeline])
+            .output();
+        let Some(out) = out.ok().filter(|o| o.status.success()) else {
+            println!("# redis: redis-benchmark is not available; no context figures");
+            return;
+        };
+        // Lines like "SET: 41666.67 requests per second, p50=0.023 msec".
+        for line in String::from_utf8_lossy(&out.stdout).split(['\n', '\r']) {
+            if let Some((name, rest)) = line.trim().split_once(": ")
+                && let Some(rate) = rest.split_whitespace().next()
+                && let Ok(rate) = rate.parse::<f64>()
+            {
+                print_figure(SUITE, case, name, format!("{rate:.0}"), "ops/s");
+            }
+        }
+    }
+}

@@ -1,0 +1,505 @@
+-- livedict: every operation of the Redis backend, run atomically by the server.
+--
+-- ARGV[1] the operation, ARGV[2] the time in ms since the Unix epoch ('' = the server's clock,
+-- read with TIME), ARGV[3] the native-expiry grace in ms; the operation's own arguments follow.
+--
+-- Layout (see layout.rs): an entry is a hash `<base>k:<key>` with fields
+--   v  the stored bytes (livedict header + payload)
+--   d  deadline, ms since the epoch (absent: never expires)
+--   s  sliding TTL in ms (0 or absent: a fixed deadline)
+--   a  last access, ms since the epoch (refreshed at most once a second by reads)
+-- and a member `<key>` of its bucket's index `<base>index`, a sorted set scored by deadline
+-- ('+inf' for none). `<base>lock:<key>` holds the token of an update in progress. A key with a
+-- deadline also has a native TTL of (deadline - now + grace), so that Redis removes it even when
+-- no livedict process runs; a running process sweeps it first, at the deadline, with its value.
+--
+-- Nothing is written before every entry an operation reads has been decoded: an entry that does
+-- not decode is an error (the LIVEDICT error code) and is left as it is.
+
+local op = ARGV[1]
+local now
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  now = tonumber(ARGV[2])
+end
+local grace = tonumber(ARGV[3])
+local ACCESS_GRANULARITY = 1000
+
+-- Integers as decimal text (Lua numbers are doubles: exact below 2^53).
+local function fmt(n)
+  return string.format('%.0f', n)
+end
+
+local function bad(k, why)
+  error({ err = 'LIVEDICT undecodable entry ' .. k .. ': ' .. why })
+end
+
+local function int_field(k, name, text)
+  if not text then
+    return nil
+  end
+  local n = tonumber(text)
+  if not n or n ~= math.floor(n) or n < 0 then
+    bad(k, 'field ' .. name .. ' is not a whole number')
+  end
+  return n
+end
+
+-- The entry under data key k, or nil.
+local function load(k)
+  local h = redis.call('HMGET', k, 'v', 'd', 's', 'a')
+  if not h[1] then
+    if h[2] or h[3] or h[4] then
+      bad(k, 'no value field')
+    end
+    return nil
+  end
+  return {
+    v = h[1],
+    d = int_field(k, 'd', h[2]),
+    s = int_field(k, 's', h[3]) or 0,
+    a = int_field(k, 'a', h[4]) or 0,
+  }
+end
+
+local function live(e)
+  return e ~= nil and (e.d == nil or e.d > now)
+end
+
+local function base_of(index)
+  return string.sub(index, 1, -6) -- strips 'index'
+end
+
+-- Whether a lock is held by someone else than token. Update locks hold a token; the locks of a
+-- batch spanning several cluster slots hold 'b:' .. token, and reads wait for those.
+local function locked(lock, token)
+  local holder = redis.call('GET', lock)
+  return holder and holder ~= token
+end
+
+local function batch_locked(lock)
+  if not lock then
+    return false
+  end
+  local holder = redis.call('GET', lock)
+  return holder and string.sub(holder, 1, 2) == 'b:'
+end
+
+local function put(k, index, m, v, d, s)
+  redis.call('DEL', k)
+  if d then
+    redis.call('HSET', k, 'v', v, 'a', fmt(now), 'd', fmt(d), 's', fmt(s or 0))
+    redis.call('PEXPIRE', k, fmt(math.max(d - now, 1) + grace))
+    redis.call('ZADD', index, fmt(d), m)
+  else
+    redis.call('HSET', k, 'v', v, 'a', fmt(now))
+    redis.call('ZADD', index, '+inf', m)
+  end
+end
+
+local function remove(k, index, m)
+  redis.call('DEL', k)
+  redis.call('ZREM', index, m)
+end
+
+-- A write: returns written (0/1), the live value replaced or found, a dead value removed.
+local function write(k, index, m, v, cond, ttl, sliding, keep)
+  local e = load(k)
+  local prev, expired = false, false
+  if e then
+    if live(e) then
+      prev = e.v
+    else
+      expired = e.v
+    end
+  end
+  if (cond == 'nx' and prev) or (cond == 'xx' and not prev) then
+    return 0, prev, false
+  end
+  local d, s
+  if keep == '1' and prev then
+    d, s = e.d, e.s
+    if s > 0 then
+      d = now + s -- a write renews a sliding deadline
+    end
+  elseif ttl > 0 then
+    d = now + ttl
+    s = (sliding == '1') and ttl or 0
+  end
+  put(k, index, m, v, d, s)
+  return 1, prev, expired
+end
+
+-- A removal: returns the live value removed, a dead value removed.
+local function delete(k, index, m)
+  local e = load(k)
+  if not e then
+    redis.call('ZREM', index, m)
+    return false, false
+  end
+  remove(k, index, m)
+  if live(e) then
+    return e.v, false
+  end
+  return false, e.v
+end
+
+-- A read that counts as an access: renews a sliding deadline and the last-access time.
+local function touch(k, index, m, e)
+  if e.s > 0 then
+    local d = now + e.s
+    redis.call('HSET', k, 'd', fmt(d), 'a', fmt(now))
+    redis.call('PEXPIRE', k, fmt(e.s + grace))
+    redis.call('ZADD', index, fmt(d), m)
+  elseif now >= e.a + ACCESS_GRANULARITY then
+    redis.call('HSET', k, 'a', fmt(now))
+  end
+end
+
+if op == 'open' then
+  -- KEYS: meta. ARGV: format, buckets. Creates the store's metadata unless it exists; returns it.
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('HSET', KEYS[1], 'format', ARGV[4], 'buckets', ARGV[5])
+  end
+  return redis.call('HMGET', KEYS[1], 'format', 'buckets')
+elseif op == 'get' then
+  -- KEYS: data, index, lock (cluster only). ARGV: member, touch. -1: wait for a batch.
+  if batch_locked(KEYS[3]) then
+    return -1
+  end
+  local e = load(KEYS[1])
+  if not live(e) then
+    return false
+  end
+  if ARGV[5] == '1' then
+    touch(KEYS[1], KEYS[2], ARGV[4], e)
+  end
+  return e.v
+elseif op == 'get_many' then
+  -- KEYS: (data, index) or, in a cluster, (data, index, lock) per key. ARGV: touch, stride
+  -- (2 or 3), then the members. -1: wait for a batch.
+  local stride = tonumber(ARGV[5])
+  local n = #KEYS / stride
+  local entries = {}
+  for i = 1, n do
+    if stride == 3 and batch_locked(KEYS[3 * i]) then
+      return -1
+    end
+    entries[i] = load(KEYS[stride * (i - 1) + 1]) or false
+  end
+  local out = {}
+  for i = 1, n do
+    local e = entries[i]
+    if e and live(e) then
+      if ARGV[4] == '1' then
+        touch(KEYS[stride * (i - 1) + 1], KEYS[stride * (i - 1) + 2], ARGV[5 + i], e)
+      end
+      out[i] = e.v
+    else
+      out[i] = false
+    end
+  end
+  return out
+elseif op == 'set' then
+  -- KEYS: data, index, lock. ARGV: member, value, condition (a|nx|xx), ttl, sliding, keep.
+  if locked(KEYS[3], '') then
+    return { -1 }
+  end
+  local w, p, x = write(KEYS[1], KEYS[2], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9])
+  return { w, p, x }
+elseif op == 'delete' then
+  -- KEYS: data, index, lock. ARGV: member.
+  if locked(KEYS[3], '') then
+    return { -1 }
+  end
+  local p, x = delete(KEYS[1], KEYS[2], ARGV[4])
+  return { 1, p, x }
+elseif op == 'lock_read' then
+  -- KEYS: data, lock. ARGV: token, lease ms. Takes the key's lock and returns its live value.
+  local e = load(KEYS[1])
+  if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[5]) then
+    return { -1 }
+  end
+  if live(e) then
+    return { 1, e.v }
+  end
+  return { 1, false }
+elseif op == 'commit' then
+  -- KEYS: data, index, lock. ARGV: member, token, change (keep|write|delete|replace), value,
+  -- ttl, sliding, keep. Applies an update's change and releases the lock it holds.
+  if redis.call('GET', KEYS[3]) ~= ARGV[5] then
+    return { -2 }
+  end
+  local change = ARGV[6]
+  local p, x = false, false
+  if change == 'write' then
+    local _
+    _, p, x = write(KEYS[1], KEYS[2], ARGV[4], ARGV[7], 'a', tonumber(ARGV[8]), ARGV[9], ARGV[10])
+  elseif change == 'delete' then
+    p, x = delete(KEYS[1], KEYS[2], ARGV[4])
+  else
+    local e = load(KEYS[1])
+    if live(e) then
+      p = e.v
+      if change == 'replace' then
+        redis.call('HSET', KEYS[1], 'v', ARGV[7])
+      end
+    end
+  end
+  redis.call('DEL', KEYS[3])
+  return { 1, p, x }
+elseif op == 'ttl' then
+  -- KEYS: data, lock (cluster only). Returns -3 (wait for a batch), -2 (no live entry),
+  -- -1 (no deadline) or the remaining ms.
+  if batch_locked(KEYS[2]) then
+    return -3
+  end
+  local e = load(KEYS[1])
+  if not live(e) then
+    return -2
+  end
+  if not e.d then
+    return -1
+  end
+  return e.d - now
+elseif op == 'expire' then
+  -- KEYS: data, index, lock. ARGV: member, ttl (0: never), sliding.
+  if locked(KEYS[3], '') then
+    return -1
+  end
+  local e = load(KEYS[1])
+  if not live(e) then
+    return 0
+  end
+  local ttl = tonumber(ARGV[5])
+  if ttl > 0 then
+    local d = now + ttl
+    local s = (ARGV[6] == '1') and ttl or 0
+    redis.call('HSET', KEYS[1], 'd', fmt(d), 's', fmt(s))
+    redis.call('PEXPIRE', KEYS[1], fmt(ttl + grace))
+    redis.call('ZADD', KEYS[2], fmt(d), ARGV[4])
+  else
+    redis.call('HDEL', KEYS[1], 'd', 's')
+    redis.call('PERSIST', KEYS[1])
+    redis.call('ZADD', KEYS[2], '+inf', ARGV[4])
+  end
+  return 1
+elseif op == 'batch' then
+  -- KEYS: (data, index, lock) per operation. ARGV: the batch's lock token ('' if it holds no
+  -- locks), then per operation kind (s|d), member, value, ttl, sliding, keep. All or nothing:
+  -- refused as a whole while another holds a lock on any key. Releases the batch's locks.
+  local n = #KEYS / 3
+  local token = ARGV[4]
+  for i = 0, n - 1 do
+    if locked(KEYS[3 * i + 3], token) then
+      return { -1 }
+    end
+    load(KEYS[3 * i + 1])
+  end
+  local out = { 1 }
+  for i = 0, n - 1 do
+    local a = 4 + 6 * i
+    local k, index, m = KEYS[3 * i + 1], KEYS[3 * i + 2], ARGV[a + 2]
+    local p, x
+    if ARGV[a + 1] == 's' then
+      local _
+      _, p, x = write(k, index, m, ARGV[a + 3], 'a', tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6])
+    else
+      p, x = delete(k, index, m)
+    end
+    out[#out + 1] = p
+    out[#out + 1] = x
+  end
+  if token ~= '' then
+    for i = 0, n - 1 do
+      if redis.call('GET', KEYS[3 * i + 3]) == token then
+        redis.call('DEL', KEYS[3 * i + 3])
+      end
+    end
+  end
+  return out
+elseif op == 'prepare' then
+  -- KEYS: (data, lock) per key of one bucket. ARGV: token ('b:...'), lease ms. The first phase of
+  -- a batch spanning several cluster slots: locks every key (all or none) after checking that
+  -- each entry decodes. -1: another holds one of the locks.
+  for i = 1, #KEYS, 2 do
+    if locked(KEYS[i + 1], ARGV[4]) then
+      return -1
+    end
+    load(KEYS[i])
+  end
+  for i = 2, #KEYS, 2 do
+    redis.call('SET', KEYS[i], ARGV[4], 'PX', ARGV[5])
+  end
+  return 1
+elseif op == 'release' then
+  -- KEYS: locks. ARGV: token. Releases those the token holds.
+  for _, lock in ipairs(KEYS) do
+    if redis.call('GET', lock) == ARGV[4] then
+      redis.call('DEL', lock)
+    end
+  end
+  return 1
+elseif op == 'len' then
+  -- KEYS: indexes.
+  local n = 0
+  for _, index in ipairs(KEYS) do
+    n = n + redis.call('ZCOUNT', index, '(' .. fmt(now), '+inf')
+  end
+  return n
+elseif op == 'next_deadline' then
+  -- KEYS: indexes. The earliest deadline, or nil.
+  local best = nil
+  for _, index in ipairs(KEYS) do
+    local first = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local d = tonumber(first[2])
+      if d ~= math.huge and (best == nil or d < best) then
+        best = d
+      end
+    end
+  end
+  if best then
+    return fmt(best)
+  end
+  return false
+elseif op == 'sweep' then
+  -- KEYS: indexes. ARGV: limit. Removes due entries and returns member, value, deadline triples.
+  -- Entries under a lock wait for the next sweep.
+  local left = tonumber(ARGV[4])
+  local plan = {}
+  for _, index in ipairs(KEYS) do
+    if left <= 0 then
+      break
+    end
+    local base = base_of(index)
+    local due = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now), 'LIMIT', 0, left)
+    for _, m in ipairs(due) do
+      if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
+        local k = base .. 'k:' .. m
+        local e = load(k)
+        plan[#plan + 1] = { index, k, m, e or false }
+        if e and e.d and e.d <= now then
+          left = left - 1
+        end
+      end
+    end
+  end
+  local out = {}
+  for _, p in ipairs(plan) do
+    local index, k, m, e = p[1], p[2], p[3], p[4]
+    if not e then
+      redis.call('ZREM', index, m) -- Redis expired it natively while no process swept
+    elseif e.d and e.d <= now then
+      remove(k, index, m)
+      out[#out + 1] = m
+      out[#out + 1] = e.v
+      out[#out + 1] = fmt(e.d)
+    else
+      redis.call('ZADD', index, e.d and fmt(e.d) or '+inf', m)
+    end
+  end
+  return out
+elseif op == 'pop' then
+  -- KEYS: indexes. Removes some live, unlocked entry and returns { member, value }.
+  for _, index in ipairs(KEYS) do
+    local base = base_of(index)
+    local candidates = redis.call('ZRANGEBYSCORE', index, '(' .. fmt(now), '+inf', 'LIMIT', 0, 16)
+    for _, m in ipairs(candidates) do
+      if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
+        local k = base .. 'k:' .. m
+        local e = load(k)
+        if live(e) then
+          remove(k, index, m)
+          return { m, e.v }
+        end
+      end
+    end
+  end
+  return false
+elseif op == 'clear' then
+  -- KEYS: indexes. ARGV: limit. Removes up to limit entries; returns { live removed, more, then
+  -- member, value, deadline of each dead entry removed }.
+  local left = tonumber(ARGV[4])
+  local plan = {}
+  local more = 0
+  for _, index in ipairs(KEYS) do
+    local base = base_of(index)
+    local members = redis.call('ZRANGE', index, 0, left - 1)
+    for _, m in ipairs(members) do
+      local k = base .. 'k:' .. m
+      plan[#plan + 1] = { index, k, m, load(k) or false }
+    end
+    left = left - #members
+    if left <= 0 then
+      more = 1
+      break
+    end
+  end
+  local removed, out = 0, { 0, more }
+  for _, p in ipairs(plan) do
+    local index, k, m, e = p[1], p[2], p[3], p[4]
+    remove(k, index, m)
+    if e then
+      if live(e) then
+        removed = removed + 1
+      else
+        out[#out + 1] = m
+        out[#out + 1] = e.v
+        out[#out + 1] = fmt(e.d)
+      end
+    end
+  end
+  out[1] = removed
+  return out
+elseif op == 'scan' then
+  -- KEYS: index. ARGV: cursor, match pattern, with values, count. Returns { next cursor, then
+  -- members (and values) of live entries }.
+  local r = redis.call('ZSCAN', KEYS[1], ARGV[4], 'MATCH', ARGV[5], 'COUNT', ARGV[7])
+  local base = base_of(KEYS[1])
+  local out = { r[1] }
+  local items = r[2]
+  for i = 1, #items, 2 do
+    local m = items[i]
+    if tonumber(items[i + 1]) > now then
+      if ARGV[6] == '1' then
+        local e = load(base .. 'k:' .. m)
+        if live(e) then
+          out[#out + 1] = m
+          out[#out + 1] = e.v
+        end
+      else
+        out[#out + 1] = m
+      end
+    end
+  end
+  return out
+elseif op == 'remove_inactive' then
+  -- KEYS: index. ARGV: cursor, idle ms, count. Removes live, unlocked entries not accessed for
+  -- idle ms; returns { next cursor, then member, value pairs }.
+  local r = redis.call('ZSCAN', KEYS[1], ARGV[4], 'COUNT', ARGV[6])
+  local base = base_of(KEYS[1])
+  local cutoff = now - tonumber(ARGV[5])
+  local items = r[2]
+  local plan = {}
+  for i = 1, #items, 2 do
+    local m = items[i]
+    if tonumber(items[i + 1]) > now and redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
+      local k = base .. 'k:' .. m
+      local e = load(k)
+      if live(e) and e.a + ACCESS_GRANULARITY <= cutoff then
+        plan[#plan + 1] = { k, m, e.v }
+      end
+    end
+  end
+  local out = { r[1] }
+  for _, p in ipairs(plan) do
+    remove(p[1], KEYS[1], p[2])
+    out[#out + 1] = p[2]
+    out[#out + 1] = p[3]
+  end
+  return out
+end
+error({ err = 'LIVEDICT unknown operation ' .. tostring(op) })

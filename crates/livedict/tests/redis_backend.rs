@@ -1,0 +1,649 @@
+//! The conformance suite on the Redis backend, against a real server and a real 3-master cluster
+//! (`scripts/test` starts both with `scripts/redis` and exports their addresses), plus what only
+//! Redis can show: native expiry, the server's clock, several processes on one store, connections
+//! killed and servers restarted mid-stream, foreign keys left alone, and `redis-cli` reading what
+//! livedict wrote.
+//!
+//! Without `LIVEDICT_TEST_REDIS_URL` (and `LIVEDICT_TEST_REDIS_CLUSTER_URLS`) these tests fail:
+//! a missing server is never a pass. `scripts/test` leaves the `redis` feature out when it cannot
+//! start a server (and fails instead under `LIVEDICT_REQUIRE_REDIS=1`, as in CI).
+//!
+//! Child processes are this test binary run again with `LIVEDICT_CHILD` set (see
+//! [`child_process`]).
+#![cfg(feature = "redis")]
+
+#[macro_use]
+mod conformance;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use livedict::{Backend, Error, EventKind, KeyTtl, LiveDict, RedisBackend, RedisOptions, Result};
+
+fn server_url() -> String {
+    std::env::var("LIVEDICT_TEST_REDIS_URL").expect(
+        "LIVEDICT_TEST_REDIS_URL is not set: the Redis tests need a server (scripts/test starts one)",
+    )
+}
+
+fn cluster_urls() -> Vec<String> {
+    std::env::var("LIVEDICT_TEST_REDIS_CLUSTER_URLS")
+        .expect(
+            "LIVEDICT_TEST_REDIS_CLUSTER_URLS is not set: the Redis Cluster tests need a cluster \
+             (scripts/test starts one)",
+        )
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A prefix no other test (or earlier run) uses.
+fn fresh_prefix() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "t{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Options of the conformance runs: the store's (manual) clock judges deadlines.
+fn test_options() -> RedisOptions {
+    RedisOptions::new()
+        .prefix(fresh_prefix())
+        .server_clock(false)
+}
+
+fn server_backend() -> Arc<dyn Backend> {
+    Arc::new(RedisBackend::open_with(&server_url(), test_options()).unwrap())
+}
+
+fn cluster_backend() -> Arc<dyn Backend> {
+    Arc::new(RedisBackend::open_cluster_with(cluster_urls(), test_options()).unwrap())
+}
+
+conformance_suite!(redis_server, server_backend);
+conformance_suite!(
+    redis_server_encrypted,
+    server_backend,
+    conformance::Mode::Encrypted
+);
+conformance_suite!(redis_cluster, cluster_backend);
+
+/// A raw connection to the test server, for checking what livedict wrote.
+fn raw() -> redis::Connection {
+    redis::Client::open(server_url())
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+fn open(prefix: &str) -> Result<LiveDict> {
+    LiveDict::builder()
+        .backend(RedisBackend::open_with(
+            &server_url(),
+            RedisOptions::new().prefix(prefix),
+        )?)
+        .build()
+}
+
+fn redis_cli(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("redis-cli")
+        .args(["-u", &server_url()])
+        .args(args)
+        .output()
+        .expect("run redis-cli (scripts/test installs it)");
+    assert!(out.status.success(), "redis-cli {args:?} failed: {out:?}");
+    out.stdout
+}
+
+// ---- what Redis itself shows ---------------------------------------------------------------------
+
+#[test]
+fn redis_cli_reads_a_livedict_key_and_its_ttl() -> Result<()> {
+    let prefix = fresh_prefix();
+    let store = open(&prefix)?;
+    store.set_with("greeting", &"hello", Duration::from_secs(3600))?;
+    let key = RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(&prefix))?
+        .redis_key("greeting");
+    assert!(key.starts_with(&format!("{prefix}:{{")), "{key}");
+    // The value field: livedict's 3-byte header, then the JSON text.
+    let value = redis_cli(&["HGET", &key, "v"]);
+    assert!(
+        value.ends_with(b"\"hello\"\n"),
+        "{:?}",
+        String::from_utf8_lossy(&value)
+    );
+    let pttl: u64 = String::from_utf8(redis_cli(&["PTTL", &key]))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The native TTL is the deadline plus the grace (10 s by default).
+    assert!(
+        (3_600_000..=3_610_000).contains(&pttl),
+        "native ttl {pttl} ms"
+    );
+    let deadline: u64 = String::from_utf8(redis_cli(&["HGET", &key, "d"]))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(deadline > now + 3_590_000 && deadline <= now + 3_600_000);
+    Ok(())
+}
+
+#[test]
+fn redis_expires_entries_natively_when_no_process_runs() -> Result<()> {
+    let prefix = fresh_prefix();
+    let options = || {
+        RedisOptions::new()
+            .prefix(&prefix)
+            .expiry_grace(Duration::from_millis(50))
+    };
+    let key = {
+        let backend = RedisBackend::open_with(&server_url(), options())?;
+        let key = backend.redis_key("short");
+        let store = LiveDict::builder()
+            .backend(backend)
+            .active_expiry(false)
+            .build()?;
+        store.set_with("short", &1, Duration::from_millis(100))?;
+        store.set("long", &2)?;
+        key
+    }; // no livedict process is left to sweep
+    let mut conn = raw();
+    let gone = conformance::eventually(Duration::from_secs(10), || {
+        redis::cmd("EXISTS")
+            .arg(&key)
+            .query::<i64>(&mut conn)
+            .unwrap()
+            == 0
+    });
+    assert!(gone, "Redis did not expire {key} by itself");
+    // A store opened later sees only what is left, and tidies the index without an event.
+    let store = LiveDict::builder()
+        .backend(RedisBackend::open_with(&server_url(), options())?)
+        .build()?;
+    assert_eq!(store.keys()?, vec!["long".to_string()]);
+    assert_eq!(store.len()?, 1);
+    store.sweep_expired()?;
+    assert_eq!(store.stats().expirations, 0, "nothing was left to report");
+    Ok(())
+}
+
+#[test]
+fn deadlines_follow_the_server_clock_not_the_process_clock() -> Result<()> {
+    // A process whose clock is far off (here: a manual clock in 2023) still agrees with the
+    // server on what has expired.
+    let clock = livedict::ManualClock::new();
+    let store = LiveDict::builder()
+        .backend(RedisBackend::open_with(
+            &server_url(),
+            RedisOptions::new().prefix(fresh_prefix()),
+        )?)
+        .clock(livedict::Clock::Manual(clock.clone()))
+        .build()?;
+    store.set_with("k", &1, Duration::from_secs(3600))?;
+    clock.advance(Duration::from_secs(7200));
+    assert_eq!(store.get::<i32>("k")?, Some(1));
+    assert!(
+        matches!(store.ttl("k")?, KeyTtl::Remaining(d) if d > Duration::from_secs(3590)),
+        "the server's clock has not moved an hour"
+    );
+    Ok(())
+}
+
+#[test]
+fn foreign_keys_are_never_read_counted_or_deleted() -> Result<()> {
+    let prefix = fresh_prefix();
+    let mut conn = raw();
+    let foreign = [
+        "foreign".to_string(),
+        format!("{prefix}x"),
+        format!("{prefix}2:{{0}}:k:a"),
+        format!("{prefix}2:{{0}}:index"),
+        format!("{prefix}2:meta"),
+    ];
+    for k in &foreign {
+        redis::cmd("SET")
+            .arg(k)
+            .arg("not yours")
+            .query::<()>(&mut conn)
+            .unwrap();
+    }
+    let store = open(&prefix)?;
+    store.set("a", &1)?;
+    store.set_with("b", &2, Duration::from_millis(1))?;
+    assert_eq!(store.keys()?, vec!["a".to_string()]);
+    assert_eq!(store.len()?, 1);
+    store.sweep_expired()?;
+    store.cleanup_inactive(Duration::from_millis(1))?;
+    store.clear()?;
+    assert!(store.is_empty()?);
+    for k in &foreign {
+        let v: Option<String> = redis::cmd("GET").arg(k).query(&mut conn).unwrap();
+        assert_eq!(v.as_deref(), Some("not yours"), "{k}");
+    }
+    Ok(())
+}
+
+#[test]
+fn an_undecodable_entry_is_reported_and_kept() -> Result<()> {
+    let prefix = fresh_prefix();
+    let store = open(&prefix)?;
+    let backend = RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(&prefix))?;
+    store.set_with("k", &1, Duration::from_secs(60))?;
+    let key = backend.redis_key("k");
+    let mut conn = raw();
+    redis::cmd("HSET")
+        .arg(&key)
+        .arg("d")
+        .arg("soon")
+        .query::<()>(&mut conn)
+        .unwrap();
+    assert!(matches!(store.get::<i32>("k"), Err(Error::Format(_))));
+    assert!(matches!(store.delete("k"), Err(Error::Format(_))));
+    assert!(matches!(store.set("k", &2), Err(Error::Format(_))));
+    let d: Option<String> = redis::cmd("HGET")
+        .arg(&key)
+        .arg("d")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(d.as_deref(), Some("soon"), "left as it was");
+    // Not a hash at all.
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("x")
+        .query::<()>(&mut conn)
+        .unwrap();
+    assert!(matches!(store.get::<i32>("k"), Err(Error::Format(_))));
+    let v: String = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    assert_eq!(v, "x");
+    Ok(())
+}
+
+#[test]
+fn a_prefix_holding_something_else_is_refused_and_left_alone() {
+    let prefix = fresh_prefix();
+    let mut conn = raw();
+    let meta = format!("{prefix}:meta");
+    redis::cmd("SET")
+        .arg(&meta)
+        .arg("mine")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let opened = RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(&prefix));
+    assert!(matches!(opened, Err(Error::Format(_))), "{opened:?}");
+    let v: String = redis::cmd("GET").arg(&meta).query(&mut conn).unwrap();
+    assert_eq!(v, "mine");
+    // A newer format.
+    let prefix = fresh_prefix();
+    redis::cmd("HSET")
+        .arg(format!("{prefix}:meta"))
+        .arg("format")
+        .arg("99")
+        .arg("buckets")
+        .arg("16")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let opened = RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(&prefix));
+    assert!(matches!(opened, Err(Error::Format(_))), "{opened:?}");
+    // Bad prefixes.
+    for bad in ["", "a{b}", "has space"] {
+        let opened = RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(bad));
+        assert!(matches!(opened, Err(Error::Backend(_))), "{bad:?}");
+    }
+}
+
+#[test]
+fn an_existing_store_keeps_its_bucket_count() -> Result<()> {
+    let prefix = fresh_prefix();
+    let first = RedisBackend::open_with(
+        &server_url(),
+        RedisOptions::new().prefix(&prefix).buckets(4),
+    )?;
+    let second = RedisBackend::open_with(
+        &server_url(),
+        RedisOptions::new().prefix(&prefix).buckets(64),
+    )?;
+    assert_eq!((first.buckets(), second.buckets()), (4, 4));
+    assert_eq!(first.redis_key("k"), second.redis_key("k"));
+    Ok(())
+}
+
+// ---- connections and restarts --------------------------------------------------------------------
+
+#[test]
+fn a_killed_connection_fails_one_call_then_the_store_works_again() -> Result<()> {
+    let prefix = fresh_prefix();
+    let store = LiveDict::builder()
+        .backend(RedisBackend::open_with(
+            &server_url(),
+            RedisOptions::new().prefix(&prefix),
+        )?)
+        .active_expiry(false)
+        .build()?;
+    store.set("k", &1)?;
+    let mut conn = raw();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut conn)
+        .unwrap();
+    assert!(killed >= 1);
+    match store.get::<i32>("k") {
+        Err(Error::Backend(_)) => {}
+        other => panic!("a call on the killed connection must fail, got {other:?}"),
+    }
+    // The next call reconnects; nothing was lost.
+    assert_eq!(store.get::<i32>("k")?, Some(1));
+    assert_eq!(store.incr("k", 1)?, 2);
+    Ok(())
+}
+
+/// A redis-server of this test's own (so that it can be restarted), with an append-only file
+/// synced on every write.
+struct OwnServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnServer {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = OwnServer {
+            dir: tempfile::tempdir().unwrap(),
+            port,
+            child: None,
+        };
+        server.run();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server (scripts/test installs it)");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        assert!(
+            conformance::eventually(Duration::from_secs(10), || client.get_connection().is_ok()),
+            "redis-server did not start"
+        );
+    }
+
+    /// Stops the server (it writes nothing more: every acknowledged write is in the AOF).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn a_server_restart_mid_stream_fails_calls_then_recovers_losing_nothing() -> Result<()> {
+    let _ = server_url(); // requires the test environment like every other test here
+    let mut server = OwnServer::start();
+    let store = LiveDict::builder()
+        .backend(RedisBackend::open_with(
+            &server.url(),
+            RedisOptions::new().timeout(Duration::from_secs(1)),
+        )?)
+        .build()?;
+    let writer = store.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writer = stop.clone();
+    let t = std::thread::spawn(move || {
+        let (mut acknowledged, mut failures) = (Vec::new(), 0);
+        let mut i = 0u64;
+        while !stop_writer.load(Ordering::SeqCst) {
+            match writer.set(&format!("w{i}"), &i) {
+                Ok(()) => acknowledged.push(i),
+                Err(Error::Backend(_)) => failures += 1,
+                Err(other) => panic!("an outage must be Error::Backend, got {other}"),
+            }
+            i += 1;
+            if failures > 0 && failures % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        (acknowledged, failures)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    server.stop(); // killed: only the append-only file remains
+    std::thread::sleep(Duration::from_millis(300));
+    server.run();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let (acknowledged, failures) = t.join().unwrap();
+    assert!(failures > 0, "calls during the outage fail");
+    let after = *acknowledged.last().unwrap();
+    assert!(
+        acknowledged.len() > 10 && store.get::<u64>(&format!("w{after}"))? == Some(after),
+        "the store works again without being rebuilt"
+    );
+    let keys: Vec<String> = acknowledged.iter().map(|i| format!("w{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let values: Vec<Option<u64>> = store.get_many(&refs)?;
+    for (i, v) in acknowledged.iter().zip(values) {
+        assert_eq!(v, Some(*i), "acknowledged write w{i} was lost");
+    }
+    Ok(())
+}
+
+// ---- several processes -----------------------------------------------------------------------------
+
+/// The body of the child processes: a no-op unless run by [`spawn_child`].
+#[test]
+fn child_process() -> Result<()> {
+    let Ok(role) = std::env::var("LIVEDICT_CHILD") else {
+        return Ok(());
+    };
+    let prefix = std::env::var("LIVEDICT_PREFIX").unwrap();
+    let arg: u64 = std::env::var("LIVEDICT_ARG").unwrap().parse().unwrap();
+    match role.as_str() {
+        "incr" => {
+            let store = open(&prefix)?;
+            for _ in 0..arg {
+                store.incr("counter", 1)?;
+            }
+            println!("CHILD:done");
+        }
+        "sweep" => {
+            let store = open(&prefix)?;
+            store.on(EventKind::Expire, |e| {
+                println!("CHILD:expired {} {}", e.key(), e.value::<u64>()?.unwrap());
+                Ok(())
+            })?;
+            let started = Instant::now();
+            while store.len()? > 0 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "entries never expired"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(500)); // let the other sweepers finish
+            store.close(); // delivers the queued hook events
+            println!("CHILD:done");
+        }
+        other => panic!("unknown child role {other}"),
+    }
+    Ok(())
+}
+
+fn spawn_child(role: &str, prefix: &str, arg: u64) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("LIVEDICT_CHILD", role)
+        .env("LIVEDICT_PREFIX", prefix)
+        .env("LIVEDICT_ARG", arg.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// The `CHILD:` lines a finished child printed.
+fn child_lines(child: Child) -> Vec<String> {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "child failed: {:?}", out.status);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once("CHILD:").map(|(_, rest)| rest.to_owned()))
+        .collect()
+}
+
+#[test]
+fn increments_from_four_processes_lose_nothing() -> Result<()> {
+    let prefix = fresh_prefix();
+    let children: Vec<_> = (0..4).map(|_| spawn_child("incr", &prefix, 500)).collect();
+    for c in children {
+        assert_eq!(child_lines(c), ["done"]);
+    }
+    assert_eq!(open(&prefix)?.get::<i64>("counter")?, Some(2000));
+    Ok(())
+}
+
+#[test]
+fn each_expired_entry_goes_to_exactly_one_of_three_processes() -> Result<()> {
+    let prefix = fresh_prefix();
+    let n = 900u64;
+    {
+        let store = LiveDict::builder()
+            .backend(RedisBackend::open_with(
+                &server_url(),
+                RedisOptions::new().prefix(&prefix),
+            )?)
+            .active_expiry(false) // this process never sweeps
+            .build()?;
+        let mut batch = store.batch();
+        for i in 0..n {
+            batch.set_with(&format!("k{i}"), &i, Duration::from_millis(1500 + i % 500))?;
+        }
+        store.apply(batch)?;
+    }
+    let children: Vec<_> = (0..3).map(|_| spawn_child("sweep", &prefix, 0)).collect();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut per_child = Vec::new();
+    for c in children {
+        let lines = child_lines(c);
+        let expired: Vec<_> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("expired "))
+            .collect();
+        per_child.push(expired.len());
+        for e in expired {
+            let (key, value) = e.split_once(' ').unwrap();
+            let value: u64 = value.parse().unwrap();
+            assert_eq!(key, format!("k{value}"), "the event carries the last value");
+            assert!(
+                seen.insert(key.to_owned(), value).is_none(),
+                "{key} expired twice"
+            );
+        }
+    }
+    assert_eq!(seen.len() as u64, n, "per process: {per_child:?}");
+    Ok(())
+}
+
+// ---- the cluster -----------------------------------------------------------------------------------
+
+#[test]
+fn a_cluster_store_spreads_over_every_master() -> Result<()> {
+    let prefix = fresh_prefix();
+    let store = LiveDict::builder()
+        .backend(RedisBackend::open_cluster_with(
+            cluster_urls(),
+            RedisOptions::new().prefix(&prefix),
+        )?)
+        .build()?;
+    let mut batch = store.batch();
+    for i in 0..300 {
+        batch.set(&format!("k{i}"), &i)?;
+    }
+    store.apply(batch)?;
+    assert_eq!(store.len()?, 300);
+    for url in cluster_urls() {
+        // Count this store's keys on each node (SCAN is fine in a test).
+        let mut conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let mut cursor = 0u64;
+        let mut mine = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}:*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut conn)
+                .unwrap();
+            mine += keys.len();
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        assert!(mine > 0, "master {url} holds none of the store's keys");
+    }
+    // Keys sharing a hash tag share a bucket, as in Redis.
+    let backend =
+        RedisBackend::open_cluster_with(cluster_urls(), RedisOptions::new().prefix(&prefix))?;
+    let tag = |k: &str| {
+        let rk = backend.redis_key(k);
+        rk[..rk.find('}').unwrap()].to_owned()
+    };
+    assert_eq!(tag("user:{42}:name"), tag("user:{42}:email"));
+    Ok(())
+}
