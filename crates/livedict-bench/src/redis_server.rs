@@ -260,7 +260,7 @@ pub fn run(cfg: &Config) {
         cfg,
         SUITE,
         "set_many_1000",
-        "redis-rs pipeline",
+        "redis-rs-pipeline",
         ops,
         || timed(|| livedict_set_many(&order)),
         || timed(|| raw_set_many(&mut raw.borrow_mut(), &order)),

@@ -14,7 +14,8 @@
 //! - **Typed values** through serde, encoded as JSON (default) or MessagePack (feature
 //!   `msgpack`), behind a small self-describing header; raw bytes too.
 //! - **Backends** behind one small byte-level trait, [`Backend`]: [`MemoryBackend`] (default) and
-//!   `SqliteBackend` (feature `sqlite`: one file, persistent, shared by processes).
+//!   `SqliteBackend` (feature `sqlite`: one file, persistent, shared by processes) and
+//!   `RedisBackend` (feature `redis`: a server or a cluster, shared by processes and hosts).
 //! - **Events**: hooks per event kind or per entry, run on background workers with timeouts,
 //!   isolation and per-key order; external programs as hooks, under resource limits.
 //! - **Encryption at rest** with a rotating [`Keyring`] (AES-256-GCM bound to the key name),
@@ -24,6 +25,7 @@
 //! ## Cargo features
 //! - `msgpack`: the MessagePack codec ([`Codec::MessagePack`]).
 //! - `sqlite`: the SQLite backend ([`SqliteBackend`]), SQLite compiled in.
+//! - `redis`: the Redis backend ([`RedisBackend`]), over redis-rs (single server or cluster).
 //! - `full`: every feature.
 //!
 //! ## Example

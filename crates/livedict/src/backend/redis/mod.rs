@@ -9,7 +9,7 @@
 //! through a per-bucket index sorted by deadline, and returns its last value — each expired entry
 //! to exactly one process, since the removal is atomic.
 //!
-//! Keys are grouped into a fixed number of hash-tagged buckets (see [`layout`]), so each script
+//! Keys are grouped into a fixed number of hash-tagged buckets (see `layout.rs`), so each script
 //! touches one Redis Cluster slot and the store spreads over a cluster's masters. The store never
 //! reads, counts, scans or deletes a key outside its prefix (no `KEYS`, no `SCAN` of the
 //! keyspace: iteration walks the store's own indexes).

@@ -87,15 +87,23 @@ local function batch_locked(lock)
   return holder and string.sub(holder, 1, 2) == 'b:'
 end
 
-local function put(k, index, m, v, d, s)
-  redis.call('DEL', k)
+-- Stores an entry over old (the entry under k before, or nil).
+local function put(k, index, m, v, d, s, old)
   if d then
     redis.call('HSET', k, 'v', v, 'a', fmt(now), 'd', fmt(d), 's', fmt(s or 0))
     redis.call('PEXPIRE', k, fmt(math.max(d - now, 1) + grace))
-    redis.call('ZADD', index, fmt(d), m)
+    if not (old and old.d == d) then
+      redis.call('ZADD', index, fmt(d), m)
+    end
   else
     redis.call('HSET', k, 'v', v, 'a', fmt(now))
-    redis.call('ZADD', index, '+inf', m)
+    if old and old.d then
+      redis.call('HDEL', k, 'd', 's')
+      redis.call('PERSIST', k)
+    end
+    if not old or old.d then
+      redis.call('ZADD', index, '+inf', m)
+    end
   end
 end
 
@@ -104,9 +112,9 @@ local function remove(k, index, m)
   redis.call('ZREM', index, m)
 end
 
--- A write: returns written (0/1), the live value replaced or found, a dead value removed.
-local function write(k, index, m, v, cond, ttl, sliding, keep)
-  local e = load(k)
+-- A write over e (the entry under k, loaded by the caller): returns written (0/1), the live
+-- value replaced or found, a dead value removed.
+local function write(k, index, m, v, cond, ttl, sliding, keep, e)
   local prev, expired = false, false
   if e then
     if live(e) then
@@ -128,7 +136,7 @@ local function write(k, index, m, v, cond, ttl, sliding, keep)
     d = now + ttl
     s = (sliding == '1') and ttl or 0
   end
-  put(k, index, m, v, d, s)
+  put(k, index, m, v, d, s, e)
   return 1, prev, expired
 end
 
@@ -207,7 +215,7 @@ elseif op == 'set' then
   if locked(KEYS[3], '') then
     return { -1 }
   end
-  local w, p, x = write(KEYS[1], KEYS[2], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9])
+  local w, p, x = write(KEYS[1], KEYS[2], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], load(KEYS[1]))
   return { w, p, x }
 elseif op == 'delete' then
   -- KEYS: data, index, lock. ARGV: member.
@@ -236,7 +244,7 @@ elseif op == 'commit' then
   local p, x = false, false
   if change == 'write' then
     local _
-    _, p, x = write(KEYS[1], KEYS[2], ARGV[4], ARGV[7], 'a', tonumber(ARGV[8]), ARGV[9], ARGV[10])
+    _, p, x = write(KEYS[1], KEYS[2], ARGV[4], ARGV[7], 'a', tonumber(ARGV[8]), ARGV[9], ARGV[10], load(KEYS[1]))
   elseif change == 'delete' then
     p, x = delete(KEYS[1], KEYS[2], ARGV[4])
   else
@@ -292,11 +300,15 @@ elseif op == 'batch' then
   -- refused as a whole while another holds a lock on any key. Releases the batch's locks.
   local n = #KEYS / 3
   local token = ARGV[4]
+  local entries, repeated, seen = {}, {}, {}
   for i = 0, n - 1 do
     if locked(KEYS[3 * i + 3], token) then
       return { -1 }
     end
-    load(KEYS[3 * i + 1])
+    local k = KEYS[3 * i + 1]
+    entries[i] = load(k) or false
+    repeated[i] = seen[k] ~= nil
+    seen[k] = true
   end
   local out = { 1 }
   for i = 0, n - 1 do
@@ -305,7 +317,11 @@ elseif op == 'batch' then
     local p, x
     if ARGV[a + 1] == 's' then
       local _
-      _, p, x = write(k, index, m, ARGV[a + 3], 'a', tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6])
+      local e = entries[i] or nil
+      if repeated[i] then
+        e = load(k) -- written earlier in this batch
+      end
+      _, p, x = write(k, index, m, ARGV[a + 3], 'a', tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6], e)
     else
       p, x = delete(k, index, m)
     end
