@@ -346,3 +346,37 @@ proptest! {
         check(ops, Arc::new(backend));
     }
 }
+
+/// The Redis backend against the model, on the server `scripts/test` starts (fails without one:
+/// see `tests/redis_backend.rs`). Two buckets, so that operations cross buckets; the store's
+/// manual clock judges deadlines.
+#[cfg(feature = "redis")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn redis_backend_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let url = std::env::var("LIVEDICT_TEST_REDIS_URL")
+            .expect("LIVEDICT_TEST_REDIS_URL is not set: scripts/test starts a Redis server");
+        let prefix = format!(
+            "model{}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let backend = livedict::RedisBackend::open_with(
+            &url,
+            livedict::RedisOptions::new()
+                .prefix(prefix)
+                .buckets(2)
+                .server_clock(false),
+        )
+        .unwrap();
+        check(ops, Arc::new(backend));
+    }
+}
