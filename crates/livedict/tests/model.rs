@@ -347,9 +347,9 @@ proptest! {
     }
 }
 
-/// The Redis backend against the model, on the server `scripts/test` starts (fails without one:
-/// see `tests/redis_backend.rs`). Two buckets, so that operations cross buckets; the store's
-/// manual clock judges deadlines.
+// The Redis backend against the model, on the server `scripts/test` starts (fails without one:
+// see `tests/redis_backend.rs`). Two buckets, so that operations cross buckets; the store's
+// manual clock judges deadlines.
 #[cfg(feature = "redis")]
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
