@@ -67,6 +67,21 @@ pub fn compare(
     print_comparison(suite, case, peer, median(&mut ours), median(&mut theirs));
 }
 
+/// Times `f`, which returns its run's count.
+pub fn timed(f: impl FnOnce() -> u64) -> Run {
+    let start = Instant::now();
+    let count = f();
+    Run {
+        elapsed: start.elapsed(),
+        count,
+    }
+}
+
+/// A `check` for [`compare`]: warns unless a run counted exactly `want`.
+pub fn expect_count(want: u64) -> impl Fn(u64) -> Option<String> {
+    move |count| (count != want).then(|| format!("count {count}, expected {want}"))
+}
+
 pub fn ops_per_sec(ops: u64, elapsed: Duration) -> f64 {
     ops as f64 / elapsed.as_secs_f64().max(1e-9)
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use livedict::{LiveDict, RedisBackend, RedisOptions};
 
-use crate::harness::{Config, Run, XorShift, compare, print_figure};
+use crate::harness::{Config, XorShift, compare, expect_count, print_figure, timed};
 
 const SUITE: &str = "redis";
 const VALUE_LEN: usize = 64;
@@ -107,19 +107,6 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
-}
-
-fn timed(f: impl FnOnce() -> u64) -> Run {
-    let start = Instant::now();
-    let count = f();
-    Run {
-        elapsed: start.elapsed(),
-        count,
-    }
-}
-
-fn expect_count(expected: u64) -> impl Fn(u64) -> Option<String> {
-    move |n| (n != expected).then(|| format!("expected {expected}, counted {n}"))
 }
 
 pub fn run(cfg: &Config) {

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use livedict::{LiveDict, SqliteBackend};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use crate::harness::{Config, Run, XorShift, compare};
+use crate::harness::{Config, Run, XorShift, compare, expect_count, timed};
 
 const SUITE: &str = "sqlite";
 const VALUE_LEN: usize = 64;
@@ -249,15 +249,6 @@ fn raw_set_many(raw: &mut Raw, keys: &[String], order: &[u32], value: &[u8]) {
     }
 }
 
-fn timed(f: impl FnOnce() -> u64) -> Run {
-    let start = Instant::now();
-    let count = f();
-    Run {
-        elapsed: start.elapsed(),
-        count,
-    }
-}
-
 /// livedict's gets of `order` (hits counted), after an untimed read of every key so that none is
 /// due for a last-access renewal during the run; warns if the run came close to a second anyway.
 /// livedict gets of `order`'s keys; how many were found.
@@ -312,10 +303,6 @@ fn livedict_sets(store: &LiveDict, keys: &[String], order: &[u32], value: &[u8])
         }
         order.len() as u64
     })
-}
-
-fn expect_count(want: u64) -> impl Fn(u64) -> Option<String> {
-    move |count| (count != want).then(|| format!("count {count}, expected {want}"))
 }
 
 // ---- the suite -------------------------------------------------------------------------------------

@@ -7,11 +7,12 @@
 
 #[macro_use]
 mod conformance;
+mod children;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -257,30 +258,13 @@ fn child_process() -> Result<()> {
 }
 
 fn spawn_child(role: &str, path: &Path, arg: u64) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("LIVEDICT_CHILD", role)
-        .env("LIVEDICT_DB", path)
-        .env("LIVEDICT_ARG", arg.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
-
-/// The `CHILD:` lines a finished child printed.
-fn child_lines(child: Child) -> Vec<String> {
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "child failed: {:?}", out.status);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once("CHILD:").map(|(_, rest)| rest.to_owned()))
-        .collect()
+    children::spawn(
+        role,
+        &[
+            ("LIVEDICT_DB", path.display().to_string()),
+            ("LIVEDICT_ARG", arg.to_string()),
+        ],
+    )
 }
 
 #[test]
@@ -289,7 +273,7 @@ fn increments_from_four_processes_lose_nothing() -> Result<()> {
     drop(open(&path)?);
     let children: Vec<_> = (0..4).map(|_| spawn_child("incr", &path, 500)).collect();
     for c in children {
-        assert_eq!(child_lines(c), ["done"]);
+        assert_eq!(children::lines(c), ["done"]);
     }
     assert_eq!(open(&path)?.get::<i64>("counter")?, Some(2000));
     Ok(())
@@ -314,7 +298,7 @@ fn each_expired_entry_goes_to_exactly_one_of_three_processes() -> Result<()> {
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut per_child = Vec::new();
     for c in children {
-        let lines = child_lines(c);
+        let lines = children::lines(c);
         let expired: Vec<_> = lines
             .iter()
             .filter_map(|l| l.strip_prefix("expired "))
