@@ -16,13 +16,12 @@
 mod conformance;
 mod children;
 
-use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use livedict::{Backend, Error, EventKind, KeyTtl, LiveDict, RedisBackend, RedisOptions, Result};
+use livedict::{Backend, Error, KeyTtl, LiveDict, RedisBackend, RedisOptions, Result};
 
 fn server_url() -> String {
     std::env::var("LIVEDICT_TEST_REDIS_URL").expect(
@@ -486,31 +485,8 @@ fn child_process() -> Result<()> {
     let prefix = std::env::var("LIVEDICT_PREFIX").unwrap();
     let arg: u64 = std::env::var("LIVEDICT_ARG").unwrap().parse().unwrap();
     match role.as_str() {
-        "incr" => {
-            let store = open(&prefix)?;
-            for _ in 0..arg {
-                store.incr("counter", 1)?;
-            }
-            println!("CHILD:done");
-        }
-        "sweep" => {
-            let store = open(&prefix)?;
-            store.on(EventKind::Expire, |e| {
-                println!("CHILD:expired {} {}", e.key(), e.value::<u64>()?.unwrap());
-                Ok(())
-            })?;
-            let started = Instant::now();
-            while store.len()? > 0 {
-                assert!(
-                    started.elapsed() < Duration::from_secs(60),
-                    "entries never expired"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            std::thread::sleep(Duration::from_millis(500)); // let the other sweepers finish
-            store.close(); // delivers the queued hook events
-            println!("CHILD:done");
-        }
+        "incr" => children::incrementer(&open(&prefix)?, arg)?,
+        "sweep" => children::sweeper(&open(&prefix)?)?,
         other => panic!("unknown child role {other}"),
     }
     Ok(())
@@ -549,33 +525,15 @@ fn each_expired_entry_goes_to_exactly_one_of_three_processes() -> Result<()> {
             )?)
             .active_expiry(false) // this process never sweeps
             .build()?;
-        let mut batch = store.batch();
-        for i in 0..n {
-            batch.set_with(&format!("k{i}"), &i, Duration::from_millis(1500 + i % 500))?;
-        }
-        store.apply(batch)?;
+        children::fill_expiring(
+            &store,
+            n,
+            Duration::from_millis(1500),
+            Duration::from_millis(500),
+        )?;
     }
-    let children: Vec<_> = (0..3).map(|_| spawn_child("sweep", &prefix, 0)).collect();
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    let mut per_child = Vec::new();
-    for c in children {
-        let lines = children::lines(c);
-        let expired: Vec<_> = lines
-            .iter()
-            .filter_map(|l| l.strip_prefix("expired "))
-            .collect();
-        per_child.push(expired.len());
-        for e in expired {
-            let (key, value) = e.split_once(' ').unwrap();
-            let value: u64 = value.parse().unwrap();
-            assert_eq!(key, format!("k{value}"), "the event carries the last value");
-            assert!(
-                seen.insert(key.to_owned(), value).is_none(),
-                "{key} expired twice"
-            );
-        }
-    }
-    assert_eq!(seen.len() as u64, n, "per process: {per_child:?}");
+    let sweepers = (0..3).map(|_| spawn_child("sweep", &prefix, 0)).collect();
+    children::assert_each_expired_once(sweepers, n);
     Ok(())
 }
 

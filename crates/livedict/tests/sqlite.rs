@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use livedict::{Durability, Error, EventKind, LiveDict, Result, SqliteBackend, SqliteOptions};
+use livedict::{Durability, Error, LiveDict, Result, SqliteBackend, SqliteOptions};
 
 /// A fresh database path under cargo's per-target temporary directory.
 fn fresh_path() -> PathBuf {
@@ -215,33 +215,8 @@ fn child_process() -> Result<()> {
     let path = PathBuf::from(std::env::var("LIVEDICT_DB").unwrap());
     let arg: u64 = std::env::var("LIVEDICT_ARG").unwrap().parse().unwrap();
     match role.as_str() {
-        "incr" => {
-            let store = open(&path)?;
-            for _ in 0..arg {
-                store.incr("counter", 1)?;
-            }
-            println!("CHILD:done");
-        }
-        "sweep" => {
-            // Expire hooks print what this process's sweeps removed, until nothing is left.
-            let store = open(&path)?;
-            store.on(EventKind::Expire, |e| {
-                println!("CHILD:expired {} {}", e.key(), e.value::<u64>()?.unwrap());
-                Ok(())
-            })?;
-            let started = Instant::now();
-            while store.len()? > 0
-                || store.stats().expirations == 0 && started.elapsed() < Duration::from_secs(5)
-            {
-                if started.elapsed() > Duration::from_secs(60) {
-                    panic!("entries never expired");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            std::thread::sleep(Duration::from_millis(300)); // let the other sweepers finish
-            store.close(); // delivers the queued hook events
-            println!("CHILD:done");
-        }
+        "incr" => children::incrementer(&open(&path)?, arg)?,
+        "sweep" => children::sweeper(&open(&path)?)?,
         "writer" => {
             // Writes keys from `arg` on, reporting each write that returned Ok, until killed.
             let store = open(&path)?;
@@ -288,37 +263,15 @@ fn each_expired_entry_goes_to_exactly_one_of_three_processes() -> Result<()> {
             .backend(SqliteBackend::open(&path)?)
             .active_expiry(false) // this process never sweeps
             .build()?;
-        let mut batch = store.batch();
-        for i in 0..n {
-            batch.set_with(&format!("k{i}"), &i, Duration::from_millis(800 + i % 400))?;
-        }
-        store.apply(batch)?;
+        children::fill_expiring(
+            &store,
+            n,
+            Duration::from_millis(800),
+            Duration::from_millis(400),
+        )?;
     }
-    let children: Vec<_> = (0..3).map(|_| spawn_child("sweep", &path, 0)).collect();
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    let mut per_child = Vec::new();
-    for c in children {
-        let lines = children::lines(c);
-        let expired: Vec<_> = lines
-            .iter()
-            .filter_map(|l| l.strip_prefix("expired "))
-            .collect();
-        per_child.push(expired.len());
-        for e in expired {
-            let (key, value) = e.split_once(' ').unwrap();
-            let value: u64 = value.parse().unwrap();
-            assert_eq!(
-                key,
-                format!("k{value}"),
-                "the event carries the entry's own value"
-            );
-            assert!(
-                seen.insert(key.to_owned(), value).is_none(),
-                "{key} expired twice"
-            );
-        }
-    }
-    assert_eq!(seen.len() as u64, n, "per process: {per_child:?}");
+    let sweepers = (0..3).map(|_| spawn_child("sweep", &path, 0)).collect();
+    children::assert_each_expired_once(sweepers, n);
     Ok(())
 }
 
