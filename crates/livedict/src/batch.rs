@@ -45,6 +45,19 @@ impl Batch {
         }
     }
 
+    /// A batch setting each of `pairs` (`set_many`).
+    pub(crate) fn of_pairs<'k, T, I>(engine: Arc<Engine>, pairs: I) -> Result<Batch>
+    where
+        T: Serialize,
+        I: IntoIterator<Item = (&'k str, T)>,
+    {
+        let mut batch = Batch::new(engine);
+        for (k, v) in pairs {
+            batch.set(k, &v)?;
+        }
+        Ok(batch)
+    }
+
     /// Adds a write of `value` with the store's default TTL.
     ///
     /// # Errors

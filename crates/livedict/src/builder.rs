@@ -146,6 +146,54 @@ impl Builder {
     /// [`Error::InvalidTtl`] for a zero default TTL; [`Error::Backend`] if the expiry thread cannot
     /// be started.
     pub fn build(self) -> Result<LiveDict> {
+        let active_expiry = self.active_expiry;
+        let (engine, backend) = self.parts()?;
+        let driver = if active_expiry {
+            Some(
+                ExpiryDriver::start(engine.clone(), backend.clone())
+                    .map_err(|e| Error::Backend(Box::new(e)))?,
+            )
+        } else {
+            None
+        };
+        Ok(LiveDict::from_parts(engine, backend, driver))
+    }
+
+    /// Builds the asynchronous store, on the tokio runtime this is called from: its expiry driver
+    /// runs as a task there.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTtl`] for a zero default TTL; [`Error::Backend`] if called outside a tokio
+    /// runtime.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> livedict::Result<()> {
+    /// let store = livedict::LiveDict::builder().build_async()?;
+    /// store.set("k", &1).await?;
+    /// assert_eq!(store.get::<i32>("k").await?, Some(1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn build_async(self) -> Result<crate::AsyncLiveDict> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            Error::Backend(format!("build_async must be called inside a tokio runtime: {e}").into())
+        })?;
+        let active_expiry = self.active_expiry;
+        let (engine, backend) = self.parts()?;
+        let backend = backend.to_async();
+        let driver =
+            active_expiry.then(|| ExpiryDriver::spawn(engine.clone(), backend.clone(), &runtime));
+        Ok(crate::AsyncLiveDict::from_parts(
+            engine, backend, driver, runtime,
+        ))
+    }
+
+    /// The engine and backend both front-ends are built from.
+    fn parts(self) -> Result<(Arc<Engine>, Arc<dyn Backend>)> {
         let backend = self
             .backend
             .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
@@ -158,14 +206,6 @@ impl Builder {
             events: self.events,
             keyring: self.keyring.map(|k| (k, self.encrypt_all)),
         }));
-        let driver = if self.active_expiry {
-            Some(
-                ExpiryDriver::start(engine.clone(), backend.clone())
-                    .map_err(|e| Error::Backend(Box::new(e)))?,
-            )
-        } else {
-            None
-        };
-        Ok(LiveDict::from_parts(engine, backend, driver))
+        Ok((engine, backend))
     }
 }

@@ -1,5 +1,6 @@
-//! The expiry driver: a background thread that removes entries when their deadline passes, without
-//! any read touching them.
+//! The expiry driver: removes entries when their deadline passes, without any read touching
+//! them. The sync front-end runs it on a thread, the async one as a tokio task; the loop is the
+//! same code, over the front-end's [`Port`].
 //!
 //! It asks the backend to sweep (remove and return) what is due, then sleeps until the backend's
 //! next deadline. A write with a deadline earlier than the driver's planned wake-up kicks it; a
@@ -11,15 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::{Condvar, Mutex};
+use event_listener::Event;
 
 use crate::backend::{Backend, ExpiredEntry};
-use crate::clock::{Clock, Millis, Now};
+use crate::clock::{Clock, Millis};
+use crate::dict::{Dict, Port, SWEEP_BATCH, SyncPort, run_ready};
 use crate::engine::Engine;
 
-/// Entries removed per sweep call; the driver loops while sweeps come back full. The batch buffer
-/// is allocated once and reused (see [`Backend::sweep`]).
-const SWEEP_BATCH: usize = 256;
 /// Longest sleep with nothing scheduled, on a backend only this process writes.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Longest sleep on a shared backend, where other processes add deadlines.
@@ -34,8 +33,7 @@ pub(crate) struct DriverControl {
     planned: AtomicU64,
     kicked: AtomicBool,
     stop: AtomicBool,
-    lock: Mutex<()>,
-    cv: Condvar,
+    wake: Event,
 }
 
 impl Default for DriverControl {
@@ -44,8 +42,7 @@ impl Default for DriverControl {
             planned: AtomicU64::new(u64::MAX),
             kicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            lock: Mutex::new(()),
-            cv: Condvar::new(),
+            wake: Event::new(),
         }
     }
 }
@@ -61,30 +58,43 @@ impl DriverControl {
 
     pub(crate) fn kick(&self) {
         if !self.kicked.swap(true, SeqCst) {
-            let _g = self.lock.lock();
-            self.cv.notify_one();
+            self.wake.notify(usize::MAX);
         }
+    }
+
+    /// Whether the driver was told to stop.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(SeqCst)
     }
 
     fn stop(&self) {
         self.stop.store(true, SeqCst);
         self.kicked.store(true, SeqCst);
-        let _g = self.lock.lock();
-        self.cv.notify_one();
+        self.wake.notify(usize::MAX);
     }
 
-    fn sleep(&self, timeout: Duration) {
-        let mut g = self.lock.lock();
+    /// Sleeps up to `timeout`, unless kicked or stopped first.
+    async fn sleep<P: Port>(&self, timeout: Duration) {
+        let listener = self.wake.listen();
         if !self.kicked.load(SeqCst) && !self.stop.load(SeqCst) {
-            self.cv.wait_for(&mut g, timeout);
+            P::wait(listener, timeout).await;
         }
     }
 }
 
-/// The running driver thread; stopped and joined on drop.
+/// Where the driver runs.
+enum Runner {
+    Thread(Option<JoinHandle<()>>),
+    #[cfg(feature = "async")]
+    /// A task; it ends by itself once told to stop (never awaited, so that dropping a store
+    /// never blocks a runtime).
+    Task,
+}
+
+/// The running driver; stopped on drop.
 pub(crate) struct ExpiryDriver {
     control: Arc<DriverControl>,
-    thread: Option<JoinHandle<()>>,
+    runner: Runner,
     _clock_listener: Arc<dyn Fn() + Send + Sync>,
 }
 
@@ -94,30 +104,74 @@ impl std::fmt::Debug for ExpiryDriver {
     }
 }
 
+/// Kicks the driver whenever a manual clock moves.
+fn listen_to_clock(engine: &Engine) -> Arc<dyn Fn() + Send + Sync> {
+    let kick = engine.expiry.clone();
+    let listener: Arc<dyn Fn() + Send + Sync> = Arc::new(move || kick.kick());
+    engine.clock.on_advance(&listener);
+    listener
+}
+
 impl ExpiryDriver {
+    /// Starts the driver on a thread of its own (the sync front-end).
     pub(crate) fn start(engine: Arc<Engine>, backend: Arc<dyn Backend>) -> std::io::Result<Self> {
         let control = engine.expiry.clone();
-        let kick = control.clone();
-        let listener: Arc<dyn Fn() + Send + Sync> = Arc::new(move || kick.kick());
-        engine.clock.on_advance(&listener);
+        let listener = listen_to_clock(&engine);
         let thread = std::thread::Builder::new()
             .name("livedict-expiry".into())
-            .spawn(move || run(&engine, &*backend))?;
+            .spawn(move || {
+                let dict = Dict {
+                    engine: &engine,
+                    port: SyncPort { backend: &*backend },
+                };
+                run_ready(run(&dict));
+            })?;
         Ok(ExpiryDriver {
             control,
-            thread: Some(thread),
+            runner: Runner::Thread(Some(thread)),
             _clock_listener: listener,
         })
     }
 
-    /// Stops the thread and waits for it (at most the length of one sweep batch).
+    /// Starts the driver as a task on `runtime` (the async front-end).
+    #[cfg(feature = "async")]
+    pub(crate) fn spawn(
+        engine: Arc<Engine>,
+        backend: Arc<dyn crate::backend::AsyncBackend>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
+        let control = engine.expiry.clone();
+        let listener = listen_to_clock(&engine);
+        // Detached: `stop` tells it to end.
+        drop(runtime.spawn(async move {
+            let dict = Dict {
+                engine: &engine,
+                port: crate::dict::AsyncPort { backend: &*backend },
+            };
+            run(&dict).await;
+        }));
+        ExpiryDriver {
+            control,
+            runner: Runner::Task,
+            _clock_listener: listener,
+        }
+    }
+
+    /// Stops the driver. A thread is joined (it finishes at most the sweep batch it is in); a
+    /// task is told to stop and left to end by itself, so that this never blocks a runtime.
     pub(crate) fn stop(&mut self) {
         self.control.stop();
-        if let Some(t) = self.thread.take() {
-            if t.thread().id() == std::thread::current().id() {
-                return; // dropped from its own thread: it exits by itself
+        match &mut self.runner {
+            Runner::Thread(thread) => {
+                if let Some(t) = thread.take() {
+                    if t.thread().id() == std::thread::current().id() {
+                        return; // dropped from its own thread: it exits by itself
+                    }
+                    let _ = t.join();
+                }
             }
-            let _ = t.join();
+            #[cfg(feature = "async")]
+            Runner::Task => {}
         }
     }
 }
@@ -135,60 +189,43 @@ fn micros_since_epoch() -> u64 {
         .unwrap_or(0)
 }
 
-/// Removes everything due at the clock's current time, in batches through `expired` (a buffer
-/// kept from sweep to sweep), and accounts for it; returns how many entries were removed. Used by
-/// the driver and by `sweep_expired`.
-pub(crate) fn sweep_due(
-    engine: &Engine,
-    backend: &dyn Backend,
-    expired: &mut Vec<ExpiredEntry>,
-) -> crate::error::Result<usize> {
-    let mut total = 0;
-    loop {
-        let now = engine.clock.now();
-        expired.clear();
-        backend.sweep(now, SWEEP_BATCH, expired)?;
-        engine.expired(expired, &|k| {
-            backend.contains(k, &Now::fixed(now)).unwrap_or(false)
-        });
-        if matches!(engine.clock, Clock::System) {
-            let now_us = micros_since_epoch();
-            engine.counters.record_lags(
-                expired
-                    .iter()
-                    .map(|e| now_us.saturating_sub(e.deadline.saturating_mul(1000))),
-            );
-        }
-        total += expired.len();
-        if expired.len() < SWEEP_BATCH || engine.expiry.stop.load(SeqCst) {
-            return Ok(total);
-        }
+/// Records how late each of `expired` was removed (system clock only).
+pub(crate) fn record_lateness(engine: &Engine, expired: &[ExpiredEntry]) {
+    if matches!(engine.clock, Clock::System) {
+        let now_us = micros_since_epoch();
+        engine.counters.record_lags(
+            expired
+                .iter()
+                .map(|e| now_us.saturating_sub(e.deadline.saturating_mul(1000))),
+        );
     }
 }
 
-fn run(engine: &Engine, backend: &dyn Backend) {
+async fn run<P: Port>(dict: &Dict<'_, P>) {
+    let engine = dict.engine;
+    let port = &dict.port;
     let control = &*engine.expiry;
-    let cap = if backend.is_shared() {
+    let cap = if port.is_shared() {
         SHARED_POLL
     } else {
         IDLE_WAIT
     };
     let mut expired = Vec::with_capacity(SWEEP_BATCH);
-    while !control.stop.load(SeqCst) {
+    while !control.stopping() {
         // While working, every write with a deadline kicks: none can slip between the sweep and
         // the sleep below.
         control.planned.store(u64::MAX, SeqCst);
         control.kicked.store(false, SeqCst);
-        if let Err(e) = sweep_due(engine, backend, &mut expired) {
+        if let Err(e) = dict.sweep_due(&mut expired).await {
             tracing::warn!(error = %e, "livedict: expiry sweep failed; retrying");
-            control.sleep(ERROR_BACKOFF);
+            control.sleep::<P>(ERROR_BACKOFF).await;
             continue;
         }
-        let next = match backend.next_deadline() {
+        let next = match port.next_deadline().await {
             Ok(next) => next,
             Err(e) => {
                 tracing::warn!(error = %e, "livedict: cannot read the next deadline");
-                control.sleep(ERROR_BACKOFF);
+                control.sleep::<P>(ERROR_BACKOFF).await;
                 continue;
             }
         };
@@ -206,7 +243,7 @@ fn run(engine: &Engine, backend: &dyn Backend) {
             _ => cap,
         };
         if !wait.is_zero() {
-            control.sleep(wait);
+            control.sleep::<P>(wait).await;
         }
     }
 }

@@ -63,10 +63,13 @@ mod builder;
 mod clock;
 mod codec;
 pub mod crypto;
+mod dict;
 mod engine;
 mod error;
 pub mod events;
 mod expiry;
+#[cfg(feature = "async")]
+mod future;
 mod key;
 mod stats;
 mod sync;
@@ -89,6 +92,9 @@ pub use error::{BoxError, Error, Result};
 pub use events::{
     Cause, CommandHook, Event, EventKind, EventSettings, Hook, HookId, HookResult, QueueFullPolicy,
 };
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub use future::AsyncLiveDict;
 pub use key::MAX_KEY_LEN;
 pub use stats::Stats;
 pub use sync::{LiveDict, WeakLiveDict};

@@ -2,28 +2,25 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{Backend, Change, Condition, Expiry, KeyTtl, ReadMode, Written};
+use crate::backend::{Backend, KeyTtl};
 use crate::batch::Batch;
 use crate::builder::Builder;
-use crate::clock::Now;
 use crate::crypto::Keyring;
+use crate::dict::{Dict, SyncPort, run_ready};
 use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
-use crate::events::{Cause, EntryHooks, Event, EventKind, Hook, HookId, HookResult};
+use crate::events::{Event, EventKind, Hook, HookId, HookResult};
 use crate::expiry::ExpiryDriver;
 use crate::stats::Stats;
 use crate::transfer;
-use crate::ttl::{self, WriteOptions};
-
-/// How often `wait_for` re-reads a key on a backend other processes write to.
-const SHARED_WAIT_POLL: Duration = Duration::from_millis(20);
+use crate::ttl::WriteOptions;
 
 /// A handle on a [`LiveDict`] that does not keep it alive; see [`LiveDict::downgrade`].
 #[derive(Clone, Debug)]
@@ -165,9 +162,15 @@ impl LiveDict {
         &self.inner.engine
     }
 
+    /// The operations of this store, run with [`run_ready`].
     #[inline]
-    fn backend(&self) -> &dyn Backend {
-        &*self.inner.backend
+    fn dict(&self) -> Dict<'_, SyncPort<'_>> {
+        Dict {
+            engine: &self.inner.engine,
+            port: SyncPort {
+                backend: &*self.inner.backend,
+            },
+        }
     }
 
     // ---- reading ------------------------------------------------------------------------------
@@ -187,9 +190,9 @@ impl LiveDict {
     /// assert!(store.get::<String>("n").is_err()); // wrong type
     /// # Ok::<(), livedict::Error>(())
     /// ```
+    #[inline]
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.engine()
-            .decode_opt(key, self.read(key, ReadMode::Touch)?)
+        run_ready(self.dict().get(key))
     }
 
     /// Raw bytes stored with [`set_bytes`](Self::set_bytes), sharing the stored buffer.
@@ -197,8 +200,7 @@ impl LiveDict {
     /// # Errors
     /// As [`get`](Self::get); [`Error::Decode`] if the value is a typed value.
     pub fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
-        self.engine()
-            .decode_raw_opt(key, self.read(key, ReadMode::Touch)?)
+        run_ready(self.dict().get_bytes(key))
     }
 
     /// The value under `key` without counting as an access: a sliding deadline is not renewed.
@@ -206,8 +208,7 @@ impl LiveDict {
     /// # Errors
     /// As [`get`](Self::get).
     pub fn peek<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.engine()
-            .decode_opt(key, self.read(key, ReadMode::Peek)?)
+        run_ready(self.dict().peek(key))
     }
 
     /// The value under `key`, which must exist.
@@ -215,9 +216,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::KeyNotFound`] if missing or expired; otherwise as [`get`](Self::get).
     pub fn require<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
-        self.get(key)?.ok_or_else(|| Error::KeyNotFound {
-            key: key.to_owned(),
-        })
+        run_ready(self.dict().require(key))
     }
 
     /// The value under `key`, or `default` if missing or expired.
@@ -228,33 +227,12 @@ impl LiveDict {
         Ok(self.get(key)?.unwrap_or(default))
     }
 
-    fn read(&self, key: &str, mode: ReadMode) -> Result<Option<Bytes>> {
-        let now = self.engine().begin_read(key)?;
-        let found = self.backend().get(key, &now, mode)?;
-        if mode == ReadMode::Touch {
-            self.engine().read(key, found.as_ref(), &now);
-        }
-        Ok(found)
-    }
-
     /// The values under `keys`, in order, `None` for missing ones. Counts as an access of each.
     ///
     /// # Errors
     /// As [`get`](Self::get), for any of the keys.
     pub fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<Option<T>>> {
-        for k in keys {
-            crate::key::validate(k)?;
-        }
-        let now = self.engine().begin_lazy()?;
-        let found = self.backend().get_many(keys, &now, ReadMode::Touch)?;
-        found
-            .into_iter()
-            .zip(keys)
-            .map(|(v, key)| {
-                self.engine().read(key, v.as_ref(), &now);
-                self.engine().decode_opt(key, v)
-            })
-            .collect()
+        run_ready(self.dict().get_many(keys))
     }
 
     /// Whether a live value is stored under `key` (not an access).
@@ -262,8 +240,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::InvalidKey`]; [`Error::Backend`].
     pub fn contains(&self, key: &str) -> Result<bool> {
-        let now = self.engine().begin_read(key)?;
-        self.backend().contains(key, &now)
+        run_ready(self.dict().contains(key))
     }
 
     /// The number of live entries.
@@ -271,8 +248,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Backend`].
     pub fn len(&self) -> Result<usize> {
-        let now = self.engine().begin()?;
-        self.backend().len(now)
+        run_ready(self.dict().len())
     }
 
     /// Whether there are no live entries.
@@ -288,13 +264,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Backend`].
     pub fn keys(&self) -> Result<Vec<String>> {
-        let now = self.engine().begin()?;
-        Ok(self
-            .backend()
-            .scan("", now, false)?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect())
+        run_ready(self.dict().keys())
     }
 
     /// The values of all live entries, in no particular order.
@@ -310,7 +280,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Decode`] if any value is not a `T`; [`Error::Backend`].
     pub fn items<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
-        self.iter()?.collect()
+        run_ready(self.dict().items())
     }
 
     /// An iterator over a snapshot of the live entries, decoding each value as it is reached (so
@@ -335,13 +305,11 @@ impl LiveDict {
     pub fn iter<T: DeserializeOwned>(
         &self,
     ) -> Result<impl Iterator<Item = Result<(String, T)>> + use<T>> {
-        let now = self.engine().begin()?;
-        let entries = self.backend().scan("", now, true)?;
+        let entries = run_ready(self.dict().entries())?;
         let engine = self.inner.engine.clone();
-        Ok(entries.into_iter().filter_map(move |(k, v)| {
-            let v = v?;
-            Some(engine.decode::<T>(&k, v).map(|v| (k, v)))
-        }))
+        Ok(entries
+            .into_iter()
+            .map(move |(k, v)| engine.decode::<T>(&k, v).map(|v| (k, v))))
     }
 
     /// The remaining life of `key`.
@@ -362,8 +330,7 @@ impl LiveDict {
     /// # Ok::<(), livedict::Error>(())
     /// ```
     pub fn ttl(&self, key: &str) -> Result<KeyTtl> {
-        let now = self.engine().begin_key(key)?;
-        self.backend().ttl(key, now)
+        run_ready(self.dict().ttl(key))
     }
 
     // ---- writing ------------------------------------------------------------------------------
@@ -389,15 +356,8 @@ impl LiveDict {
         value: &T,
         options: impl Into<WriteOptions>,
     ) -> Result<()> {
-        let options = options.into();
-        let secret = options.secret;
-        self.write(
-            key,
-            |e| e.encode(key, value, secret),
-            options,
-            Condition::Always,
-        )?;
-        Ok(())
+        let dict = self.dict();
+        run_ready(dict.write_prepared(dict.prepare_set(key, value, options.into())))
     }
 
     /// Stores raw bytes (no codec) with the default TTL.
@@ -418,15 +378,8 @@ impl LiveDict {
         value: &[u8],
         options: impl Into<WriteOptions>,
     ) -> Result<()> {
-        let options = options.into();
-        let secret = options.secret;
-        self.write(
-            key,
-            |e| e.encode_raw(key, value, secret),
-            options,
-            Condition::Always,
-        )?;
-        Ok(())
+        let dict = self.dict();
+        run_ready(dict.write_prepared(dict.prepare_set_bytes(key, value, options.into())))
     }
 
     /// Stores `value` and returns the value it replaced, atomically: of many concurrent callers,
@@ -440,13 +393,8 @@ impl LiveDict {
         key: &str,
         value: &T,
     ) -> Result<Option<T>> {
-        let written = self.write(
-            key,
-            |e| e.encode(key, value, false),
-            WriteOptions::new(),
-            Condition::Always,
-        )?;
-        self.engine().decode_opt(key, written.previous)
+        let dict = self.dict();
+        run_ready(dict.replace_prepared(key, dict.prepare_replace(key, value)))
     }
 
     /// Returns the value under `key`; if there is none, stores `default` and returns it, atomically
@@ -462,51 +410,12 @@ impl LiveDict {
     /// assert_eq!(store.setdefault("k", 2)?, 1);
     /// # Ok::<(), livedict::Error>(())
     /// ```
-    pub fn setdefault<T: Serialize + DeserializeOwned>(&self, key: &str, default: T) -> Result<T> {
-        let written = self.write(
-            key,
-            |e| e.encode(key, &default, false),
-            WriteOptions::new(),
-            Condition::IfAbsent,
-        )?;
-        match written.previous {
-            Some(existing) if !written.written => self.engine().decode(key, existing),
-            _ => Ok(default),
-        }
-    }
-
-    fn write(
+    pub fn setdefault<T: Serialize + DeserializeOwned + Send>(
         &self,
         key: &str,
-        encode: impl FnOnce(&Engine) -> Result<Bytes>,
-        options: WriteOptions,
-        condition: Condition,
-    ) -> Result<Written> {
-        let engine = self.engine();
-        let now = engine.begin_key(key)?;
-        let expiry = engine.expiry(&options)?;
-        let value = encode(engine)?;
-        let event_value = engine.events.copy_for(EventKind::Set, &value);
-        let lock = engine.events.entry_lock(key, &options.hooks)?;
-        let written = if engine.secrets_stick() && !options.secret {
-            // Look at the value being replaced: a write over a secret stays secret.
-            let mut wrote = false;
-            let updated = self.backend().update(key, now, &mut |current| {
-                let change =
-                    engine.write_keeping_secrecy(key, current, &value, expiry, condition)?;
-                wrote = matches!(change, Change::Write { .. });
-                Ok(change)
-            })?;
-            Written {
-                written: wrote,
-                previous: updated.previous,
-                expired: updated.expired,
-            }
-        } else {
-            self.backend().set(key, value, expiry, condition, now)?
-        };
-        engine.wrote(key, &written, event_value, expiry, now, lock, options.hooks);
-        Ok(written)
+        default: T,
+    ) -> Result<T> {
+        run_ready(self.dict().setdefault(key, default))
     }
 
     /// Stores many pairs all-or-nothing (Python's `dict.update`).
@@ -518,11 +427,10 @@ impl LiveDict {
         T: Serialize,
         I: IntoIterator<Item = (&'k str, T)>,
     {
-        let mut batch = self.batch();
-        for (k, v) in pairs {
-            batch.set(k, &v)?;
-        }
-        self.apply(batch)
+        run_ready(
+            self.dict()
+                .apply(Batch::of_pairs(self.inner.engine.clone(), pairs)?),
+        )
     }
 
     /// A new, empty [`Batch`] of writes for this store.
@@ -535,14 +443,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Backend`] (nothing is applied).
     pub fn apply(&self, batch: Batch) -> Result<()> {
-        let engine = self.engine();
-        let now = engine.begin()?;
-        if batch.ops.is_empty() {
-            return Ok(());
-        }
-        let plan = engine.plan_batch(&batch.ops);
-        let outcomes = self.backend().apply_batch(batch.ops, now)?;
-        engine.batch_applied(plan, outcomes, now)
+        run_ready(self.dict().apply(batch))
     }
 
     // ---- atomic read-modify-write ---------------------------------------------------------------
@@ -570,8 +471,8 @@ impl LiveDict {
     /// ```
     pub fn update<T, F>(&self, key: &str, f: F) -> Result<T>
     where
-        T: Serialize + DeserializeOwned,
-        F: FnOnce(Option<T>) -> T,
+        T: Serialize + DeserializeOwned + Send,
+        F: FnOnce(Option<T>) -> T + Send,
     {
         let new = self.try_update(key, |old| Ok::<_, std::convert::Infallible>(Some(f(old))))?;
         Ok(new.expect("the closure returned a value"))
@@ -584,12 +485,12 @@ impl LiveDict {
     /// [`Error::Aborted`] with `f`'s error; otherwise as [`update`](Self::update).
     pub fn try_update<T, E, F>(&self, key: &str, f: F) -> Result<Option<T>>
     where
-        T: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned + Send,
         E: Into<BoxError>,
-        F: FnOnce(Option<T>) -> Result<Option<T>, E>,
+        F: FnOnce(Option<T>) -> Result<Option<T>, E> + Send,
     {
         let expiry = self.engine().update_expiry();
-        self.update_inner(key, f, expiry)
+        run_ready(self.dict().update_with(key, expiry, f))
     }
 
     /// Like [`try_update`](Self::try_update), with the new value written with `options` (a new
@@ -604,32 +505,12 @@ impl LiveDict {
         f: F,
     ) -> Result<Option<T>>
     where
-        T: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned + Send,
         E: Into<BoxError>,
-        F: FnOnce(Option<T>) -> Result<Option<T>, E>,
+        F: FnOnce(Option<T>) -> Result<Option<T>, E> + Send,
     {
         let expiry = self.engine().expiry(&options.into())?;
-        self.update_inner(key, f, expiry)
-    }
-
-    fn update_inner<T, E, F>(
-        &self,
-        key: &str,
-        f: F,
-        expiry: crate::backend::WriteExpiry,
-    ) -> Result<Option<T>>
-    where
-        T: Serialize + DeserializeOwned,
-        E: Into<BoxError>,
-        F: FnOnce(Option<T>) -> Result<Option<T>, E>,
-    {
-        let mut f = Some(f);
-        let mut out = None;
-        self.modify(key, |engine, current| {
-            let f = f.take().ok_or(Error::Reentrant)?;
-            engine.decide(key, current, f, expiry, &mut out)
-        })?;
-        Ok(out)
+        run_ready(self.dict().update_with(key, expiry, f))
     }
 
     /// Adds `delta` to the integer under `key` (a missing key counts as 0) and returns the result,
@@ -638,11 +519,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Decode`] if the value is not an integer; [`Error::Overflow`].
     pub fn incr(&self, key: &str, delta: i64) -> Result<i64> {
-        let mut out = 0;
-        self.modify(key, |engine, current| {
-            engine.increment(key, current, delta, &mut out)
-        })?;
-        Ok(out)
+        run_ready(self.dict().incr(key, delta))
     }
 
     /// Sets the fields of `patch` into the map stored under `key` (a missing key starts as an
@@ -663,27 +540,7 @@ impl LiveDict {
     /// ```
     pub fn merge<P: Serialize + ?Sized>(&self, key: &str, patch: &P) -> Result<()> {
         let patch = serde_json::to_value(patch).map_err(|e| Error::Encode(Box::new(e)))?;
-        self.modify(key, |engine, current| engine.merge(key, current, &patch))?;
-        Ok(())
-    }
-
-    /// Runs a decision on the current value inside the backend's atomic update.
-    fn modify(
-        &self,
-        key: &str,
-        mut decide: impl FnMut(&Engine, Option<&Bytes>) -> Result<Change>,
-    ) -> Result<()> {
-        let engine = self.engine();
-        let now = engine.begin_key(key)?;
-        let mut change = None;
-        let lock = engine.events.entry_lock(key, &EntryHooks::default())?;
-        let updated = self.backend().update(key, now, &mut |current| {
-            let c = decide(engine, current)?;
-            change = Some(c.clone());
-            Ok(c)
-        })?;
-        engine.updated(key, &updated, change.as_ref(), now, lock);
-        Ok(())
+        run_ready(self.dict().merge(key, patch))
     }
 
     // ---- removing -----------------------------------------------------------------------------
@@ -694,7 +551,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::InvalidKey`]; [`Error::Backend`].
     pub fn delete(&self, key: &str) -> Result<bool> {
-        Ok(self.remove(key)?.is_some())
+        Ok(run_ready(self.dict().remove(key))?.is_some())
     }
 
     /// Removes `key` and returns its value.
@@ -703,16 +560,7 @@ impl LiveDict {
     /// As [`delete`](Self::delete); [`Error::Decode`] if the value is not a `T` (it is removed
     /// all the same).
     pub fn pop<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.engine().decode_opt(key, self.remove(key)?)
-    }
-
-    fn remove(&self, key: &str) -> Result<Option<Bytes>> {
-        let engine = self.engine();
-        let now = engine.begin_key(key)?;
-        let lock = engine.events.entry_lock(key, &EntryHooks::default())?;
-        let removed = self.backend().delete(key, now)?;
-        engine.removed(key, &removed, now, lock);
-        Ok(removed.previous)
+        run_ready(self.dict().pop(key))
     }
 
     /// Removes and returns some entry (which one is unspecified), or `None` if the store is empty.
@@ -720,15 +568,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Decode`] if the value is not a `T` (it is removed all the same); [`Error::Backend`].
     pub fn popitem<T: DeserializeOwned>(&self) -> Result<Option<(String, T)>> {
-        let now = self.engine().begin()?;
-        let Some(entry) = self.backend().pop_any(now)? else {
-            return Ok(None);
-        };
-        self.engine()
-            .removed_entries(std::slice::from_ref(&entry), Cause::Explicit, now);
-        let (key, value) = entry;
-        let value = self.engine().decode(&key, value)?;
-        Ok(Some((key, value)))
+        run_ready(self.dict().popitem())
     }
 
     /// Removes every entry; returns how many live ones there were.
@@ -736,10 +576,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Backend`].
     pub fn clear(&self) -> Result<usize> {
-        let now = self.engine().begin()?;
-        let cleared = self.backend().clear(now)?;
-        self.engine().cleared(&cleared, now);
-        Ok(cleared.removed)
+        run_ready(self.dict().clear())
     }
 
     // ---- time to live -------------------------------------------------------------------------
@@ -759,17 +596,7 @@ impl LiveDict {
     /// # Errors
     /// As [`expire`](Self::expire).
     pub fn expire_with(&self, key: &str, options: impl Into<WriteOptions>) -> Result<bool> {
-        let engine = self.engine();
-        let now = engine.begin_key(key)?;
-        let expiry = engine.expiry(&options.into())?;
-        if expiry.keep_existing {
-            return self.backend().contains(key, &Now::fixed(now));
-        }
-        let changed = self.backend().set_expiry(key, expiry.expiry, now)?;
-        if changed {
-            engine.schedule(expiry, now);
-        }
-        Ok(changed)
+        run_ready(self.dict().expire_with(key, options.into()))
     }
 
     /// Removes the deadline of `key`; false if there is no live value.
@@ -777,8 +604,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::InvalidKey`]; [`Error::Backend`].
     pub fn persist(&self, key: &str) -> Result<bool> {
-        let now = self.engine().begin_key(key)?;
-        self.backend().set_expiry(key, Expiry::Never, now)
+        run_ready(self.dict().persist(key))
     }
 
     /// Removes entries not read or written for longer than `idle`; returns how many.
@@ -786,14 +612,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::InvalidTtl`] for a zero `idle`; [`Error::Backend`].
     pub fn cleanup_inactive(&self, idle: Duration) -> Result<usize> {
-        let idle = ttl::to_millis(idle)?;
-        let now = self.engine().begin()?;
-        let removed = self
-            .backend()
-            .remove_inactive(now.saturating_sub(idle), now)?;
-        self.engine()
-            .removed_entries(&removed, Cause::Inactive, now);
-        Ok(removed.len())
+        run_ready(self.dict().cleanup_inactive(idle))
     }
 
     /// Removes every entry whose deadline has passed now, in the calling thread, and returns how
@@ -803,8 +622,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Backend`].
     pub fn sweep_expired(&self) -> Result<usize> {
-        self.engine().begin()?;
-        crate::expiry::sweep_due(self.engine(), self.backend(), &mut Vec::new())
+        run_ready(self.dict().sweep_expired())
     }
 
     // ---- waiting ------------------------------------------------------------------------------
@@ -827,31 +645,13 @@ impl LiveDict {
     /// # t.join().unwrap()?;
     /// # Ok::<(), livedict::Error>(())
     /// ```
-    pub fn wait_for<T: DeserializeOwned>(
+    pub fn wait_for<T: DeserializeOwned + Send>(
         &self,
         key: &str,
         timeout: Duration,
-        mut predicate: impl FnMut(&T) -> bool,
+        mut predicate: impl FnMut(&T) -> bool + Send,
     ) -> Result<Option<T>> {
-        let give_up = Instant::now() + timeout;
-        let poll = if self.backend().is_shared() {
-            SHARED_WAIT_POLL
-        } else {
-            Duration::MAX
-        };
-        let mut waiter = self.engine().changes.register();
-        loop {
-            if let Some(v) = self.peek::<T>(key)?
-                && predicate(&v)
-            {
-                return Ok(Some(v));
-            }
-            let left = give_up.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            waiter.wait(left.min(poll));
-        }
+        run_ready(self.dict().wait_for(key, timeout, &mut predicate))
     }
 
     // ---- secrets, passwords and keys ----------------------------------------------------------
@@ -887,17 +687,8 @@ impl LiveDict {
         password: &str,
         options: impl Into<WriteOptions>,
     ) -> Result<()> {
-        crate::key::validate(key)?;
-        let phc = crate::crypto::password::hash(password.as_bytes())?;
-        let options = options.into();
-        let secret = options.secret;
-        self.write(
-            key,
-            |e| e.seal_if_needed(key, crate::codec::encode_password_hash(&phc), secret),
-            options,
-            Condition::Always,
-        )?;
-        Ok(())
+        let dict = self.dict();
+        run_ready(dict.write_prepared(dict.prepare_password(key, password, options.into())))
     }
 
     /// Whether `password` matches the password key `key`: `Some(true)`, `Some(false)`, or `None`
@@ -906,10 +697,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Decode`] if `key` holds something other than a password.
     pub fn verify_password(&self, key: &str, password: &str) -> Result<Option<bool>> {
-        match self.password_hash(key)? {
-            None => Ok(None),
-            Some(phc) => crate::crypto::password::verify(password.as_bytes(), &phc).map(Some),
-        }
+        run_ready(self.dict().verify_password(key, password))
     }
 
     /// The stored argon2id hash (PHC string) of a password key: the explicit way to reveal it.
@@ -917,18 +705,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Decode`] if `key` holds something other than a password.
     pub fn password_hash(&self, key: &str) -> Result<Option<String>> {
-        let Some(stored) = self.read(key, ReadMode::Peek)? else {
-            return Ok(None);
-        };
-        let plain = self.engine().open(key, stored)?;
-        crate::codec::decode_password_hash(&plain).map(Some)
-    }
-
-    fn sealer(&self) -> Result<&crate::crypto::Sealer> {
-        self.engine()
-            .sealer
-            .as_ref()
-            .ok_or_else(crate::crypto::no_keyring)
+        run_ready(self.dict().password_hash(key))
     }
 
     /// Adds the keys of `keys` to the store's keyring; new writes use the newest (highest id).
@@ -936,8 +713,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Crypto`] if the store has no keyring or an id is already taken.
     pub fn rotate_key(&self, keys: Keyring) -> Result<()> {
-        self.engine().begin()?;
-        self.sealer()?.keyring.write().merge(keys)
+        self.engine().rotate_key(keys)
     }
 
     /// Re-encrypts every entry that uses an older key (and, in a store that encrypts every value,
@@ -961,35 +737,8 @@ impl LiveDict {
     /// assert_eq!(store.get::<i32>("a")?, Some(1));
     /// # Ok::<(), livedict::Error>(())
     /// ```
-    pub fn rekey(&self, mut progress: impl FnMut(usize, usize)) -> Result<usize> {
-        const BATCH: usize = 256;
-        let sealer = self.sealer()?.clone();
-        let now = self.engine().begin()?;
-        let keys = self.backend().scan("", now, false)?;
-        let total = keys.len();
-        let mut rewritten = 0;
-        for (i, chunk) in keys.chunks(BATCH).enumerate() {
-            for (key, _) in chunk {
-                let now = self.engine().begin()?;
-                let mut changed = false;
-                self.backend().update(key, now, &mut |current| {
-                    let Some(stored) = current else {
-                        return Ok(Change::Keep);
-                    };
-                    if !sealer.needs_rekey(stored)? {
-                        return Ok(Change::Keep);
-                    }
-                    let plain = sealer.open_any(key, stored.clone())?;
-                    changed = true;
-                    Ok(Change::Replace {
-                        value: sealer.seal(key, &plain)?,
-                    })
-                })?;
-                rewritten += usize::from(changed);
-            }
-            progress(((i + 1) * BATCH).min(total), total);
-        }
-        Ok(rewritten)
+    pub fn rekey(&self, mut progress: impl FnMut(usize, usize) + Send) -> Result<usize> {
+        run_ready(self.dict().rekey(&mut progress))
     }
 
     /// Removes key `id` from the keyring, refusing while any entry still needs it (run
@@ -998,30 +747,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Crypto`] naming how many entries still use the key.
     pub fn retire_key(&self, id: u32) -> Result<()> {
-        let sealer = self.sealer()?;
-        if sealer.keyring.read().current_id() == Some(id) {
-            return Err(Error::Crypto(format!(
-                "key {id} is the newest key; rotate to another before retiring it"
-            )));
-        }
-        let now = self.engine().begin()?;
-        let mut users = 0;
-        for (_, value) in self.backend().scan("", now, true)? {
-            if let Some(v) = value
-                && crate::crypto::envelope::key_id(&v)? == Some(id)
-            {
-                users += 1;
-            }
-        }
-        if users > 0 {
-            return Err(Error::Crypto(format!(
-                "key {id} is still used by {users} entries; run rekey first"
-            )));
-        }
-        if !sealer.keyring.write().remove(id) {
-            return Err(Error::Crypto(format!("key {id} is not in the keyring")));
-        }
-        Ok(())
+        run_ready(self.dict().retire_key(id))
     }
 
     // ---- moving whole stores ------------------------------------------------------------------
@@ -1051,7 +777,7 @@ impl LiveDict {
     /// # Ok::<(), livedict::Error>(())
     /// ```
     pub fn export(&self, writer: impl std::io::Write) -> Result<usize> {
-        let entries = transfer::read_entries(self.engine(), self.backend(), "")?;
+        let entries = run_ready(self.dict().export_entries(""))?;
         transfer::write_lines(&entries, writer)
     }
 
@@ -1063,12 +789,7 @@ impl LiveDict {
     /// [`Error::ValueTooLarge`]: nothing is stored. [`Error::Backend`].
     pub fn import(&self, reader: impl std::io::BufRead) -> Result<usize> {
         let ops = transfer::parse_lines(self.engine(), reader)?;
-        let n = ops.len();
-        self.apply(Batch {
-            engine: self.inner.engine.clone(),
-            ops,
-        })?;
-        Ok(n)
+        run_ready(self.dict().import_ops(ops))
     }
 
     /// Copies every live entry into `target` (any backend), all-or-nothing, keeping the stored
@@ -1088,14 +809,9 @@ impl LiveDict {
     /// # Ok::<(), livedict::Error>(())
     /// ```
     pub fn copy_to(&self, target: &LiveDict) -> Result<usize> {
-        let entries = transfer::read_entries(self.engine(), self.backend(), "")?;
+        let entries = run_ready(self.dict().export_entries(""))?;
         let ops = transfer::copy_ops(target.engine(), entries)?;
-        let n = ops.len();
-        target.apply(Batch {
-            engine: target.inner.engine.clone(),
-            ops,
-        })?;
-        Ok(n)
+        run_ready(target.dict().import_ops(ops))
     }
 
     // ---- the store ----------------------------------------------------------------------------
@@ -1140,8 +856,7 @@ impl LiveDict {
     /// # Errors
     /// [`Error::Backend`] if the hook threads cannot be started.
     pub fn hook(&self, hook: Hook) -> Result<HookId> {
-        self.engine().begin()?;
-        self.engine().events.register(hook)
+        self.engine().register_hook(hook)
     }
 
     /// Re-enables a disabled hook; false if no hook has this id.

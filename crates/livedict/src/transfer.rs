@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, BatchOp, Expiry, KeyTtl, WriteExpiry};
+use crate::backend::{BatchOp, Expiry, KeyTtl, WriteExpiry};
 use crate::codec;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -45,25 +45,6 @@ pub(crate) struct Exported {
     pub(crate) key: String,
     pub(crate) stored: Bytes,
     pub(crate) ttl: KeyTtl,
-}
-
-/// Reads the live entries under `prefix`, with their time left.
-pub(crate) fn read_entries(
-    engine: &Engine,
-    backend: &dyn Backend,
-    prefix: &str,
-) -> Result<Vec<Exported>> {
-    let now = engine.begin()?;
-    let mut out = Vec::new();
-    for (key, value) in backend.scan(prefix, now, true)? {
-        let Some(stored) = value else { continue };
-        let ttl = backend.ttl(&key, now)?;
-        if ttl == KeyTtl::Missing {
-            continue; // removed since the scan
-        }
-        out.push(Exported { key, stored, ttl });
-    }
-    Ok(out)
 }
 
 /// Writes `entries` as JSON lines; returns how many.

@@ -247,6 +247,208 @@ macro_rules! impl_async_via_sync {
     };
 }
 
+/// An [`AsyncBackend`] over a blocking [`Backend`](super::Backend): each operation runs on
+/// tokio's blocking threads (`spawn_blocking`), never on the runtime's workers, so that slow
+/// I/O (SQLite's fsync, a busy lock) holds up no task. Operations of many tasks run in parallel,
+/// as far as the backend allows (SQLite: readers in parallel, one writer).
+///
+/// `update` keeps its contract: the closure runs exactly once, on the calling task, while the
+/// backend holds the key on a blocking thread; if the caller's future is dropped before deciding,
+/// nothing changes.
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub struct OffRuntime<B: ?Sized> {
+    backend: std::sync::Arc<B>,
+}
+
+#[cfg(feature = "async")]
+mod off_runtime {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use tokio::sync::oneshot;
+
+    use super::{BoxFuture, OffRuntime, UpdateFn};
+    use crate::backend::{
+        Backend, BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue,
+        ReadMode, Removed, ScanEntry, Updated, WriteExpiry, Written,
+    };
+    use crate::clock::{Millis, Now};
+    use crate::error::{Error, Result};
+
+    impl<B: Backend + ?Sized> OffRuntime<B> {
+        /// Wraps `backend`.
+        pub fn new(backend: Arc<B>) -> Self {
+            OffRuntime { backend }
+        }
+
+        /// Runs `op` on a blocking thread.
+        async fn run<T: Send + 'static>(
+            &self,
+            op: impl FnOnce(&B) -> Result<T> + Send + 'static,
+        ) -> Result<T> {
+            let backend = self.backend.clone();
+            tokio::task::spawn_blocking(move || op(&backend))
+                .await
+                .map_err(|e| Error::Backend(Box::new(e)))?
+        }
+    }
+
+    impl<B: ?Sized> std::fmt::Debug for OffRuntime<B>
+    where
+        B: std::fmt::Debug,
+    {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_tuple("OffRuntime").field(&self.backend).finish()
+        }
+    }
+
+    impl<B: Backend + ?Sized> super::AsyncBackend for OffRuntime<B> {
+        fn get<'a>(
+            &'a self,
+            key: &'a str,
+            now: &'a Now<'a>,
+            mode: ReadMode,
+        ) -> BoxFuture<'a, Result<Option<Bytes>>> {
+            let (key, now) = (key.to_owned(), now.exact());
+            Box::pin(self.run(move |b| b.get(&key, &Now::fixed(now), mode)))
+        }
+        fn get_many<'a>(
+            &'a self,
+            keys: &'a [&'a str],
+            now: &'a Now<'a>,
+            mode: ReadMode,
+        ) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+            let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+            let now = now.exact();
+            Box::pin(self.run(move |b| {
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                b.get_many(&keys, &Now::fixed(now), mode)
+            }))
+        }
+        fn contains<'a>(&'a self, key: &'a str, now: &'a Now<'a>) -> BoxFuture<'a, Result<bool>> {
+            let (key, now) = (key.to_owned(), now.exact());
+            Box::pin(self.run(move |b| b.contains(&key, &Now::fixed(now))))
+        }
+        fn set<'a>(
+            &'a self,
+            key: &'a str,
+            value: Bytes,
+            expiry: WriteExpiry,
+            condition: Condition,
+            now: Millis,
+        ) -> BoxFuture<'a, Result<Written>> {
+            let key = key.to_owned();
+            Box::pin(self.run(move |b| b.set(&key, value, expiry, condition, now)))
+        }
+        fn delete<'a>(&'a self, key: &'a str, now: Millis) -> BoxFuture<'a, Result<Removed>> {
+            let key = key.to_owned();
+            Box::pin(self.run(move |b| b.delete(&key, now)))
+        }
+        fn update<'a>(
+            &'a self,
+            key: &'a str,
+            now: Millis,
+            f: &'a mut UpdateFn<'a>,
+        ) -> BoxFuture<'a, Result<Updated>> {
+            Box::pin(async move {
+                let (current_tx, current_rx) = oneshot::channel::<Option<Bytes>>();
+                let (change_tx, change_rx) = std::sync::mpsc::sync_channel::<Result<Change>>(1);
+                let key = key.to_owned();
+                let held = self.run(move |b| {
+                    let mut current_tx = Some(current_tx);
+                    b.update(&key, now, &mut |current| {
+                        let tx = current_tx
+                            .take()
+                            .expect("Backend::update calls its closure once");
+                        if tx.send(current.cloned()).is_err() {
+                            return Err(Error::Closed);
+                        }
+                        // The caller went away without deciding: change nothing.
+                        change_rx.recv().unwrap_or(Err(Error::Closed))
+                    })
+                });
+                let decide = async move {
+                    // No value arrives when the backend failed before calling the closure.
+                    if let Ok(current) = current_rx.await {
+                        let _ = change_tx.send(f(current.as_ref()));
+                    }
+                };
+                let (result, ()) = tokio::join!(held, decide);
+                result
+            })
+        }
+        fn ttl<'a>(&'a self, key: &'a str, now: Millis) -> BoxFuture<'a, Result<KeyTtl>> {
+            let key = key.to_owned();
+            Box::pin(self.run(move |b| b.ttl(&key, now)))
+        }
+        fn set_expiry<'a>(
+            &'a self,
+            key: &'a str,
+            expiry: Expiry,
+            now: Millis,
+        ) -> BoxFuture<'a, Result<bool>> {
+            let key = key.to_owned();
+            Box::pin(self.run(move |b| b.set_expiry(&key, expiry, now)))
+        }
+        fn scan<'a>(
+            &'a self,
+            prefix: &'a str,
+            now: Millis,
+            with_values: bool,
+        ) -> BoxFuture<'a, Result<Vec<ScanEntry>>> {
+            let prefix = prefix.to_owned();
+            Box::pin(self.run(move |b| b.scan(&prefix, now, with_values)))
+        }
+        fn len(&self, now: Millis) -> BoxFuture<'_, Result<usize>> {
+            Box::pin(self.run(move |b| b.len(now)))
+        }
+        fn clear(&self, now: Millis) -> BoxFuture<'_, Result<Cleared>> {
+            Box::pin(self.run(move |b| b.clear(now)))
+        }
+        fn pop_any(&self, now: Millis) -> BoxFuture<'_, Result<Option<KeyValue>>> {
+            Box::pin(self.run(move |b| b.pop_any(now)))
+        }
+        fn apply_batch(
+            &self,
+            ops: Vec<BatchOp>,
+            now: Millis,
+        ) -> BoxFuture<'_, Result<Vec<Removed>>> {
+            Box::pin(self.run(move |b| b.apply_batch(ops, now)))
+        }
+        fn sweep<'a>(
+            &'a self,
+            now: Millis,
+            limit: usize,
+            out: &'a mut Vec<ExpiredEntry>,
+        ) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async move {
+                let swept = self
+                    .run(move |b| {
+                        let mut swept = Vec::new();
+                        b.sweep(now, limit, &mut swept).map(|()| swept)
+                    })
+                    .await?;
+                out.extend(swept);
+                Ok(())
+            })
+        }
+        fn next_deadline(&self) -> BoxFuture<'_, Result<Option<Millis>>> {
+            Box::pin(self.run(|b| b.next_deadline()))
+        }
+        fn remove_inactive(
+            &self,
+            idle_since: Millis,
+            now: Millis,
+        ) -> BoxFuture<'_, Result<Vec<KeyValue>>> {
+            Box::pin(self.run(move |b| b.remove_inactive(idle_since, now)))
+        }
+        fn is_shared(&self) -> bool {
+            self.backend.is_shared()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -18,6 +18,8 @@ pub mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
 
+#[cfg(feature = "async")]
+pub use asynchronous::OffRuntime;
 pub use asynchronous::{AsyncBackend, BoxFuture, UpdateFn};
 
 use std::fmt;
@@ -340,5 +342,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// driver polls too).
     fn is_shared(&self) -> bool {
         false
+    }
+
+    /// This backend as an [`AsyncBackend`], for the async front-end. The default runs each
+    /// operation on tokio's blocking threads ([`OffRuntime`]), right for backends that block
+    /// (SQLite); a backend that never blocks, or has native async I/O, returns itself.
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    fn to_async(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn AsyncBackend> {
+        std::sync::Arc::new(OffRuntime::new(self))
     }
 }

@@ -1,23 +1,20 @@
 //! Wakes `wait_for` callers when the store changes, at the cost of one atomic load per write when
-//! nobody waits.
+//! nobody waits. Both front-ends wait on it: the sync one blocks on a listener, the async one
+//! awaits it.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
-use parking_lot::{Condvar, Mutex};
+use event_listener::{Event, EventListener};
 
 #[derive(Debug, Default)]
 pub(crate) struct ChangeSignal {
     waiters: AtomicUsize,
-    version: AtomicU64,
-    lock: Mutex<()>,
-    cv: Condvar,
+    event: Event,
 }
 
 /// A registered waiter; unregisters on drop.
 pub(crate) struct Waiter<'a> {
     signal: &'a ChangeSignal,
-    seen: u64,
 }
 
 impl ChangeSignal {
@@ -25,32 +22,22 @@ impl ChangeSignal {
     #[inline]
     pub(crate) fn notify(&self) {
         if self.waiters.load(SeqCst) > 0 {
-            let _g = self.lock.lock();
-            self.version.fetch_add(1, SeqCst);
-            self.cv.notify_all();
+            self.event.notify(usize::MAX);
         }
     }
 
-    /// Registers a waiter. Register *before* checking the condition, then [`Waiter::wait`]: a
-    /// write that lands between the two is not missed.
+    /// Registers a waiter: from now on writes notify.
     pub(crate) fn register(&self) -> Waiter<'_> {
         self.waiters.fetch_add(1, SeqCst);
-        Waiter {
-            signal: self,
-            seen: self.version.load(SeqCst),
-        }
+        Waiter { signal: self }
     }
 }
 
 impl Waiter<'_> {
-    /// Blocks until a write since registration (or the last wait), or `timeout`.
-    pub(crate) fn wait(&mut self, timeout: Duration) {
-        let s = self.signal;
-        let mut g = s.lock.lock();
-        if s.version.load(SeqCst) == self.seen {
-            s.cv.wait_for(&mut g, timeout);
-        }
-        self.seen = s.version.load(SeqCst);
+    /// A listener for the next write. Take it *before* checking the condition, then wait on it:
+    /// a write that lands between the two is not missed.
+    pub(crate) fn listen(&self) -> EventListener {
+        self.signal.event.listen()
     }
 }
 

@@ -15,10 +15,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{
-    BatchOp, Change, Cleared, ExpiredEntry, Expiry, KeyValue, Removed, Updated, WriteExpiry,
-    Written,
-};
+use crate::backend::{BatchOp, Change, Cleared, Expiry, Removed, Updated, WriteExpiry, Written};
 use crate::clock::{Clock, Millis, Now};
 use crate::codec::{self, Codec};
 use crate::crypto::{Keyring, Sealer};
@@ -118,6 +115,23 @@ impl Engine {
         }
         reentrancy::check(self.id)?;
         Ok(Now::of(&self.clock))
+    }
+
+    /// Adds the keys of `keys` to the store's keyring.
+    pub(crate) fn rotate_key(&self, keys: Keyring) -> Result<()> {
+        self.begin()?;
+        self.sealer()?.keyring.write().merge(keys)
+    }
+
+    /// Registers a store-wide hook.
+    pub(crate) fn register_hook(&self, hook: crate::events::Hook) -> Result<crate::events::HookId> {
+        self.begin()?;
+        self.events.register(hook)
+    }
+
+    /// The store's encryption, which key operations need.
+    pub(crate) fn sealer(&self) -> Result<&Sealer> {
+        self.sealer.as_ref().ok_or_else(crate::crypto::no_keyring)
     }
 
     pub(crate) fn close(&self) {
@@ -260,9 +274,16 @@ impl Engine {
     // entry hooks in step (under the key's entry lock, when the caller took it), and wakes the
     // expiry driver and `wait_for` callers as needed.
 
-    /// Accounts for an access read of `key` that found `found`.
+    /// Accounts for an access read of `key` that found `found`; `on_access` is the entry's
+    /// access hook, if it has one.
     #[inline]
-    pub(crate) fn read(&self, key: &str, found: Option<&Bytes>, now: &Now<'_>) {
+    pub(crate) fn read(
+        &self,
+        key: &str,
+        found: Option<&Bytes>,
+        now: &Now<'_>,
+        on_access: Option<HookFn>,
+    ) {
         self.counters.add(
             if found.is_some() {
                 Counter::Hit
@@ -272,9 +293,8 @@ impl Engine {
             1,
         );
         if let Some(value) = found
-            && self.events.wants(EventKind::Access)
+            && (on_access.is_some() || self.events.registry.store_wide(EventKind::Access))
         {
-            let entry_hook = self.events.on_access(key);
             self.events.publish(
                 EventKind::Access,
                 Cause::Explicit,
@@ -282,7 +302,7 @@ impl Engine {
                 Some(value.clone()),
                 None,
                 now.exact(),
-                entry_hook,
+                on_access,
             );
         }
     }
@@ -397,26 +417,14 @@ impl Engine {
         }
     }
 
-    /// Accounts for entries removed because their deadline passed. `is_live` tells whether a key
-    /// has a live value again (written since it expired), whose entry hooks must then be kept.
-    pub(crate) fn expired(&self, entries: &[ExpiredEntry], is_live: &dyn Fn(&str) -> bool) {
-        let table = self.events.registry.entries();
-        for e in entries {
-            let on_expire = if table.in_use() {
-                let mut lock = table.lock(&e.key);
-                if is_live(&e.key) {
-                    None
-                } else {
-                    lock.detach(&e.key).and_then(|h| h.on_expire)
-                }
-            } else {
-                None
-            };
-            self.expire_one(&e.key, &e.value, e.deadline, on_expire);
-        }
-    }
-
-    fn expire_one(&self, key: &str, value: &Bytes, at: Millis, on_expire: Option<HookFn>) {
+    /// Accounts for one entry removed because its deadline passed.
+    pub(crate) fn expire_one(
+        &self,
+        key: &str,
+        value: &Bytes,
+        at: Millis,
+        on_expire: Option<HookFn>,
+    ) {
         self.counters.add(Counter::Expiration, 1);
         if on_expire.is_some() || self.events.wants(EventKind::Expire) {
             self.events.publish(
@@ -431,7 +439,8 @@ impl Engine {
         }
     }
 
-    fn deleted_one(&self, key: &str, value: &Bytes, cause: Cause, now: Millis) {
+    /// Accounts for one entry removed by a call, or for inactivity.
+    pub(crate) fn deleted_one(&self, key: &str, value: &Bytes, cause: Cause, now: Millis) {
         self.counters.add(
             if cause == Cause::Inactive {
                 Counter::Inactive
@@ -454,17 +463,6 @@ impl Engine {
         }
     }
 
-    /// Accounts for entries removed by `cleanup_inactive` or `popitem`.
-    pub(crate) fn removed_entries(&self, entries: &[KeyValue], cause: Cause, now: Millis) {
-        let table = self.events.registry.entries();
-        for (key, value) in entries {
-            if table.in_use() {
-                table.lock(key).detach(key);
-            }
-            self.deleted_one(key, value, cause, now);
-        }
-    }
-
     /// What accounting a batch needs once its operations have moved into the backend.
     pub(crate) fn plan_batch(&self, ops: &[BatchOp]) -> Vec<PlannedOp> {
         ops.iter()
@@ -481,36 +479,31 @@ impl Engine {
             .collect()
     }
 
-    /// Accounts for an applied batch. A batch write carries no entry hooks, so the hooks of its
-    /// keys are detached, key by key, after the batch.
-    pub(crate) fn batch_applied(
+    /// Accounts for one applied operation of a batch (`lock`: its key's entry-hook lock, if
+    /// entry hooks are in play). A batch write carries no entry hooks.
+    pub(crate) fn batch_op_applied(
         &self,
-        plan: Vec<PlannedOp>,
-        outcomes: Vec<Removed>,
+        op: PlannedOp,
+        removed: Removed,
         now: Millis,
-    ) -> Result<()> {
-        for (removed, op) in outcomes.into_iter().zip(plan) {
-            let lock = self.events.entry_lock(&op.key, &EntryHooks::default())?;
-            match op.set {
-                Some((expiry, event_value)) => {
-                    let written = Written {
-                        written: true,
-                        previous: removed.previous,
-                        expired: removed.expired,
-                    };
-                    let hooks = EntryHooks::default();
-                    self.wrote(&op.key, &written, event_value, expiry, now, lock, hooks);
-                }
-                None => self.removed(&op.key, &removed, now, lock),
+        lock: Option<EntryLock<'_>>,
+    ) {
+        match op.set {
+            Some((expiry, event_value)) => {
+                let written = Written {
+                    written: true,
+                    previous: removed.previous,
+                    expired: removed.expired,
+                };
+                let hooks = EntryHooks::default();
+                self.wrote(&op.key, &written, event_value, expiry, now, lock, hooks);
             }
+            None => self.removed(&op.key, &removed, now, lock),
         }
-        Ok(())
     }
 
-    /// Accounts for a `clear`.
+    /// Accounts for a `clear` (its expired entries and entry hooks already dealt with).
     pub(crate) fn cleared(&self, cleared: &Cleared, now: Millis) {
-        self.expired(&cleared.expired, &|_| false);
-        self.events.registry.entries().clear();
         self.counters.add(Counter::Delete, cleared.removed as u64);
         self.changes.notify();
         self.events
@@ -642,6 +635,6 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// One operation of a batch, as accounting sees it: its key, and for a write its expiry and the
 /// copy of its value kept for the `Set` event.
 pub(crate) struct PlannedOp {
-    key: String,
+    pub(crate) key: String,
     set: Option<(WriteExpiry, Option<Bytes>)>,
 }

@@ -7,7 +7,6 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::executor::{DeliveryCounters, Job};
-use super::registry::EntryLock;
 use super::{
     Cause, EntryHooks, Event, EventKind, EventSettings, Executor, Hook, HookFn, HookId, Registry,
 };
@@ -73,23 +72,13 @@ impl EventHub {
         self.wants(kind).then(|| value.clone())
     }
 
-    /// The entry-hook lock of `key`, when entry hooks are in play (the write attaches some, or
-    /// some entry has them).
-    pub(crate) fn entry_lock(
-        &self,
-        key: &str,
-        hooks: &EntryHooks,
-    ) -> Result<Option<EntryLock<'_>>> {
+    /// Whether a call on `key` must hold the key's entry-hook stripe (the write attaches hooks,
+    /// or some entry has them); starts the hook threads if the write attaches hooks.
+    pub(crate) fn needs_entry_lock(&self, hooks: &EntryHooks) -> Result<bool> {
         if !hooks.is_empty() {
             self.ensure_started()?;
         }
-        let table = self.registry.entries();
-        Ok((!hooks.is_empty() || table.in_use()).then(|| table.lock(key)))
-    }
-
-    /// The access hook attached to `key`.
-    pub(crate) fn on_access(&self, key: &str) -> Option<HookFn> {
-        self.registry.entries().on_access(key)
+        Ok(!hooks.is_empty() || self.registry.entries().in_use())
     }
 
     /// Publishes an event to the store-wide hooks of its kind and to `entry_hook`.

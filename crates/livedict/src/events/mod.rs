@@ -335,6 +335,45 @@ impl Hook {
         }
     }
 
+    /// A hook whose function is async: `f(event)` returns a future, which runs to completion
+    /// on the store's hook worker, driven by `runtime` (its timers and I/O). The same rules as
+    /// for sync hooks hold: it never runs on the caller's task, events of one key reach it in
+    /// order, a panic or error is counted and isolated, and an overrun of the hook's timeout is
+    /// counted and moves the other hooks to a fresh worker.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> livedict::Result<()> {
+    /// use livedict::{EventKind, Hook};
+    ///
+    /// let store = livedict::LiveDict::builder().build_async()?;
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let runtime = tokio::runtime::Handle::current();
+    /// store.hook(Hook::new_async([EventKind::Set], &runtime, move |e| {
+    ///     let tx = tx.clone();
+    ///     async move { Ok(tx.send(e.key().to_owned())?) }
+    /// }))?;
+    /// store.set("k", &1).await?;
+    /// assert_eq!(rx.recv().await.as_deref(), Some("k"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn new_async<F, Fut>(
+        kinds: impl IntoIterator<Item = EventKind>,
+        runtime: &tokio::runtime::Handle,
+        f: F,
+    ) -> Hook
+    where
+        F: Fn(Event) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = HookResult> + Send + 'static,
+    {
+        let runtime = runtime.clone();
+        Hook::new(kinds, move |e: &Event| runtime.block_on(f(e.clone())))
+    }
+
     /// A hook running an external program per event (see [`CommandHook`]).
     pub fn command(kinds: impl IntoIterator<Item = EventKind>, command: CommandHook) -> Hook {
         let timeout = command.timeout;

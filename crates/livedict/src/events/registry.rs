@@ -5,7 +5,8 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
-use parking_lot::{Mutex, MutexGuard, RwLock};
+use async_lock::{Mutex, MutexGuard};
+use parking_lot::RwLock;
 
 use super::{EntryHooks, EventKind, Hook, HookFn, HookId};
 
@@ -121,7 +122,9 @@ impl Registry {
 ///
 /// A write that attaches or replaces an entry's hooks holds the key's stripe across the backend
 /// write, so the hooks always belong to the value the backend holds, whatever the interleaving of
-/// writers. Stores that never use entry hooks never take these locks.
+/// writers. Stores that never use entry hooks never take these locks. The stripes are
+/// `async_lock` mutexes: the sync front-end blocks on them, the async one awaits them (a stripe
+/// is held across a Redis round trip, which must not block a runtime worker).
 pub(crate) struct EntryHookTable {
     stripes: Box<[Mutex<HashMap<String, EntryHooks>>]>,
     hasher: foldhash::fast::RandomState,
@@ -151,36 +154,38 @@ impl EntryHookTable {
         self.count.load(Ordering::Acquire) > 0
     }
 
-    pub(crate) fn lock(&self, key: &str) -> EntryLock<'_> {
+    /// The stripe holding `key`: lock it through the front-end's
+    /// [`Port`](crate::dict::Port), then wrap the guard with [`EntryLock::new`].
+    pub(crate) fn stripe(&self, key: &str) -> &Mutex<HashMap<String, EntryHooks>> {
         let i = (self.hasher.hash_one(key) as usize) % self.stripes.len();
-        EntryLock {
-            table: self,
-            map: self.stripes[i].lock(),
-        }
+        &self.stripes[i]
+    }
+
+    /// Every stripe, for [`clear`](EntryLock::clear_all).
+    pub(crate) fn stripes(&self) -> &[Mutex<HashMap<String, EntryHooks>>] {
+        &self.stripes
+    }
+}
+
+impl<'a> EntryLock<'a> {
+    pub(crate) fn new(
+        table: &'a EntryHookTable,
+        map: MutexGuard<'a, HashMap<String, EntryHooks>>,
+    ) -> Self {
+        EntryLock { table, map }
     }
 
     /// The access hook of `key`, if any.
     pub(crate) fn on_access(&self, key: &str) -> Option<HookFn> {
-        if !self.in_use() {
-            return None;
-        }
-        self.lock(key)
-            .map
-            .get(key)
-            .and_then(|h| h.on_access.clone())
+        self.map.get(key).and_then(|h| h.on_access.clone())
     }
 
-    /// Detaches every entry's hooks (the store was cleared).
-    pub(crate) fn clear(&self) {
-        for stripe in self.stripes.iter() {
-            let mut map = stripe.lock();
-            self.count.fetch_sub(map.len(), Ordering::AcqRel);
-            map.clear();
-        }
+    /// Detaches every hook of this stripe (the store was cleared).
+    pub(crate) fn clear_all(&mut self) {
+        self.table.count.fetch_sub(self.map.len(), Ordering::AcqRel);
+        self.map.clear();
     }
-}
 
-impl EntryLock<'_> {
     /// Sets the hooks of `key` (none: removes them).
     pub(crate) fn attach(&mut self, key: &str, hooks: EntryHooks) {
         if hooks.is_empty() {

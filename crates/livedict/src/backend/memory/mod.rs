@@ -573,6 +573,11 @@ impl Backend for MemoryBackend {
         }
         Ok(out)
     }
+
+    #[cfg(feature = "async")]
+    fn to_async(self: Arc<Self>) -> Arc<dyn crate::backend::AsyncBackend> {
+        self // every operation is a short in-memory lock: ready futures, no threads
+    }
 }
 
 crate::impl_async_via_sync!(MemoryBackend);

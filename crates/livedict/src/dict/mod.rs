@@ -1,0 +1,687 @@
+//! The dictionary operations, written once for both front-ends.
+//!
+//! [`Dict`] pairs a store's [`Engine`] (validation, TTL policy, codec, encryption, events) with a
+//! [`Port`] to its backend. Each operation is three steps: the engine prepares the call, the port
+//! does the atomic byte-level operation, and the engine accounts for the outcome and decodes it.
+//! Work that borrows the caller's values (encoding a `&T`) is done eagerly, before the returned
+//! future, so async futures own everything they hold across an await.
+//!
+//! [`LiveDict`](crate::LiveDict) runs these operations over a [`SyncPort`] with [`run_ready`];
+//! `AsyncLiveDict` awaits them over an `AsyncPort`.
+
+mod port;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[cfg(feature = "async")]
+pub(crate) use port::AsyncPort;
+pub(crate) use port::{Port, SyncPort, run_ready};
+
+use crate::backend::{Change, Condition, ExpiredEntry, Expiry, KeyTtl, ReadMode, Written};
+use crate::batch::Batch;
+use crate::clock::{Millis, Now};
+use crate::engine::Engine;
+use crate::error::{BoxError, Error, Result};
+use crate::events::{Cause, EntryHooks, EntryLock, EventKind};
+use crate::transfer::Exported;
+use crate::ttl::{self, WriteOptions};
+
+/// How often `wait_for` re-reads a key on a backend other processes write to.
+const SHARED_WAIT_POLL: Duration = Duration::from_millis(20);
+/// Entries removed per sweep call; sweeping loops while sweeps come back full.
+pub(crate) const SWEEP_BATCH: usize = 256;
+/// Entries re-encrypted between two progress reports of `rekey`.
+const REKEY_BATCH: usize = 256;
+
+/// A store's engine and a port to its backend.
+#[derive(Clone, Copy)]
+pub(crate) struct Dict<'s, P> {
+    pub(crate) engine: &'s std::sync::Arc<Engine>,
+    pub(crate) port: P,
+}
+
+/// A write whose value is encoded and whose expiry is resolved, ready for the backend.
+pub(crate) struct PreparedWrite<'k> {
+    key: &'k str,
+    now: Millis,
+    value: Bytes,
+    expiry: crate::backend::WriteExpiry,
+    secret: bool,
+    condition: Condition,
+    hooks: EntryHooks,
+}
+
+impl<'s, P: Port> Dict<'s, P> {
+    // ---- entry-hook locks ---------------------------------------------------------------------
+
+    /// The entry-hook lock of `key`, when entry hooks are in play.
+    async fn entry_lock(&self, key: &str, hooks: &EntryHooks) -> Result<Option<EntryLock<'s>>> {
+        if !self.engine.events.needs_entry_lock(hooks)? {
+            return Ok(None);
+        }
+        Ok(Some(self.lock_entry(key).await))
+    }
+
+    /// Locks `key`'s stripe unconditionally (the caller checked that entry hooks are in use).
+    /// The future borrows only the store (`'s`), not `self` or `key`.
+    fn lock_entry(&self, key: &str) -> impl Future<Output = EntryLock<'s>> + Send + 's {
+        let table = self.engine.events.registry.entries();
+        let stripe = table.stripe(key);
+        async move { EntryLock::new(table, P::acquire(stripe).await) }
+    }
+
+    // ---- reading ------------------------------------------------------------------------------
+
+    /// The stored bytes under `key`, accounted as an access with [`ReadMode::Touch`].
+    #[inline]
+    pub(crate) async fn read(&self, key: &str, mode: ReadMode) -> Result<Option<Bytes>> {
+        let now = self.engine.begin_read(key)?;
+        let found = self.port.get(key, &now, mode).await?;
+        if mode == ReadMode::Touch {
+            self.accessed(key, found.as_ref(), &now).await;
+        }
+        Ok(found)
+    }
+
+    #[inline]
+    async fn accessed(&self, key: &str, found: Option<&Bytes>, now: &Now<'_>) {
+        let on_access = match found {
+            Some(_) if self.engine.events.registry.entries().in_use() => {
+                self.lock_entry(key).await.on_access(key)
+            }
+            _ => None,
+        };
+        self.engine.read(key, found, now, on_access);
+    }
+
+    #[inline]
+    pub(crate) async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let found = self.read(key, ReadMode::Touch).await?;
+        self.engine.decode_opt(key, found)
+    }
+
+    pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
+        let found = self.read(key, ReadMode::Touch).await?;
+        self.engine.decode_raw_opt(key, found)
+    }
+
+    pub(crate) async fn peek<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let found = self.read(key, ReadMode::Peek).await?;
+        self.engine.decode_opt(key, found)
+    }
+
+    pub(crate) async fn require<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
+        self.get(key).await?.ok_or_else(|| Error::KeyNotFound {
+            key: key.to_owned(),
+        })
+    }
+
+    pub(crate) async fn get_many<T: DeserializeOwned>(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Option<T>>> {
+        for k in keys {
+            crate::key::validate(k)?;
+        }
+        let now = self.engine.begin_lazy()?;
+        let found = self.port.get_many(keys, &now, ReadMode::Touch).await?;
+        let mut out = Vec::with_capacity(found.len());
+        for (v, key) in found.into_iter().zip(keys) {
+            self.accessed(key, v.as_ref(), &now).await;
+            out.push(self.engine.decode_opt(key, v)?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn contains(&self, key: &str) -> Result<bool> {
+        let now = self.engine.begin_read(key)?;
+        self.port.contains(key, &now).await
+    }
+
+    pub(crate) async fn len(&self) -> Result<usize> {
+        let now = self.engine.begin()?;
+        self.port.len(now).await
+    }
+
+    pub(crate) async fn keys(&self) -> Result<Vec<String>> {
+        let now = self.engine.begin()?;
+        let entries = self.port.scan("", now, false).await?;
+        Ok(entries.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// A snapshot of the live entries with their stored bytes.
+    pub(crate) async fn entries(&self) -> Result<Vec<(String, Bytes)>> {
+        let now = self.engine.begin()?;
+        let entries = self.port.scan("", now, true).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect())
+    }
+
+    pub(crate) async fn items<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
+        let entries = self.entries().await?;
+        entries
+            .into_iter()
+            .map(|(k, v)| self.engine.decode(&k, v).map(|v| (k, v)))
+            .collect()
+    }
+
+    pub(crate) async fn ttl(&self, key: &str) -> Result<KeyTtl> {
+        let now = self.engine.begin_key(key)?;
+        self.port.ttl(key, now).await
+    }
+
+    // ---- writing ------------------------------------------------------------------------------
+
+    /// Validates, resolves the expiry and encodes a write, at once.
+    pub(crate) fn prepare_write<'k>(
+        &self,
+        key: &'k str,
+        encode: impl FnOnce(&Engine, bool) -> Result<Bytes>,
+        options: WriteOptions,
+        condition: Condition,
+    ) -> Result<PreparedWrite<'k>> {
+        let engine = self.engine;
+        let now = engine.begin_key(key)?;
+        let expiry = engine.expiry(&options)?;
+        let value = encode(engine, options.secret)?;
+        Ok(PreparedWrite {
+            key,
+            now,
+            value,
+            expiry,
+            secret: options.secret,
+            condition,
+            hooks: options.hooks,
+        })
+    }
+
+    /// Applies a prepared write.
+    #[inline]
+    pub(crate) async fn write(&self, w: PreparedWrite<'_>) -> Result<Written> {
+        let engine = self.engine;
+        let PreparedWrite {
+            key,
+            now,
+            value,
+            expiry,
+            secret,
+            condition,
+            hooks,
+        } = w;
+        let event_value = engine.events.copy_for(EventKind::Set, &value);
+        let lock = self.entry_lock(key, &hooks).await?;
+        let written = if engine.secrets_stick() && !secret {
+            // Look at the value being replaced: a write over a secret stays secret.
+            let mut wrote = false;
+            let updated = self
+                .port
+                .update(key, now, &mut |current| {
+                    let change =
+                        engine.write_keeping_secrecy(key, current, &value, expiry, condition)?;
+                    wrote = matches!(change, Change::Write { .. });
+                    Ok(change)
+                })
+                .await?;
+            Written {
+                written: wrote,
+                previous: updated.previous,
+                expired: updated.expired,
+            }
+        } else {
+            self.port.set(key, value, expiry, condition, now).await?
+        };
+        engine.wrote(key, &written, event_value, expiry, now, lock, hooks);
+        Ok(written)
+    }
+
+    /// Prepares `set_with`.
+    pub(crate) fn prepare_set<'k, T: Serialize + ?Sized>(
+        &self,
+        key: &'k str,
+        value: &T,
+        options: WriteOptions,
+    ) -> Result<PreparedWrite<'k>> {
+        self.prepare_write(
+            key,
+            |e, secret| e.encode(key, value, secret),
+            options,
+            Condition::Always,
+        )
+    }
+
+    /// Prepares `set_bytes_with`.
+    pub(crate) fn prepare_set_bytes<'k>(
+        &self,
+        key: &'k str,
+        value: &[u8],
+        options: WriteOptions,
+    ) -> Result<PreparedWrite<'k>> {
+        self.prepare_write(
+            key,
+            |e, secret| e.encode_raw(key, value, secret),
+            options,
+            Condition::Always,
+        )
+    }
+
+    /// Prepares `replace` (a plain write, whose previous value is returned).
+    pub(crate) fn prepare_replace<'k, T: Serialize>(
+        &self,
+        key: &'k str,
+        value: &T,
+    ) -> Result<PreparedWrite<'k>> {
+        self.prepare_write(
+            key,
+            |e, _| e.encode(key, value, false),
+            WriteOptions::new(),
+            Condition::Always,
+        )
+    }
+
+    /// Prepares `set_password_with`: hashes the password (argon2id, slow on purpose).
+    pub(crate) fn prepare_password<'k>(
+        &self,
+        key: &'k str,
+        password: &str,
+        options: WriteOptions,
+    ) -> Result<PreparedWrite<'k>> {
+        crate::key::validate(key)?;
+        let phc = crate::crypto::password::hash(password.as_bytes())?;
+        self.prepare_write(
+            key,
+            |e, secret| e.seal_if_needed(key, crate::codec::encode_password_hash(&phc), secret),
+            options,
+            Condition::Always,
+        )
+    }
+
+    /// Applies a prepared write (or returns the error preparing it).
+    #[inline]
+    pub(crate) async fn write_prepared(&self, prepared: Result<PreparedWrite<'_>>) -> Result<()> {
+        self.write(prepared?).await?;
+        Ok(())
+    }
+
+    /// Applies a prepared `replace` and decodes the value it replaced.
+    pub(crate) async fn replace_prepared<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        prepared: Result<PreparedWrite<'_>>,
+    ) -> Result<Option<T>> {
+        let written = self.write(prepared?).await?;
+        self.engine.decode_opt(key, written.previous)
+    }
+
+    /// `setdefault`: the value under `key`, or `default` stored and returned.
+    pub(crate) async fn setdefault<T: Serialize + DeserializeOwned + Send>(
+        &self,
+        key: &str,
+        default: T,
+    ) -> Result<T> {
+        let prepared = self.prepare_write(
+            key,
+            |e, _| e.encode(key, &default, false),
+            WriteOptions::new(),
+            Condition::IfAbsent,
+        )?;
+        let written = self.write(prepared).await?;
+        match written.previous {
+            Some(existing) if !written.written => self.engine.decode(key, existing),
+            _ => Ok(default),
+        }
+    }
+
+    /// Applies a batch all-or-nothing.
+    pub(crate) async fn apply(&self, batch: Batch) -> Result<()> {
+        let engine = self.engine;
+        let now = engine.begin()?;
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        let plan = engine.plan_batch(&batch.ops);
+        let outcomes = self.port.apply_batch(batch.ops, now).await?;
+        // A batch write carries no entry hooks: the hooks of its keys are detached, key by key.
+        for (removed, op) in outcomes.into_iter().zip(plan) {
+            let lock = self.entry_lock(&op.key, &EntryHooks::default()).await?;
+            engine.batch_op_applied(op, removed, now, lock);
+        }
+        Ok(())
+    }
+
+    // ---- atomic read-modify-write -------------------------------------------------------------
+
+    /// `try_update` / `update_with`: `f` runs once on the decoded current value.
+    pub(crate) async fn update_with<T, E, F>(
+        &self,
+        key: &str,
+        expiry: crate::backend::WriteExpiry,
+        f: F,
+    ) -> Result<Option<T>>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: FnOnce(Option<T>) -> Result<Option<T>, E> + Send,
+    {
+        let mut f = Some(f);
+        let mut out = None;
+        self.modify(key, &mut |engine, current| {
+            let f = f.take().ok_or(Error::Reentrant)?;
+            engine.decide(key, current, f, expiry, &mut out)
+        })
+        .await?;
+        Ok(out)
+    }
+
+    #[inline]
+    pub(crate) async fn incr(&self, key: &str, delta: i64) -> Result<i64> {
+        let mut out = 0;
+        self.modify(key, &mut |engine, current| {
+            engine.increment(key, current, delta, &mut out)
+        })
+        .await?;
+        Ok(out)
+    }
+
+    pub(crate) async fn merge(&self, key: &str, patch: serde_json::Value) -> Result<()> {
+        self.modify(key, &mut |engine, current| {
+            engine.merge(key, current, &patch)
+        })
+        .await
+    }
+
+    /// Runs a decision on the current value inside the backend's atomic update.
+    #[inline]
+    async fn modify(
+        &self,
+        key: &str,
+        decide: &mut (dyn FnMut(&Engine, Option<&Bytes>) -> Result<Change> + Send),
+    ) -> Result<()> {
+        let engine = self.engine;
+        let now = engine.begin_key(key)?;
+        let mut change = None;
+        let lock = self.entry_lock(key, &EntryHooks::default()).await?;
+        let updated = self
+            .port
+            .update(key, now, &mut |current| {
+                let c = decide(engine, current)?;
+                change = Some(c.clone());
+                Ok(c)
+            })
+            .await?;
+        engine.updated(key, &updated, change.as_ref(), now, lock);
+        Ok(())
+    }
+
+    // ---- removing -----------------------------------------------------------------------------
+
+    /// Removes `key`, returning its stored bytes.
+    pub(crate) async fn remove(&self, key: &str) -> Result<Option<Bytes>> {
+        let engine = self.engine;
+        let now = engine.begin_key(key)?;
+        let lock = self.entry_lock(key, &EntryHooks::default()).await?;
+        let removed = self.port.delete(key, now).await?;
+        engine.removed(key, &removed, now, lock);
+        Ok(removed.previous)
+    }
+
+    pub(crate) async fn pop<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let removed = self.remove(key).await?;
+        self.engine.decode_opt(key, removed)
+    }
+
+    pub(crate) async fn popitem<T: DeserializeOwned>(&self) -> Result<Option<(String, T)>> {
+        let now = self.engine.begin()?;
+        let Some(entry) = self.port.pop_any(now).await? else {
+            return Ok(None);
+        };
+        self.removed_entries(std::slice::from_ref(&entry), Cause::Explicit, now)
+            .await;
+        let (key, value) = entry;
+        let value = self.engine.decode(&key, value)?;
+        Ok(Some((key, value)))
+    }
+
+    /// Accounts for entries removed by `cleanup_inactive` or `popitem`.
+    async fn removed_entries(&self, entries: &[(String, Bytes)], cause: Cause, now: Millis) {
+        for (key, value) in entries {
+            if self.engine.events.registry.entries().in_use() {
+                self.lock_entry(key).await.detach(key);
+            }
+            self.engine.deleted_one(key, value, cause, now);
+        }
+    }
+
+    pub(crate) async fn clear(&self) -> Result<usize> {
+        let now = self.engine.begin()?;
+        let cleared = self.port.clear(now).await?;
+        self.expired(&cleared.expired, false).await;
+        let table = self.engine.events.registry.entries();
+        for stripe in table.stripes() {
+            EntryLock::new(table, P::acquire(stripe).await).clear_all();
+        }
+        self.engine.cleared(&cleared, now);
+        Ok(cleared.removed)
+    }
+
+    // ---- time to live -------------------------------------------------------------------------
+
+    pub(crate) async fn expire_with(&self, key: &str, options: WriteOptions) -> Result<bool> {
+        let engine = self.engine;
+        let now = engine.begin_key(key)?;
+        let expiry = engine.expiry(&options)?;
+        if expiry.keep_existing {
+            return self.port.contains(key, &Now::fixed(now)).await;
+        }
+        let changed = self.port.set_expiry(key, expiry.expiry, now).await?;
+        if changed {
+            engine.schedule(expiry, now);
+        }
+        Ok(changed)
+    }
+
+    pub(crate) async fn persist(&self, key: &str) -> Result<bool> {
+        let now = self.engine.begin_key(key)?;
+        self.port.set_expiry(key, Expiry::Never, now).await
+    }
+
+    pub(crate) async fn cleanup_inactive(&self, idle: Duration) -> Result<usize> {
+        let idle = ttl::to_millis(idle)?;
+        let now = self.engine.begin()?;
+        let removed = self
+            .port
+            .remove_inactive(now.saturating_sub(idle), now)
+            .await?;
+        self.removed_entries(&removed, Cause::Inactive, now).await;
+        Ok(removed.len())
+    }
+
+    /// Accounts for entries removed because their deadline passed. With `check_live`, a key that
+    /// has a live value again (written since it expired) keeps its entry hooks.
+    async fn expired(&self, entries: &[ExpiredEntry], check_live: bool) {
+        let in_use = self.engine.events.registry.entries().in_use();
+        for e in entries {
+            let on_expire = if in_use {
+                let mut lock = self.lock_entry(&e.key).await;
+                let live = check_live
+                    && self
+                        .port
+                        .contains(&e.key, &Now::fixed(self.engine.clock.now()))
+                        .await
+                        .unwrap_or(false);
+                if live {
+                    None
+                } else {
+                    lock.detach(&e.key).and_then(|h| h.on_expire)
+                }
+            } else {
+                None
+            };
+            self.engine
+                .expire_one(&e.key, &e.value, e.deadline, on_expire);
+        }
+    }
+
+    /// Removes everything due at the clock's current time, in batches through `buffer` (kept from
+    /// sweep to sweep, see [`Backend::sweep`](crate::Backend::sweep)), and accounts for it;
+    /// returns how many entries were removed. Used by the expiry driver and `sweep_expired`.
+    pub(crate) async fn sweep_due(&self, buffer: &mut Vec<ExpiredEntry>) -> Result<usize> {
+        let engine = self.engine;
+        let mut total = 0;
+        loop {
+            let now = engine.clock.now();
+            buffer.clear();
+            self.port.sweep(now, SWEEP_BATCH, buffer).await?;
+            self.expired(buffer, true).await;
+            crate::expiry::record_lateness(engine, buffer);
+            total += buffer.len();
+            if buffer.len() < SWEEP_BATCH || engine.expiry.stopping() {
+                return Ok(total);
+            }
+        }
+    }
+
+    pub(crate) async fn sweep_expired(&self) -> Result<usize> {
+        self.engine.begin()?;
+        self.sweep_due(&mut Vec::new()).await
+    }
+
+    // ---- waiting ------------------------------------------------------------------------------
+
+    pub(crate) async fn wait_for<T: DeserializeOwned + Send>(
+        &self,
+        key: &str,
+        timeout: Duration,
+        predicate: &mut (dyn FnMut(&T) -> bool + Send),
+    ) -> Result<Option<T>> {
+        let give_up = Instant::now() + timeout;
+        let poll = if self.port.is_shared() {
+            SHARED_WAIT_POLL
+        } else {
+            Duration::MAX
+        };
+        let waiter = self.engine.changes.register();
+        loop {
+            let listener = waiter.listen();
+            if let Some(v) = self.peek::<T>(key).await?
+                && predicate(&v)
+            {
+                return Ok(Some(v));
+            }
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            P::wait(listener, left.min(poll)).await;
+        }
+    }
+
+    // ---- passwords and keys -------------------------------------------------------------------
+
+    pub(crate) async fn password_hash(&self, key: &str) -> Result<Option<String>> {
+        let Some(stored) = self.read(key, ReadMode::Peek).await? else {
+            return Ok(None);
+        };
+        let plain = self.engine.open(key, stored)?;
+        crate::codec::decode_password_hash(&plain).map(Some)
+    }
+
+    pub(crate) async fn verify_password(&self, key: &str, password: &str) -> Result<Option<bool>> {
+        match self.password_hash(key).await? {
+            None => Ok(None),
+            Some(phc) => crate::crypto::password::verify(password.as_bytes(), &phc).map(Some),
+        }
+    }
+
+    pub(crate) async fn rekey(
+        &self,
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<usize> {
+        let sealer = self.engine.sealer()?.clone();
+        let keys = self.keys().await?;
+        let total = keys.len();
+        let mut rewritten = 0;
+        for (i, chunk) in keys.chunks(REKEY_BATCH).enumerate() {
+            for key in chunk {
+                let now = self.engine.begin()?;
+                let mut changed = false;
+                self.port
+                    .update(key, now, &mut |current| {
+                        let Some(stored) = current else {
+                            return Ok(Change::Keep);
+                        };
+                        if !sealer.needs_rekey(stored)? {
+                            return Ok(Change::Keep);
+                        }
+                        let plain = sealer.open_any(key, stored.clone())?;
+                        changed = true;
+                        Ok(Change::Replace {
+                            value: sealer.seal(key, &plain)?,
+                        })
+                    })
+                    .await?;
+                rewritten += usize::from(changed);
+            }
+            progress(((i + 1) * REKEY_BATCH).min(total), total);
+        }
+        Ok(rewritten)
+    }
+
+    pub(crate) async fn retire_key(&self, id: u32) -> Result<()> {
+        let sealer = self.engine.sealer()?;
+        if sealer.keyring.read().current_id() == Some(id) {
+            return Err(Error::Crypto(format!(
+                "key {id} is the newest key; rotate to another before retiring it"
+            )));
+        }
+        let mut users = 0;
+        for (_, value) in self.entries().await? {
+            if crate::crypto::envelope::key_id(&value)? == Some(id) {
+                users += 1;
+            }
+        }
+        if users > 0 {
+            return Err(Error::Crypto(format!(
+                "key {id} is still used by {users} entries; run rekey first"
+            )));
+        }
+        if !sealer.keyring.write().remove(id) {
+            return Err(Error::Crypto(format!("key {id} is not in the keyring")));
+        }
+        Ok(())
+    }
+
+    // ---- moving whole stores ------------------------------------------------------------------
+
+    /// The live entries under `prefix`, with their stored bytes and time left.
+    pub(crate) async fn export_entries(&self, prefix: &str) -> Result<Vec<Exported>> {
+        let now = self.engine.begin()?;
+        let mut out = Vec::new();
+        for (key, value) in self.port.scan(prefix, now, true).await? {
+            let Some(stored) = value else { continue };
+            let ttl = self.port.ttl(&key, now).await?;
+            if ttl == KeyTtl::Missing {
+                continue; // removed since the scan
+            }
+            out.push(Exported { key, stored, ttl });
+        }
+        Ok(out)
+    }
+
+    /// Imports JSON lines into this store, all-or-nothing; returns how many.
+    pub(crate) async fn import_ops(&self, ops: Vec<crate::backend::BatchOp>) -> Result<usize> {
+        let n = ops.len();
+        self.apply(Batch {
+            engine: self.engine.clone(),
+            ops,
+        })
+        .await?;
+        Ok(n)
+    }
+}
