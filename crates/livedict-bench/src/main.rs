@@ -6,7 +6,8 @@
 //! `SUITE` is `memory` (livedict's memory store against `moka::sync::Cache` with the same TTL and
 //! `quick_cache` without TTL, on the same byte values, plus bytes per entry and expiry lateness),
 //! `redis` (livedict's Redis backend against raw redis-rs on one connection, with
-//! `redis-benchmark` figures as context), `events` (the cost of registered hooks on the set path against no hooks, delivery throughput
+//! `redis-benchmark` figures as context), `async` (the async front-end with 1 and 64 concurrent
+//! tasks against the sync front-end on one thread, per backend), `events` (the cost of registered hooks on the set path against no hooks, delivery throughput
 //! and latency), `sqlite` (livedict's SQLite backend against raw `rusqlite` running the same
 //! statements with the same pragmas, and against Python's `diskcache`), `crypto` (an encrypted
 //! store's set+get round trip against raw `aes-gcm` plus a plain store doing the same by hand, on
@@ -23,6 +24,7 @@
 //! A new suite is one module with `settings` and `run` functions, listed in [`SUITES`].
 
 mod alloc_counter;
+mod asynchronous;
 mod crypto;
 mod events;
 mod harness;
@@ -57,6 +59,11 @@ const SUITES: &[Suite] = &[
         name: "redis",
         settings: redis_server::settings,
         run: redis_server::run,
+    },
+    Suite {
+        name: "async",
+        settings: asynchronous::settings,
+        run: asynchronous::run,
     },
     Suite {
         name: "events",

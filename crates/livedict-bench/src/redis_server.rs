@@ -60,13 +60,13 @@ pub fn settings(cfg: &Config) -> String {
 }
 
 /// A server to run against: the given one, or one of our own.
-struct Server {
-    url: String,
+pub(crate) struct Server {
+    pub(crate) url: String,
     own: Option<(Child, tempfile::TempDir)>,
 }
 
 impl Server {
-    fn find() -> Option<Server> {
+    pub(crate) fn find() -> Option<Server> {
         if let Ok(url) = std::env::var("LIVEDICT_BENCH_REDIS_URL") {
             return Some(Server { url, own: None });
         }
