@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::backend::BatchOp;
+use crate::backend::{BatchOp, WriteExpiry};
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::key;
+use crate::namespace::Scope;
 use crate::ttl::WriteOptions;
 
 /// Writes collected to be applied all together or not at all, with
@@ -34,24 +35,44 @@ use crate::ttl::WriteOptions;
 #[must_use = "a batch does nothing until applied"]
 pub struct Batch {
     pub(crate) engine: Arc<Engine>,
+    /// The namespace of the handle it came from: keys are under its prefix.
+    scope: Option<Arc<Scope>>,
     pub(crate) ops: Vec<BatchOp>,
 }
 
 impl Batch {
-    pub(crate) fn new(engine: Arc<Engine>) -> Batch {
+    pub(crate) fn new(engine: Arc<Engine>, scope: Option<Arc<Scope>>) -> Batch {
         Batch {
             engine,
+            scope,
             ops: Vec::new(),
         }
     }
 
+    /// The full key of `key` (validated), and the expiry of `options` under this batch's
+    /// namespace.
+    fn place(&self, key: &str, options: &WriteOptions) -> Result<(String, WriteExpiry)> {
+        key::validate(key)?;
+        let (key, policy) = match &self.scope {
+            Some(s) => (format!("{}{key}", s.prefix), s.policy.as_ref()),
+            None => (key.to_owned(), None),
+        };
+        key::validate(&key)?;
+        let expiry = policy.unwrap_or(self.engine.policy()).resolve(options)?;
+        Ok((key, expiry))
+    }
+
     /// A batch setting each of `pairs` (`set_many`).
-    pub(crate) fn of_pairs<'k, T, I>(engine: Arc<Engine>, pairs: I) -> Result<Batch>
+    pub(crate) fn of_pairs<'k, T, I>(
+        engine: Arc<Engine>,
+        scope: Option<Arc<Scope>>,
+        pairs: I,
+    ) -> Result<Batch>
     where
         T: Serialize,
         I: IntoIterator<Item = (&'k str, T)>,
     {
-        let mut batch = Batch::new(engine);
+        let mut batch = Batch::new(engine, scope);
         for (k, v) in pairs {
             batch.set(k, &v)?;
         }
@@ -77,15 +98,10 @@ impl Batch {
         value: &T,
         options: impl Into<WriteOptions>,
     ) -> Result<&mut Self> {
-        key::validate(key)?;
         let options = options.into();
-        let expiry = self.engine.expiry(&options)?;
-        let value = self.engine.encode(key, value, options.secret)?;
-        self.ops.push(BatchOp::Set {
-            key: key.to_owned(),
-            value,
-            expiry,
-        });
+        let (key, expiry) = self.place(key, &options)?;
+        let value = self.engine.encode(&key, value, options.secret)?;
+        self.ops.push(BatchOp::Set { key, value, expiry });
         Ok(self)
     }
 
@@ -99,15 +115,10 @@ impl Batch {
         value: &[u8],
         options: impl Into<WriteOptions>,
     ) -> Result<&mut Self> {
-        key::validate(key)?;
         let options = options.into();
-        let expiry = self.engine.expiry(&options)?;
-        let value = self.engine.encode_raw(key, value, options.secret)?;
-        self.ops.push(BatchOp::Set {
-            key: key.to_owned(),
-            value,
-            expiry,
-        });
+        let (key, expiry) = self.place(key, &options)?;
+        let value = self.engine.encode_raw(&key, value, options.secret)?;
+        self.ops.push(BatchOp::Set { key, value, expiry });
         Ok(self)
     }
 
@@ -116,10 +127,8 @@ impl Batch {
     /// # Errors
     /// [`Error::InvalidKey`](crate::Error::InvalidKey); the batch is unchanged.
     pub fn delete(&mut self, key: &str) -> Result<&mut Self> {
-        key::validate(key)?;
-        self.ops.push(BatchOp::Delete {
-            key: key.to_owned(),
-        });
+        let (key, _) = self.place(key, &WriteOptions::new())?;
+        self.ops.push(BatchOp::Delete { key });
         Ok(self)
     }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::access::{AccessPolicy, Operation};
 use crate::backend::Backend;
 use crate::backend::memory::MemoryBackend;
 use crate::clock::Clock;
@@ -45,6 +46,7 @@ pub struct Builder {
     events: EventSettings,
     keyring: Option<Keyring>,
     encrypt_all: bool,
+    access: Option<AccessPolicy>,
 }
 
 impl Default for Builder {
@@ -60,6 +62,7 @@ impl Default for Builder {
             events: EventSettings::default(),
             keyring: None,
             encrypt_all: true,
+            access: None,
         }
     }
 }
@@ -140,6 +143,32 @@ impl Builder {
         self
     }
 
+    /// An access policy, asked with ([`Operation`], key) before every operation (bulk, scanning,
+    /// namespace and admin ones included); a `false` is [`Error::PermissionDenied`] and changes
+    /// nothing. Keys are full keys, namespace prefix included; bulk operations pass the prefix
+    /// they cover (`""` for the whole store).
+    ///
+    /// # Examples
+    /// ```
+    /// use livedict::{Error, LiveDict, Operation};
+    ///
+    /// // Read-only outside "tmp:".
+    /// let store = LiveDict::builder()
+    ///     .access_policy(|op, key| key.starts_with("tmp:") || matches!(op, Operation::Read))
+    ///     .build()?;
+    /// store.set("tmp:a", &1)?;
+    /// assert!(matches!(store.set("a", &1), Err(Error::PermissionDenied { .. })));
+    /// assert!(matches!(store.clear(), Err(Error::PermissionDenied { .. })));
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn access_policy(
+        mut self,
+        policy: impl Fn(Operation, &str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.access = Some(AccessPolicy::new(policy));
+        self
+    }
+
     /// Builds the synchronous store.
     ///
     /// # Errors
@@ -205,6 +234,7 @@ impl Builder {
             max_value_size: self.max_value_size,
             events: self.events,
             keyring: self.keyring.map(|k| (k, self.encrypt_all)),
+            access: self.access,
         }));
         Ok((engine, backend))
     }

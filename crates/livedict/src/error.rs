@@ -82,6 +82,18 @@ pub enum Error {
     /// The store has been closed.
     #[error("the store is closed")]
     Closed,
+    /// A namespace template is malformed, or a binding misses, repeats or adds a parameter (the
+    /// message names it), or an operation is not available on a namespace handle.
+    #[error("namespace error: {0}")]
+    Namespace(String),
+    /// The store's access policy refused the operation; nothing was done.
+    #[error("permission denied: {operation} on {key:?}")]
+    PermissionDenied {
+        /// The refused operation.
+        operation: crate::access::Operation,
+        /// The key, or for bulk operations the prefix they cover (`""`: the whole store).
+        key: String,
+    },
     /// The storage backend failed (I/O error, connection lost, ...).
     #[error("backend error: {0}")]
     Backend(#[source] BoxError),

@@ -123,6 +123,7 @@ impl ExpiryDriver {
                 let dict = Dict {
                     engine: &engine,
                     port: SyncPort { backend: &*backend },
+                    scope: None,
                 };
                 run_ready(run(&dict));
             })?;
@@ -147,6 +148,7 @@ impl ExpiryDriver {
             let dict = Dict {
                 engine: &engine,
                 port: crate::dict::AsyncPort { backend: &*backend },
+                scope: None,
             };
             run(&dict).await;
         }));

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::access::Operation;
 use crate::backend::{AsyncBackend, KeyTtl};
 use crate::batch::Batch;
 use crate::crypto::Keyring;
@@ -22,9 +23,28 @@ use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
 use crate::events::{Event, EventKind, Hook, HookId, HookResult};
 use crate::expiry::ExpiryDriver;
+use crate::namespace::{Key, Namespace, Scope};
 use crate::stats::Stats;
 use crate::transfer;
 use crate::ttl::WriteOptions;
+
+/// A handle on an [`AsyncLiveDict`] that does not keep it alive; see
+/// [`AsyncLiveDict::downgrade`].
+#[derive(Clone, Debug)]
+pub struct WeakAsyncLiveDict {
+    inner: std::sync::Weak<Inner>,
+    scope: Option<Arc<Scope>>,
+}
+
+impl WeakAsyncLiveDict {
+    /// The store, if it is still alive.
+    pub fn upgrade(&self) -> Option<AsyncLiveDict> {
+        self.inner.upgrade().map(|inner| AsyncLiveDict {
+            inner,
+            scope: self.scope.clone(),
+        })
+    }
+}
 
 /// A living dictionary with an async API, for tokio: the same store as
 /// [`LiveDict`](crate::LiveDict), with the same method names, each returning a future.
@@ -67,6 +87,8 @@ use crate::ttl::WriteOptions;
 #[derive(Clone)]
 pub struct AsyncLiveDict {
     inner: Arc<Inner>,
+    /// The namespace this handle is bound to, if any.
+    scope: Option<Arc<Scope>>,
 }
 
 struct Inner {
@@ -108,6 +130,41 @@ impl fmt::Debug for AsyncLiveDict {
 }
 
 impl AsyncLiveDict {
+    /// A weak handle on this store, which does not keep it alive: what a hook that uses its own
+    /// store should capture (a strong handle inside a hook would keep the store, its hook
+    /// threads and its expiry task alive for good); see
+    /// [`LiveDict::downgrade`](crate::LiveDict::downgrade).
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> livedict::Result<()> {
+    /// use livedict::EventKind;
+    ///
+    /// let store = livedict::LiveDict::builder().build_async()?;
+    /// let weak = store.downgrade();
+    /// store.on_async(EventKind::Set, move |e| {
+    ///     let weak = weak.clone();
+    ///     async move {
+    ///         if let Some(store) = weak.upgrade() && e.key() != "audit" {
+    ///             store.incr("audit", 1).await?;
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// })?;
+    /// let weak = store.downgrade();
+    /// drop(store);
+    /// assert!(weak.upgrade().is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn downgrade(&self) -> WeakAsyncLiveDict {
+        WeakAsyncLiveDict {
+            inner: Arc::downgrade(&self.inner),
+            scope: self.scope.clone(),
+        }
+    }
+
     pub(crate) fn from_parts(
         engine: Arc<Engine>,
         backend: Arc<dyn AsyncBackend>,
@@ -121,6 +178,7 @@ impl AsyncLiveDict {
                 driver: Mutex::new(driver),
                 runtime,
             }),
+            scope: None,
         }
     }
 
@@ -131,7 +189,78 @@ impl AsyncLiveDict {
             port: AsyncPort {
                 backend: &*self.inner.backend,
             },
+            scope: self.scope.as_deref(),
         }
+    }
+
+    // ---- namespaces -----------------------------------------------------------------------------
+
+    /// A handle on the keys under `namespace` bound with `params`; see
+    /// [`LiveDict::namespace`](crate::LiveDict::namespace).
+    ///
+    /// # Errors
+    /// As [`LiveDict::namespace`](crate::LiveDict::namespace).
+    pub fn namespace(
+        &self,
+        namespace: &Namespace,
+        params: &[(&str, &str)],
+    ) -> Result<AsyncLiveDict> {
+        self.scoped(Scope::bind(
+            self.scope.as_deref(),
+            namespace,
+            params,
+            self.engine().policy(),
+        )?)
+    }
+
+    /// [`namespace`](Self::namespace) for a template of exactly one parameter.
+    ///
+    /// # Errors
+    /// As [`LiveDict::namespace_one`](crate::LiveDict::namespace_one).
+    pub fn namespace_one(&self, namespace: &Namespace, value: &str) -> Result<AsyncLiveDict> {
+        let bound = namespace.bind_one(value)?;
+        self.scoped(Scope::of_prefix(
+            self.scope.as_deref(),
+            namespace,
+            bound,
+            self.engine().policy(),
+        )?)
+    }
+
+    fn scoped(&self, scope: Scope) -> Result<AsyncLiveDict> {
+        self.engine().allow(Operation::Namespace, &scope.prefix)?;
+        Ok(AsyncLiveDict {
+            inner: self.inner.clone(),
+            scope: Some(Arc::new(scope)),
+        })
+    }
+
+    /// The prefix of this handle's namespace, with its trailing separator (`""` for the store).
+    pub fn prefix(&self) -> &str {
+        self.scope.as_deref().map_or("", |s| s.prefix.as_str())
+    }
+
+    /// The value of the typed key `key`, or its default; see
+    /// [`LiveDict::get_key`](crate::LiveDict::get_key).
+    ///
+    /// # Errors
+    /// As [`LiveDict::get_key`](crate::LiveDict::get_key).
+    pub async fn get_key<T: DeserializeOwned + Clone>(&self, key: &Key<T>) -> Result<Option<T>> {
+        self.dict().get_key(key).await
+    }
+
+    /// Stores `value` under the typed key `key`; see [`LiveDict::set_key`](crate::LiveDict::set_key).
+    ///
+    /// # Errors
+    /// As [`LiveDict::set_key`](crate::LiveDict::set_key).
+    pub fn set_key<'a, T: Serialize>(
+        &'a self,
+        key: &'a Key<T>,
+        value: &T,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        let dict = self.dict();
+        let prepared = dict.prepare_key(key, value);
+        async move { dict.write_prepared(prepared).await }
     }
 
     #[inline]
@@ -254,9 +383,10 @@ impl AsyncLiveDict {
     ) -> Result<impl Iterator<Item = Result<(String, T)>> + use<T>> {
         let entries = self.dict().entries().await?;
         let engine = self.inner.engine.clone();
+        let scope = self.scope.clone();
         Ok(entries
             .into_iter()
-            .map(move |(k, v)| engine.decode::<T>(&k, v).map(|v| (k, v))))
+            .map(move |e| Dict::<AsyncPort<'_>>::decode_entry(&engine, scope.as_deref(), e)))
     }
 
     /// The remaining life of `key`.
@@ -360,13 +490,13 @@ impl AsyncLiveDict {
         T: Serialize,
         I: IntoIterator<Item = (&'k str, T)>,
     {
-        let batch = Batch::of_pairs(self.inner.engine.clone(), pairs);
+        let batch = Batch::of_pairs(self.inner.engine.clone(), self.scope.clone(), pairs);
         async move { self.dict().apply(batch?).await }
     }
 
     /// A new, empty [`Batch`] of writes for this store.
     pub fn batch(&self) -> Batch {
-        Batch::new(self.inner.engine.clone())
+        self.dict().batch(self.scope.clone())
     }
 
     /// Applies a batch all-or-nothing.
@@ -389,7 +519,7 @@ impl AsyncLiveDict {
         T: Serialize + DeserializeOwned + Send,
         F: FnOnce(Option<T>) -> T + Send,
     {
-        let expiry = self.engine().update_expiry();
+        let expiry = self.dict().update_expiry();
         let new = self
             .dict()
             .update_with(key, expiry, |old| {
@@ -409,7 +539,7 @@ impl AsyncLiveDict {
         E: Into<BoxError>,
         F: FnOnce(Option<T>) -> Result<Option<T>, E> + Send,
     {
-        let expiry = self.engine().update_expiry();
+        let expiry = self.dict().update_expiry();
         self.dict().update_with(key, expiry, f).await
     }
 
@@ -428,7 +558,7 @@ impl AsyncLiveDict {
         E: Into<BoxError>,
         F: FnOnce(Option<T>) -> Result<Option<T>, E> + Send,
     {
-        let expiry = self.engine().expiry(&options.into())?;
+        let expiry = self.dict().expiry(&options.into())?;
         self.dict().update_with(key, expiry, f).await
     }
 
@@ -626,7 +756,7 @@ impl AsyncLiveDict {
     /// # Errors
     /// [`Error::Backend`] for read or write errors.
     pub async fn export(&self, writer: impl std::io::Write + Send) -> Result<usize> {
-        let entries = self.dict().export_entries("").await?;
+        let entries = self.dict().export_entries().await?;
         transfer::write_lines(&entries, writer)
     }
 
@@ -649,7 +779,7 @@ impl AsyncLiveDict {
     /// # Errors
     /// As [`LiveDict::copy_to`](crate::LiveDict::copy_to).
     pub async fn copy_to(&self, target: &AsyncLiveDict) -> Result<usize> {
-        let entries = self.dict().export_entries("").await?;
+        let entries = self.dict().export_entries().await?;
         let ops = transfer::copy_ops(target.engine(), entries)?;
         target.dict().import_ops(ops).await
     }

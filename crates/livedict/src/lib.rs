@@ -57,6 +57,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(html_no_source)]
 
+mod access;
 pub mod backend;
 mod batch;
 mod builder;
@@ -71,11 +72,13 @@ mod expiry;
 #[cfg(feature = "async")]
 mod future;
 mod key;
+mod namespace;
 mod stats;
 mod sync;
 mod transfer;
 mod ttl;
 
+pub use access::Operation;
 pub use backend::memory::MemoryBackend;
 #[cfg(feature = "redis")]
 pub use backend::redis::{RedisBackend, RedisOptions};
@@ -96,6 +99,7 @@ pub use events::{
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub use future::AsyncLiveDict;
 pub use key::MAX_KEY_LEN;
+pub use namespace::{Key, KeyInfo, KeyKind, Namespace, NamespaceInfo};
 pub use stats::Stats;
 pub use sync::{LiveDict, WeakLiveDict};
 pub use ttl::{MAX_TTL, Ttl, WriteOptions};

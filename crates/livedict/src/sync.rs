@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::access::Operation;
 use crate::backend::{Backend, KeyTtl};
 use crate::batch::Batch;
 use crate::builder::Builder;
@@ -18,6 +19,7 @@ use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
 use crate::events::{Event, EventKind, Hook, HookId, HookResult};
 use crate::expiry::ExpiryDriver;
+use crate::namespace::{Key, Namespace, Scope};
 use crate::stats::Stats;
 use crate::transfer;
 use crate::ttl::WriteOptions;
@@ -26,12 +28,16 @@ use crate::ttl::WriteOptions;
 #[derive(Clone, Debug)]
 pub struct WeakLiveDict {
     inner: std::sync::Weak<Inner>,
+    scope: Option<Arc<Scope>>,
 }
 
 impl WeakLiveDict {
     /// The store, if it is still alive.
     pub fn upgrade(&self) -> Option<LiveDict> {
-        self.inner.upgrade().map(|inner| LiveDict { inner })
+        self.inner.upgrade().map(|inner| LiveDict {
+            inner,
+            scope: self.scope.clone(),
+        })
     }
 }
 
@@ -61,6 +67,8 @@ impl WeakLiveDict {
 #[derive(Clone)]
 pub struct LiveDict {
     inner: Arc<Inner>,
+    /// The namespace this handle is bound to, if any.
+    scope: Option<Arc<Scope>>,
 }
 
 struct Inner {
@@ -140,6 +148,7 @@ impl LiveDict {
     pub fn downgrade(&self) -> WeakLiveDict {
         WeakLiveDict {
             inner: Arc::downgrade(&self.inner),
+            scope: self.scope.clone(),
         }
     }
 
@@ -154,6 +163,7 @@ impl LiveDict {
                 backend,
                 driver: Mutex::new(driver),
             }),
+            scope: None,
         }
     }
 
@@ -170,7 +180,75 @@ impl LiveDict {
             port: SyncPort {
                 backend: &*self.inner.backend,
             },
+            scope: self.scope.as_deref(),
         }
+    }
+
+    // ---- namespaces -----------------------------------------------------------------------------
+
+    /// A handle on the keys under `namespace` bound with `params`: the whole dictionary API,
+    /// with keys relative to the bound prefix (`user:{id}` bound to `1`: `name` is
+    /// `user:1:name`), and the namespace's TTL as default. On a namespace handle, the new
+    /// prefix is appended to this one's. See [`Namespace`] for an example.
+    ///
+    /// # Errors
+    /// [`Error::Namespace`] naming a missing, unknown, repeated or empty parameter;
+    /// [`Error::PermissionDenied`] if the access policy refuses [`Operation::Namespace`] on the
+    /// bound prefix.
+    pub fn namespace(&self, namespace: &Namespace, params: &[(&str, &str)]) -> Result<LiveDict> {
+        self.scoped(Scope::bind(
+            self.scope.as_deref(),
+            namespace,
+            params,
+            self.engine().policy(),
+        )?)
+    }
+
+    /// [`namespace`](Self::namespace) for a template of exactly one parameter.
+    ///
+    /// # Errors
+    /// As [`namespace`](Self::namespace); [`Error::Namespace`] if the template does not have
+    /// exactly one parameter.
+    pub fn namespace_one(&self, namespace: &Namespace, value: &str) -> Result<LiveDict> {
+        let bound = namespace.bind_one(value)?;
+        self.scoped(Scope::of_prefix(
+            self.scope.as_deref(),
+            namespace,
+            bound,
+            self.engine().policy(),
+        )?)
+    }
+
+    fn scoped(&self, scope: Scope) -> Result<LiveDict> {
+        self.engine().allow(Operation::Namespace, &scope.prefix)?;
+        Ok(LiveDict {
+            inner: self.inner.clone(),
+            scope: Some(Arc::new(scope)),
+        })
+    }
+
+    /// The prefix of this handle's namespace, with its trailing separator (`""` for the store).
+    pub fn prefix(&self) -> &str {
+        self.scope.as_deref().map_or("", |s| s.prefix.as_str())
+    }
+
+    /// The value of the typed key `key` (declared with [`Namespace::key`]), or its default when
+    /// missing. See [`Key`] for an example.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get); [`Error::AccessDenied`] for a password key.
+    pub fn get_key<T: DeserializeOwned + Clone>(&self, key: &Key<T>) -> Result<Option<T>> {
+        run_ready(self.dict().get_key(key))
+    }
+
+    /// Stores `value` under the typed key `key`, with its TTL, secrecy or password hashing.
+    ///
+    /// # Errors
+    /// As [`set_with`](Self::set_with); [`Error::Encode`] for a password key whose value is not a
+    /// string.
+    pub fn set_key<T: Serialize>(&self, key: &Key<T>, value: &T) -> Result<()> {
+        let dict = self.dict();
+        run_ready(dict.write_prepared(dict.prepare_key(key, value)))
     }
 
     // ---- reading ------------------------------------------------------------------------------
@@ -307,9 +385,10 @@ impl LiveDict {
     ) -> Result<impl Iterator<Item = Result<(String, T)>> + use<T>> {
         let entries = run_ready(self.dict().entries())?;
         let engine = self.inner.engine.clone();
+        let scope = self.scope.clone();
         Ok(entries
             .into_iter()
-            .map(move |(k, v)| engine.decode::<T>(&k, v).map(|v| (k, v))))
+            .map(move |e| Dict::<SyncPort<'_>>::decode_entry(&engine, scope.as_deref(), e)))
     }
 
     /// The remaining life of `key`.
@@ -427,15 +506,16 @@ impl LiveDict {
         T: Serialize,
         I: IntoIterator<Item = (&'k str, T)>,
     {
-        run_ready(
-            self.dict()
-                .apply(Batch::of_pairs(self.inner.engine.clone(), pairs)?),
-        )
+        run_ready(self.dict().apply(Batch::of_pairs(
+            self.inner.engine.clone(),
+            self.scope.clone(),
+            pairs,
+        )?))
     }
 
     /// A new, empty [`Batch`] of writes for this store.
     pub fn batch(&self) -> Batch {
-        Batch::new(self.inner.engine.clone())
+        self.dict().batch(self.scope.clone())
     }
 
     /// Applies a batch all-or-nothing.
@@ -489,7 +569,7 @@ impl LiveDict {
         E: Into<BoxError>,
         F: FnOnce(Option<T>) -> Result<Option<T>, E> + Send,
     {
-        let expiry = self.engine().update_expiry();
+        let expiry = self.dict().update_expiry();
         run_ready(self.dict().update_with(key, expiry, f))
     }
 
@@ -509,7 +589,7 @@ impl LiveDict {
         E: Into<BoxError>,
         F: FnOnce(Option<T>) -> Result<Option<T>, E> + Send,
     {
-        let expiry = self.engine().expiry(&options.into())?;
+        let expiry = self.dict().expiry(&options.into())?;
         run_ready(self.dict().update_with(key, expiry, f))
     }
 
@@ -777,7 +857,7 @@ impl LiveDict {
     /// # Ok::<(), livedict::Error>(())
     /// ```
     pub fn export(&self, writer: impl std::io::Write) -> Result<usize> {
-        let entries = run_ready(self.dict().export_entries(""))?;
+        let entries = run_ready(self.dict().export_entries())?;
         transfer::write_lines(&entries, writer)
     }
 
@@ -809,7 +889,7 @@ impl LiveDict {
     /// # Ok::<(), livedict::Error>(())
     /// ```
     pub fn copy_to(&self, target: &LiveDict) -> Result<usize> {
-        let entries = run_ready(self.dict().export_entries(""))?;
+        let entries = run_ready(self.dict().export_entries())?;
         let ops = transfer::copy_ops(target.engine(), entries)?;
         run_ready(target.dict().import_ops(ops))
     }

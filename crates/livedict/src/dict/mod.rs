@@ -11,6 +11,7 @@
 
 mod port;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -22,14 +23,17 @@ use serde::de::DeserializeOwned;
 pub(crate) use port::AsyncPort;
 pub(crate) use port::{Port, SyncPort, run_ready};
 
+use crate::access::Operation;
+use crate::backend::WriteExpiry;
 use crate::backend::{Change, Condition, ExpiredEntry, Expiry, KeyTtl, ReadMode, Written};
 use crate::batch::Batch;
 use crate::clock::{Millis, Now};
 use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
 use crate::events::{Cause, EntryHooks, EntryLock, EventKind};
+use crate::namespace::{Key, KeyKind, Scope};
 use crate::transfer::Exported;
-use crate::ttl::{self, WriteOptions};
+use crate::ttl::{self, TtlPolicy, WriteOptions};
 
 /// How often `wait_for` re-reads a key on a backend other processes write to.
 const SHARED_WAIT_POLL: Duration = Duration::from_millis(20);
@@ -37,26 +41,92 @@ const SHARED_WAIT_POLL: Duration = Duration::from_millis(20);
 pub(crate) const SWEEP_BATCH: usize = 256;
 /// Entries re-encrypted between two progress reports of `rekey`.
 const REKEY_BATCH: usize = 256;
+/// Keys removed per atomic batch by `clear` on a namespace handle.
+const CLEAR_CHUNK: usize = 1000;
 
 /// A store's engine and a port to its backend.
 #[derive(Clone, Copy)]
 pub(crate) struct Dict<'s, P> {
     pub(crate) engine: &'s std::sync::Arc<Engine>,
     pub(crate) port: P,
+    /// The namespace a handle is bound to: keys are under its prefix.
+    pub(crate) scope: Option<&'s Scope>,
 }
 
 /// A write whose value is encoded and whose expiry is resolved, ready for the backend.
 pub(crate) struct PreparedWrite<'k> {
-    key: &'k str,
+    key: Cow<'k, str>,
     now: Millis,
     value: Bytes,
-    expiry: crate::backend::WriteExpiry,
+    expiry: WriteExpiry,
     secret: bool,
     condition: Condition,
     hooks: EntryHooks,
 }
 
 impl<'s, P: Port> Dict<'s, P> {
+    // ---- namespaces and access ----------------------------------------------------------------
+
+    /// The full key of `key`: under the handle's namespace prefix, if any.
+    #[inline]
+    fn full<'k>(&self, key: &'k str) -> Result<Cow<'k, str>> {
+        match self.scope {
+            None => Ok(Cow::Borrowed(key)),
+            Some(scope) => {
+                crate::key::validate(key)?;
+                Ok(Cow::Owned(format!("{}{key}", scope.prefix)))
+            }
+        }
+    }
+
+    /// The full key of `key`, once the access policy allows `operation` on it.
+    #[inline]
+    fn allowed<'k>(&self, operation: Operation, key: &'k str) -> Result<Cow<'k, str>> {
+        let full = self.full(key)?;
+        self.engine.allow(operation, &full)?;
+        Ok(full)
+    }
+
+    /// The handle's prefix (`""` for the whole store), once the policy allows `operation` on it.
+    fn allowed_prefix(&self, operation: Operation) -> Result<&'s str> {
+        let prefix = self.scope.map_or("", |s| s.prefix.as_str());
+        self.engine.allow(operation, prefix)?;
+        Ok(prefix)
+    }
+
+    /// A full key as the handle names it.
+    fn relative(&self, full: String) -> String {
+        match self.scope {
+            Some(scope) => full
+                .strip_prefix(scope.prefix.as_str())
+                .map_or(full.clone(), str::to_owned),
+            None => full,
+        }
+    }
+
+    /// The TTL policy of this handle: its namespace's, else the store's.
+    fn ttl_policy(&self) -> &TtlPolicy {
+        match self.scope.and_then(|s| s.policy.as_ref()) {
+            Some(p) => p,
+            None => self.engine.policy(),
+        }
+    }
+
+    /// The expiry a write with `options` applies.
+    pub(crate) fn expiry(&self, options: &WriteOptions) -> Result<WriteExpiry> {
+        self.ttl_policy().resolve(options)
+    }
+
+    /// The expiry of an in-place update without options.
+    pub(crate) fn update_expiry(&self) -> WriteExpiry {
+        self.ttl_policy().for_update()
+    }
+
+    /// An empty batch whose keys are under this handle's namespace.
+    pub(crate) fn batch(&self, scope: Option<std::sync::Arc<Scope>>) -> Batch {
+        Batch::new(self.engine.clone(), scope)
+    }
+
     // ---- entry-hook locks ---------------------------------------------------------------------
 
     /// The entry-hook lock of `key`, when entry hooks are in play.
@@ -79,7 +149,8 @@ impl<'s, P: Port> Dict<'s, P> {
 
     /// The stored bytes under `key`, accounted as an access with [`ReadMode::Touch`].
     #[inline]
-    pub(crate) async fn read(&self, key: &str, mode: ReadMode) -> Result<Option<Bytes>> {
+    /// With a namespace, `key` is the full key (see [`full`](Self::full)).
+    async fn read_full(&self, key: &str, mode: ReadMode) -> Result<Option<Bytes>> {
         let now = self.engine.begin_read(key)?;
         let found = self.port.get(key, &now, mode).await?;
         if mode == ReadMode::Touch {
@@ -101,18 +172,21 @@ impl<'s, P: Port> Dict<'s, P> {
 
     #[inline]
     pub(crate) async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let found = self.read(key, ReadMode::Touch).await?;
-        self.engine.decode_opt(key, found)
+        let key = self.allowed(Operation::Read, key)?;
+        let found = self.read_full(&key, ReadMode::Touch).await?;
+        self.engine.decode_opt(&key, found)
     }
 
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
-        let found = self.read(key, ReadMode::Touch).await?;
-        self.engine.decode_raw_opt(key, found)
+        let key = self.allowed(Operation::Read, key)?;
+        let found = self.read_full(&key, ReadMode::Touch).await?;
+        self.engine.decode_raw_opt(&key, found)
     }
 
     pub(crate) async fn peek<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let found = self.read(key, ReadMode::Peek).await?;
-        self.engine.decode_opt(key, found)
+        let key = self.allowed(Operation::Read, key)?;
+        let found = self.read_full(&key, ReadMode::Peek).await?;
+        self.engine.decode_opt(&key, found)
     }
 
     pub(crate) async fn require<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
@@ -125,13 +199,18 @@ impl<'s, P: Port> Dict<'s, P> {
         &self,
         keys: &[&str],
     ) -> Result<Vec<Option<T>>> {
-        for k in keys {
-            crate::key::validate(k)?;
-        }
+        let full: Vec<Cow<'_, str>> = keys
+            .iter()
+            .map(|k| {
+                crate::key::validate(k)?;
+                self.allowed(Operation::Read, k)
+            })
+            .collect::<Result<_>>()?;
+        let keys: Vec<&str> = full.iter().map(|k| &**k).collect();
         let now = self.engine.begin_lazy()?;
-        let found = self.port.get_many(keys, &now, ReadMode::Touch).await?;
+        let found = self.port.get_many(&keys, &now, ReadMode::Touch).await?;
         let mut out = Vec::with_capacity(found.len());
-        for (v, key) in found.into_iter().zip(keys) {
+        for (v, key) in found.into_iter().zip(&keys) {
             self.accessed(key, v.as_ref(), &now).await;
             out.push(self.engine.decode_opt(key, v)?);
         }
@@ -139,42 +218,72 @@ impl<'s, P: Port> Dict<'s, P> {
     }
 
     pub(crate) async fn contains(&self, key: &str) -> Result<bool> {
-        let now = self.engine.begin_read(key)?;
-        self.port.contains(key, &now).await
+        let key = self.allowed(Operation::Inspect, key)?;
+        let now = self.engine.begin_read(&key)?;
+        self.port.contains(&key, &now).await
     }
 
     pub(crate) async fn len(&self) -> Result<usize> {
+        let prefix = self.allowed_prefix(Operation::Scan)?;
         let now = self.engine.begin()?;
-        self.port.len(now).await
+        if prefix.is_empty() {
+            self.port.len(now).await
+        } else {
+            Ok(self.port.scan(prefix, now, false).await?.len())
+        }
     }
 
-    pub(crate) async fn keys(&self) -> Result<Vec<String>> {
+    /// The full keys under the handle's prefix.
+    async fn full_keys(&self, operation: Operation) -> Result<Vec<String>> {
+        let prefix = self.allowed_prefix(operation)?;
         let now = self.engine.begin()?;
-        let entries = self.port.scan("", now, false).await?;
+        let entries = self.port.scan(prefix, now, false).await?;
         Ok(entries.into_iter().map(|(k, _)| k).collect())
     }
 
-    /// A snapshot of the live entries with their stored bytes.
+    pub(crate) async fn keys(&self) -> Result<Vec<String>> {
+        let keys = self.full_keys(Operation::Scan).await?;
+        Ok(keys.into_iter().map(|k| self.relative(k)).collect())
+    }
+
+    /// A snapshot of the live entries under the handle's prefix, with full keys and stored
+    /// bytes.
     pub(crate) async fn entries(&self) -> Result<Vec<(String, Bytes)>> {
+        let prefix = self.allowed_prefix(Operation::Scan)?;
         let now = self.engine.begin()?;
-        let entries = self.port.scan("", now, true).await?;
+        let entries = self.port.scan(prefix, now, true).await?;
         Ok(entries
             .into_iter()
             .filter_map(|(k, v)| Some((k, v?)))
             .collect())
     }
 
+    /// Decodes a snapshot taken by [`entries`](Self::entries), naming keys as the handle does.
+    pub(crate) fn decode_entry<T: DeserializeOwned>(
+        engine: &Engine,
+        scope: Option<&Scope>,
+        (key, stored): (String, Bytes),
+    ) -> Result<(String, T)> {
+        let value = engine.decode(&key, stored)?;
+        let key = match scope.and_then(|s| key.strip_prefix(s.prefix.as_str())) {
+            Some(relative) => relative.to_owned(),
+            None => key,
+        };
+        Ok((key, value))
+    }
+
     pub(crate) async fn items<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
         let entries = self.entries().await?;
         entries
             .into_iter()
-            .map(|(k, v)| self.engine.decode(&k, v).map(|v| (k, v)))
+            .map(|e| Self::decode_entry(self.engine, self.scope, e))
             .collect()
     }
 
     pub(crate) async fn ttl(&self, key: &str) -> Result<KeyTtl> {
-        let now = self.engine.begin_key(key)?;
-        self.port.ttl(key, now).await
+        let key = self.allowed(Operation::Inspect, key)?;
+        let now = self.engine.begin_key(&key)?;
+        self.port.ttl(&key, now).await
     }
 
     // ---- writing ------------------------------------------------------------------------------
@@ -183,14 +292,15 @@ impl<'s, P: Port> Dict<'s, P> {
     pub(crate) fn prepare_write<'k>(
         &self,
         key: &'k str,
-        encode: impl FnOnce(&Engine, bool) -> Result<Bytes>,
+        encode: impl FnOnce(&Engine, &str, bool) -> Result<Bytes>,
         options: WriteOptions,
         condition: Condition,
     ) -> Result<PreparedWrite<'k>> {
         let engine = self.engine;
-        let now = engine.begin_key(key)?;
-        let expiry = engine.expiry(&options)?;
-        let value = encode(engine, options.secret)?;
+        let key = self.allowed(Operation::Write, key)?;
+        let now = engine.begin_key(&key)?;
+        let expiry = self.expiry(&options)?;
+        let value = encode(engine, &key, options.secret)?;
         Ok(PreparedWrite {
             key,
             now,
@@ -215,6 +325,7 @@ impl<'s, P: Port> Dict<'s, P> {
             condition,
             hooks,
         } = w;
+        let key = &*key;
         let event_value = engine.events.copy_for(EventKind::Set, &value);
         let lock = self.entry_lock(key, &hooks).await?;
         let written = if engine.secrets_stick() && !secret {
@@ -250,7 +361,7 @@ impl<'s, P: Port> Dict<'s, P> {
     ) -> Result<PreparedWrite<'k>> {
         self.prepare_write(
             key,
-            |e, secret| e.encode(key, value, secret),
+            |e, key, secret| e.encode(key, value, secret),
             options,
             Condition::Always,
         )
@@ -265,7 +376,7 @@ impl<'s, P: Port> Dict<'s, P> {
     ) -> Result<PreparedWrite<'k>> {
         self.prepare_write(
             key,
-            |e, secret| e.encode_raw(key, value, secret),
+            |e, key, secret| e.encode_raw(key, value, secret),
             options,
             Condition::Always,
         )
@@ -279,7 +390,7 @@ impl<'s, P: Port> Dict<'s, P> {
     ) -> Result<PreparedWrite<'k>> {
         self.prepare_write(
             key,
-            |e, _| e.encode(key, value, false),
+            |e, key, _| e.encode(key, value, false),
             WriteOptions::new(),
             Condition::Always,
         )
@@ -296,10 +407,44 @@ impl<'s, P: Port> Dict<'s, P> {
         let phc = crate::crypto::password::hash(password.as_bytes())?;
         self.prepare_write(
             key,
-            |e, secret| e.seal_if_needed(key, crate::codec::encode_password_hash(&phc), secret),
+            |e, key, secret| {
+                e.seal_if_needed(key, crate::codec::encode_password_hash(&phc), secret)
+            },
             options,
             Condition::Always,
         )
+    }
+
+    /// Prepares a write of the typed key `key`, with its TTL, secrecy or password hashing.
+    pub(crate) fn prepare_key<'k, T: Serialize>(
+        &self,
+        key: &'k Key<T>,
+        value: &T,
+    ) -> Result<PreparedWrite<'k>> {
+        let options = match key.ttl {
+            Some(ttl) => WriteOptions::ttl(ttl),
+            None => WriteOptions::new(),
+        };
+        match key.kind {
+            KeyKind::Plain => self.prepare_set(&key.name, value, options),
+            KeyKind::Secret => self.prepare_set(&key.name, value, options.secret()),
+            KeyKind::Password => match serde_json::to_value(value) {
+                Ok(serde_json::Value::String(password)) => {
+                    self.prepare_password(&key.name, &password, options)
+                }
+                _ => Err(Error::Encode(
+                    format!("password key {:?}: the value must be a string", key.name).into(),
+                )),
+            },
+        }
+    }
+
+    /// The value of the typed key `key`, or its default when missing.
+    pub(crate) async fn get_key<T: DeserializeOwned + Clone>(
+        &self,
+        key: &Key<T>,
+    ) -> Result<Option<T>> {
+        Ok(self.get(&key.name).await?.or_else(|| key.default.clone()))
     }
 
     /// Applies a prepared write (or returns the error preparing it).
@@ -315,8 +460,9 @@ impl<'s, P: Port> Dict<'s, P> {
         key: &str,
         prepared: Result<PreparedWrite<'_>>,
     ) -> Result<Option<T>> {
+        let key = self.full(key)?;
         let written = self.write(prepared?).await?;
-        self.engine.decode_opt(key, written.previous)
+        self.engine.decode_opt(&key, written.previous)
     }
 
     /// `setdefault`: the value under `key`, or `default` stored and returned.
@@ -327,13 +473,14 @@ impl<'s, P: Port> Dict<'s, P> {
     ) -> Result<T> {
         let prepared = self.prepare_write(
             key,
-            |e, _| e.encode(key, &default, false),
+            |e, key, _| e.encode(key, &default, false),
             WriteOptions::new(),
             Condition::IfAbsent,
         )?;
+        let full = prepared.key.clone().into_owned();
         let written = self.write(prepared).await?;
         match written.previous {
-            Some(existing) if !written.written => self.engine.decode(key, existing),
+            Some(existing) if !written.written => self.engine.decode(&full, existing),
             _ => Ok(default),
         }
     }
@@ -344,6 +491,13 @@ impl<'s, P: Port> Dict<'s, P> {
         let now = engine.begin()?;
         if batch.ops.is_empty() {
             return Ok(());
+        }
+        for op in &batch.ops {
+            let operation = match op {
+                crate::backend::BatchOp::Set { .. } => Operation::Write,
+                crate::backend::BatchOp::Delete { .. } => Operation::Delete,
+            };
+            engine.allow(operation, op.key())?;
         }
         let plan = engine.plan_batch(&batch.ops);
         let outcomes = self.port.apply_batch(batch.ops, now).await?;
@@ -361,7 +515,7 @@ impl<'s, P: Port> Dict<'s, P> {
     pub(crate) async fn update_with<T, E, F>(
         &self,
         key: &str,
-        expiry: crate::backend::WriteExpiry,
+        expiry: WriteExpiry,
         f: F,
     ) -> Result<Option<T>>
     where
@@ -369,6 +523,8 @@ impl<'s, P: Port> Dict<'s, P> {
         E: Into<BoxError>,
         F: FnOnce(Option<T>) -> Result<Option<T>, E> + Send,
     {
+        let full = self.full(key)?;
+        let key = &*full;
         let mut f = Some(f);
         let mut out = None;
         self.modify(key, &mut |engine, current| {
@@ -381,22 +537,28 @@ impl<'s, P: Port> Dict<'s, P> {
 
     #[inline]
     pub(crate) async fn incr(&self, key: &str, delta: i64) -> Result<i64> {
+        let full = self.full(key)?;
+        let key = &*full;
         let mut out = 0;
+        let expiry = self.update_expiry();
         self.modify(key, &mut |engine, current| {
-            engine.increment(key, current, delta, &mut out)
+            engine.increment(key, current, delta, expiry, &mut out)
         })
         .await?;
         Ok(out)
     }
 
     pub(crate) async fn merge(&self, key: &str, patch: serde_json::Value) -> Result<()> {
+        let full = self.full(key)?;
+        let key = &*full;
+        let expiry = self.update_expiry();
         self.modify(key, &mut |engine, current| {
-            engine.merge(key, current, &patch)
+            engine.merge(key, current, &patch, expiry)
         })
         .await
     }
 
-    /// Runs a decision on the current value inside the backend's atomic update.
+    /// Runs a decision on the current value inside the backend's atomic update (`key`: full).
     #[inline]
     async fn modify(
         &self,
@@ -405,6 +567,7 @@ impl<'s, P: Port> Dict<'s, P> {
     ) -> Result<()> {
         let engine = self.engine;
         let now = engine.begin_key(key)?;
+        engine.allow(Operation::Update, key)?;
         let mut change = None;
         let lock = self.entry_lock(key, &EntryHooks::default()).await?;
         let updated = self
@@ -423,6 +586,11 @@ impl<'s, P: Port> Dict<'s, P> {
 
     /// Removes `key`, returning its stored bytes.
     pub(crate) async fn remove(&self, key: &str) -> Result<Option<Bytes>> {
+        let key = self.allowed(Operation::Delete, key)?;
+        self.remove_full(&key).await
+    }
+
+    async fn remove_full(&self, key: &str) -> Result<Option<Bytes>> {
         let engine = self.engine;
         let now = engine.begin_key(key)?;
         let lock = self.entry_lock(key, &EntryHooks::default()).await?;
@@ -433,19 +601,33 @@ impl<'s, P: Port> Dict<'s, P> {
 
     pub(crate) async fn pop<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let removed = self.remove(key).await?;
-        self.engine.decode_opt(key, removed)
+        self.engine.decode_opt(&self.full(key)?, removed)
     }
 
     pub(crate) async fn popitem<T: DeserializeOwned>(&self) -> Result<Option<(String, T)>> {
-        let now = self.engine.begin()?;
-        let Some(entry) = self.port.pop_any(now).await? else {
-            return Ok(None);
+        let prefix = self.allowed_prefix(Operation::Delete)?;
+        let entry = if prefix.is_empty() {
+            let now = self.engine.begin()?;
+            let entry = self.port.pop_any(now).await?;
+            if let Some(e) = &entry {
+                self.removed_entries(std::slice::from_ref(e), Cause::Explicit, now)
+                    .await;
+            }
+            entry
+        } else {
+            // Under a namespace: the first key of the prefix that is still there.
+            let mut found = None;
+            for key in self.full_keys(Operation::Delete).await? {
+                if let Some(value) = self.remove_full(&key).await? {
+                    found = Some((key, value));
+                    break;
+                }
+            }
+            found
         };
-        self.removed_entries(std::slice::from_ref(&entry), Cause::Explicit, now)
-            .await;
-        let (key, value) = entry;
-        let value = self.engine.decode(&key, value)?;
-        Ok(Some((key, value)))
+        entry
+            .map(|e| Self::decode_entry(self.engine, self.scope, e))
+            .transpose()
     }
 
     /// Accounts for entries removed by `cleanup_inactive` or `popitem`.
@@ -459,6 +641,10 @@ impl<'s, P: Port> Dict<'s, P> {
     }
 
     pub(crate) async fn clear(&self) -> Result<usize> {
+        if self.scope.is_some() {
+            return self.clear_prefix().await;
+        }
+        self.allowed_prefix(Operation::Clear)?;
         let now = self.engine.begin()?;
         let cleared = self.port.clear(now).await?;
         self.expired(&cleared.expired, false).await;
@@ -470,16 +656,39 @@ impl<'s, P: Port> Dict<'s, P> {
         Ok(cleared.removed)
     }
 
+    /// `clear` on a namespace handle: the keys under its prefix, removed in batches of
+    /// [`CLEAR_CHUNK`] (each batch atomic), with a `Delete` event per key.
+    async fn clear_prefix(&self) -> Result<usize> {
+        let keys = self.full_keys(Operation::Clear).await?;
+        let mut removed = 0;
+        for chunk in keys.chunks(CLEAR_CHUNK) {
+            let now = self.engine.begin()?;
+            let ops: Vec<crate::backend::BatchOp> = chunk
+                .iter()
+                .map(|key| crate::backend::BatchOp::Delete { key: key.clone() })
+                .collect();
+            let plan = self.engine.plan_batch(&ops);
+            let outcomes = self.port.apply_batch(ops, now).await?;
+            for (outcome, op) in outcomes.into_iter().zip(plan) {
+                removed += usize::from(outcome.previous.is_some());
+                let lock = self.entry_lock(&op.key, &EntryHooks::default()).await?;
+                self.engine.batch_op_applied(op, outcome, now, lock);
+            }
+        }
+        Ok(removed)
+    }
+
     // ---- time to live -------------------------------------------------------------------------
 
     pub(crate) async fn expire_with(&self, key: &str, options: WriteOptions) -> Result<bool> {
         let engine = self.engine;
-        let now = engine.begin_key(key)?;
-        let expiry = engine.expiry(&options)?;
+        let key = self.allowed(Operation::Expire, key)?;
+        let now = engine.begin_key(&key)?;
+        let expiry = self.expiry(&options)?;
         if expiry.keep_existing {
-            return self.port.contains(key, &Now::fixed(now)).await;
+            return self.port.contains(&key, &Now::fixed(now)).await;
         }
-        let changed = self.port.set_expiry(key, expiry.expiry, now).await?;
+        let changed = self.port.set_expiry(&key, expiry.expiry, now).await?;
         if changed {
             engine.schedule(expiry, now);
         }
@@ -487,11 +696,18 @@ impl<'s, P: Port> Dict<'s, P> {
     }
 
     pub(crate) async fn persist(&self, key: &str) -> Result<bool> {
-        let now = self.engine.begin_key(key)?;
-        self.port.set_expiry(key, Expiry::Never, now).await
+        let key = self.allowed(Operation::Expire, key)?;
+        let now = self.engine.begin_key(&key)?;
+        self.port.set_expiry(&key, Expiry::Never, now).await
     }
 
     pub(crate) async fn cleanup_inactive(&self, idle: Duration) -> Result<usize> {
+        if self.scope.is_some() {
+            return Err(Error::Namespace(
+                "cleanup_inactive works on the whole store: call it on the store".into(),
+            ));
+        }
+        self.allowed_prefix(Operation::Clear)?;
         let idle = ttl::to_millis(idle)?;
         let now = self.engine.begin()?;
         let removed = self
@@ -549,6 +765,7 @@ impl<'s, P: Port> Dict<'s, P> {
 
     pub(crate) async fn sweep_expired(&self) -> Result<usize> {
         self.engine.begin()?;
+        self.engine.allow(Operation::Clear, "")?;
         self.sweep_due(&mut Vec::new()).await
     }
 
@@ -585,10 +802,11 @@ impl<'s, P: Port> Dict<'s, P> {
     // ---- passwords and keys -------------------------------------------------------------------
 
     pub(crate) async fn password_hash(&self, key: &str) -> Result<Option<String>> {
-        let Some(stored) = self.read(key, ReadMode::Peek).await? else {
+        let key = self.allowed(Operation::Read, key)?;
+        let Some(stored) = self.read_full(&key, ReadMode::Peek).await? else {
             return Ok(None);
         };
-        let plain = self.engine.open(key, stored)?;
+        let plain = self.engine.open(&key, stored)?;
         crate::codec::decode_password_hash(&plain).map(Some)
     }
 
@@ -603,8 +821,16 @@ impl<'s, P: Port> Dict<'s, P> {
         &self,
         progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<usize> {
+        self.engine.allow(Operation::Admin, "")?;
         let sealer = self.engine.sealer()?.clone();
-        let keys = self.keys().await?;
+        let now = self.engine.begin()?;
+        let keys: Vec<String> = self
+            .port
+            .scan("", now, false)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         let total = keys.len();
         let mut rewritten = 0;
         for (i, chunk) in keys.chunks(REKEY_BATCH).enumerate() {
@@ -634,6 +860,7 @@ impl<'s, P: Port> Dict<'s, P> {
     }
 
     pub(crate) async fn retire_key(&self, id: u32) -> Result<()> {
+        self.engine.allow(Operation::Admin, "")?;
         let sealer = self.engine.sealer()?;
         if sealer.keyring.read().current_id() == Some(id) {
             return Err(Error::Crypto(format!(
@@ -641,7 +868,9 @@ impl<'s, P: Port> Dict<'s, P> {
             )));
         }
         let mut users = 0;
-        for (_, value) in self.entries().await? {
+        let now = self.engine.begin()?;
+        for (_, value) in self.port.scan("", now, true).await? {
+            let Some(value) = value else { continue };
             if crate::crypto::envelope::key_id(&value)? == Some(id) {
                 users += 1;
             }
@@ -659,8 +888,10 @@ impl<'s, P: Port> Dict<'s, P> {
 
     // ---- moving whole stores ------------------------------------------------------------------
 
-    /// The live entries under `prefix`, with their stored bytes and time left.
-    pub(crate) async fn export_entries(&self, prefix: &str) -> Result<Vec<Exported>> {
+    /// The live entries under the handle's prefix, with their full keys, stored bytes and time
+    /// left.
+    pub(crate) async fn export_entries(&self) -> Result<Vec<Exported>> {
+        let prefix = self.allowed_prefix(Operation::Scan)?;
         let now = self.engine.begin()?;
         let mut out = Vec::new();
         for (key, value) in self.port.scan(prefix, now, true).await? {
@@ -674,14 +905,22 @@ impl<'s, P: Port> Dict<'s, P> {
         Ok(out)
     }
 
-    /// Imports JSON lines into this store, all-or-nothing; returns how many.
+    /// Stores imported or copied entries (full keys), all-or-nothing; returns how many. On a
+    /// namespace handle every key must be under its prefix.
     pub(crate) async fn import_ops(&self, ops: Vec<crate::backend::BatchOp>) -> Result<usize> {
+        if let Some(scope) = self.scope
+            && let Some(op) = ops.iter().find(|op| !op.key().starts_with(&scope.prefix))
+        {
+            return Err(Error::Namespace(format!(
+                "{:?} is not under this handle's prefix {:?}",
+                op.key(),
+                scope.prefix
+            )));
+        }
         let n = ops.len();
-        self.apply(Batch {
-            engine: self.engine.clone(),
-            ops,
-        })
-        .await?;
+        let mut batch = self.batch(None);
+        batch.ops = ops;
+        self.apply(batch).await?;
         Ok(n)
     }
 }

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::access::{AccessPolicy, Operation};
 use crate::backend::{BatchOp, Change, Cleared, Expiry, Removed, Updated, WriteExpiry, Written};
 use crate::clock::{Clock, Millis, Now};
 use crate::codec::{self, Codec};
@@ -24,7 +25,7 @@ use crate::events::{Cause, EntryHooks, EntryLock, EventHub, EventKind, EventSett
 use crate::expiry::DriverControl;
 use crate::key;
 use crate::stats::{Counter, Counters};
-use crate::ttl::{TtlPolicy, WriteOptions};
+use crate::ttl::TtlPolicy;
 pub(crate) use change_signal::ChangeSignal;
 
 /// The default maximum encoded value size: 16 MiB.
@@ -43,6 +44,7 @@ pub(crate) struct Engine {
     pub(crate) expiry: Arc<DriverControl>,
     pub(crate) events: EventHub,
     pub(crate) sealer: Option<Sealer>,
+    access: Option<AccessPolicy>,
     closed: AtomicBool,
 }
 
@@ -55,6 +57,7 @@ pub(crate) struct EngineConfig {
     pub(crate) max_value_size: usize,
     pub(crate) events: EventSettings,
     pub(crate) keyring: Option<(Keyring, bool)>,
+    pub(crate) access: Option<AccessPolicy>,
     /// Identifies the backend: stores sharing one backend share re-entrancy checks, since an
     /// update closure holds the backend's lock whichever store it came through.
     pub(crate) backend_id: u64,
@@ -77,6 +80,7 @@ impl Engine {
             expiry: Arc::new(DriverControl::default()),
             events: EventHub::new(config.events, sealer.clone()),
             sealer,
+            access: config.access,
             closed: AtomicBool::new(false),
         }
     }
@@ -117,9 +121,21 @@ impl Engine {
         Ok(Now::of(&self.clock))
     }
 
+    /// Asks the access policy whether `operation` on `key` may go ahead.
+    #[inline]
+    pub(crate) fn allow(&self, operation: Operation, key: &str) -> Result<()> {
+        crate::access::check(self.access.as_ref(), operation, key)
+    }
+
+    /// The store's TTL policy (a namespace may bring its own).
+    pub(crate) fn policy(&self) -> &TtlPolicy {
+        &self.policy
+    }
+
     /// Adds the keys of `keys` to the store's keyring.
     pub(crate) fn rotate_key(&self, keys: Keyring) -> Result<()> {
         self.begin()?;
+        self.allow(Operation::Admin, "")?;
         self.sealer()?.keyring.write().merge(keys)
     }
 
@@ -256,16 +272,6 @@ impl Engine {
         stored
             .map(|b| codec::decode_raw(self.open(key, b)?))
             .transpose()
-    }
-
-    /// The expiry a write with `options` applies.
-    pub(crate) fn expiry(&self, options: &WriteOptions) -> Result<WriteExpiry> {
-        self.policy.resolve(options)
-    }
-
-    /// The expiry of an in-place update without options: keep the key's deadline.
-    pub(crate) fn update_expiry(&self) -> WriteExpiry {
-        self.policy.for_update()
     }
 
     // ---- accounting for an outcome ----------------------------------------------------------
@@ -560,6 +566,7 @@ impl Engine {
         key: &str,
         current: Option<&Bytes>,
         delta: i64,
+        expiry: WriteExpiry,
         out: &mut i64,
     ) -> Result<Change> {
         let old: i64 = match current {
@@ -579,7 +586,7 @@ impl Engine {
         let secret = current.is_some_and(|b| crate::crypto::is_encrypted(b));
         Ok(Change::Write {
             value: self.encode(key, &new, secret)?,
-            expiry: self.update_expiry(),
+            expiry,
         })
     }
 
@@ -589,6 +596,7 @@ impl Engine {
         key: &str,
         current: Option<&Bytes>,
         patch: &serde_json::Value,
+        expiry: WriteExpiry,
     ) -> Result<Change> {
         let serde_json::Value::Object(fields) = patch else {
             return Err(Error::Encode(
@@ -616,7 +624,7 @@ impl Engine {
         let secret = current.is_some_and(|b| crate::crypto::is_encrypted(b));
         Ok(Change::Write {
             value: self.encode(key, &map, secret)?,
-            expiry: self.update_expiry(),
+            expiry,
         })
     }
 }
