@@ -23,6 +23,7 @@ use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
 use crate::events::{Event, EventKind, Hook, HookId, HookResult};
 use crate::expiry::ExpiryDriver;
+use crate::lock::{AsyncLockGuard, DEFAULT_LOCK_LEASE};
 use crate::namespace::{Key, Namespace, Scope};
 use crate::stats::Stats;
 use crate::transfer;
@@ -183,7 +184,7 @@ impl AsyncLiveDict {
     }
 
     #[inline]
-    fn dict(&self) -> Dict<'_, AsyncPort<'_>> {
+    pub(crate) fn dict(&self) -> Dict<'_, AsyncPort<'_>> {
         Dict {
             engine: &self.inner.engine,
             port: AsyncPort {
@@ -581,6 +582,73 @@ impl AsyncLiveDict {
     ) -> impl Future<Output = Result<()>> + Send + 'a {
         let patch = serde_json::to_value(patch).map_err(|e| Error::Encode(Box::new(e)));
         async move { self.dict().merge(key, patch?).await }
+    }
+
+    // ---- locks --------------------------------------------------------------------------------
+
+    /// Takes the lock on `key`, waiting up to `timeout`; see [`LiveDict::lock`](crate::LiveDict::lock).
+    ///
+    /// # Errors
+    /// As [`LiveDict::lock`](crate::LiveDict::lock).
+    pub async fn lock(&self, key: &str, timeout: Duration) -> Result<Option<AsyncLockGuard>> {
+        self.lock_with(key, timeout, DEFAULT_LOCK_LEASE).await
+    }
+
+    /// [`lock`](Self::lock) with a lease of `lease`.
+    ///
+    /// # Errors
+    /// As [`LiveDict::lock_with`](crate::LiveDict::lock_with).
+    pub async fn lock_with(
+        &self,
+        key: &str,
+        timeout: Duration,
+        lease: Duration,
+    ) -> Result<Option<AsyncLockGuard>> {
+        let held = self.dict().acquire_lock(key, timeout, lease).await?;
+        Ok(held.map(|h| AsyncLockGuard::new(self.clone(), h)))
+    }
+
+    /// The value under `key`, or else the async `loader`'s, stored and returned; the loader runs
+    /// once per key under concurrent misses. See
+    /// [`LiveDict::get_or_compute`](crate::LiveDict::get_or_compute).
+    ///
+    /// # Errors
+    /// As [`LiveDict::get_or_compute`](crate::LiveDict::get_or_compute).
+    pub async fn get_or_compute<T, E, F, Fut>(&self, key: &str, loader: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = std::result::Result<T, E>> + Send,
+    {
+        self.dict()
+            .get_or_compute(key, WriteOptions::new(), loader)
+            .await
+    }
+
+    /// [`get_or_compute`](Self::get_or_compute) storing the loaded value with `options`.
+    ///
+    /// # Errors
+    /// As [`LiveDict::get_or_compute`](crate::LiveDict::get_or_compute).
+    pub async fn get_or_compute_with<T, E, F, Fut>(
+        &self,
+        key: &str,
+        options: impl Into<WriteOptions>,
+        loader: F,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = std::result::Result<T, E>> + Send,
+    {
+        self.dict()
+            .get_or_compute(key, options.into(), loader)
+            .await
+    }
+
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.inner.runtime
     }
 
     // ---- removing -----------------------------------------------------------------------------

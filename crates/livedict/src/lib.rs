@@ -72,6 +72,7 @@ mod expiry;
 #[cfg(feature = "async")]
 mod future;
 mod key;
+mod lock;
 mod namespace;
 mod stats;
 mod sync;
@@ -99,6 +100,9 @@ pub use events::{
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub use future::AsyncLiveDict;
 pub use key::MAX_KEY_LEN;
+#[cfg(feature = "async")]
+pub use lock::AsyncLockGuard;
+pub use lock::{DEFAULT_LOCK_LEASE, LockGuard};
 pub use namespace::{Key, KeyInfo, KeyKind, Namespace, NamespaceInfo};
 pub use stats::Stats;
 pub use sync::{LiveDict, WeakLiveDict};

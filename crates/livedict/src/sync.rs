@@ -19,6 +19,7 @@ use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
 use crate::events::{Event, EventKind, Hook, HookId, HookResult};
 use crate::expiry::ExpiryDriver;
+use crate::lock::{DEFAULT_LOCK_LEASE, LockGuard};
 use crate::namespace::{Key, Namespace, Scope};
 use crate::stats::Stats;
 use crate::transfer;
@@ -174,7 +175,7 @@ impl LiveDict {
 
     /// The operations of this store, run with [`run_ready`].
     #[inline]
-    fn dict(&self) -> Dict<'_, SyncPort<'_>> {
+    pub(crate) fn dict(&self) -> Dict<'_, SyncPort<'_>> {
         Dict {
             engine: &self.inner.engine,
             port: SyncPort {
@@ -621,6 +622,80 @@ impl LiveDict {
     pub fn merge<P: Serialize + ?Sized>(&self, key: &str, patch: &P) -> Result<()> {
         let patch = serde_json::to_value(patch).map_err(|e| Error::Encode(Box::new(e)))?;
         run_ready(self.dict().merge(key, patch))
+    }
+
+    // ---- locks --------------------------------------------------------------------------------
+
+    /// Takes the lock on `key`, waiting up to `timeout` (real time); `None` if it is still held
+    /// then. The guard releases it when dropped; the lock frees itself after
+    /// [`DEFAULT_LOCK_LEASE`] if the holder dies first. On SQLite and Redis it holds across
+    /// processes. Locks are advisory: they exclude other lockers, not writers of the key. See
+    /// [`LockGuard`] for an example.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::PermissionDenied`]; [`Error::Backend`].
+    pub fn lock(&self, key: &str, timeout: Duration) -> Result<Option<LockGuard>> {
+        self.lock_with(key, timeout, DEFAULT_LOCK_LEASE)
+    }
+
+    /// [`lock`](Self::lock) with a lease of `lease`.
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock); [`Error::InvalidTtl`] for a zero lease.
+    pub fn lock_with(
+        &self,
+        key: &str,
+        timeout: Duration,
+        lease: Duration,
+    ) -> Result<Option<LockGuard>> {
+        let held = run_ready(self.dict().acquire_lock(key, timeout, lease))?;
+        Ok(held.map(|h| LockGuard::new(self.clone(), h)))
+    }
+
+    /// The value under `key`, or else `loader`'s, stored with the default TTL and returned. Under
+    /// concurrent misses of a key the loader runs once (across threads, and on SQLite and Redis
+    /// across processes): the others wait and read what it stored.
+    ///
+    /// # Errors
+    /// [`Error::Aborted`] with the loader's error (nothing is stored); as [`get`](Self::get) and
+    /// [`set`](Self::set).
+    ///
+    /// # Examples
+    /// ```
+    /// # let store = livedict::LiveDict::new();
+    /// let v: u32 = store.get_or_compute("answer", || Ok::<_, std::io::Error>(42))?;
+    /// assert_eq!(v, 42);
+    /// let v: u32 = store.get_or_compute("answer", || -> Result<u32, std::io::Error> { unreachable!() })?;
+    /// assert_eq!(v, 42);
+    /// # Ok::<(), livedict::Error>(())
+    /// ```
+    pub fn get_or_compute<T, E, F>(&self, key: &str, loader: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: FnOnce() -> std::result::Result<T, E> + Send,
+    {
+        self.get_or_compute_with(key, WriteOptions::new(), loader)
+    }
+
+    /// [`get_or_compute`](Self::get_or_compute) storing the loaded value with `options`.
+    ///
+    /// # Errors
+    /// As [`get_or_compute`](Self::get_or_compute).
+    pub fn get_or_compute_with<T, E, F>(
+        &self,
+        key: &str,
+        options: impl Into<WriteOptions>,
+        loader: F,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: FnOnce() -> std::result::Result<T, E> + Send,
+    {
+        run_ready(self.dict().get_or_compute(key, options.into(), || {
+            std::future::ready(loader().map_err(Into::<BoxError>::into))
+        }))
     }
 
     // ---- removing -----------------------------------------------------------------------------

@@ -86,6 +86,29 @@ pub trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
         idle_since: Millis,
         now: Millis,
     ) -> BoxFuture<'_, Result<Vec<KeyValue>>>;
+    fn try_lock<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+        lease: Millis,
+        now: Millis,
+    ) -> BoxFuture<'a, Result<Option<u64>>> {
+        let _ = (name, owner, lease, now);
+        Box::pin(std::future::ready(Err(crate::Error::Backend(
+            "this backend has no locks".into(),
+        ))))
+    }
+    fn unlock<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+        now: Millis,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let _ = (name, owner, now);
+        Box::pin(std::future::ready(Err(crate::Error::Backend(
+            "this backend has no locks".into(),
+        ))))
+    }
     fn is_shared(&self) -> bool;
 }
 
@@ -238,6 +261,27 @@ macro_rules! impl_async_via_sync {
             {
                 Box::pin(::std::future::ready($crate::Backend::remove_inactive(
                     self, idle_since, now,
+                )))
+            }
+            fn try_lock<'a>(
+                &'a self,
+                name: &'a str,
+                owner: &'a str,
+                lease: $crate::Millis,
+                now: $crate::Millis,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<Option<u64>>> {
+                Box::pin(::std::future::ready($crate::Backend::try_lock(
+                    self, name, owner, lease, now,
+                )))
+            }
+            fn unlock<'a>(
+                &'a self,
+                name: &'a str,
+                owner: &'a str,
+                now: $crate::Millis,
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<bool>> {
+                Box::pin(::std::future::ready($crate::Backend::unlock(
+                    self, name, owner, now,
                 )))
             }
             fn is_shared(&self) -> bool {
@@ -442,6 +486,25 @@ mod off_runtime {
             now: Millis,
         ) -> BoxFuture<'_, Result<Vec<KeyValue>>> {
             Box::pin(self.run(move |b| b.remove_inactive(idle_since, now)))
+        }
+        fn try_lock<'a>(
+            &'a self,
+            name: &'a str,
+            owner: &'a str,
+            lease: Millis,
+            now: Millis,
+        ) -> BoxFuture<'a, Result<Option<u64>>> {
+            let (name, owner) = (name.to_owned(), owner.to_owned());
+            Box::pin(self.run(move |b| b.try_lock(&name, &owner, lease, now)))
+        }
+        fn unlock<'a>(
+            &'a self,
+            name: &'a str,
+            owner: &'a str,
+            now: Millis,
+        ) -> BoxFuture<'a, Result<bool>> {
+            let (name, owner) = (name.to_owned(), owner.to_owned());
+            Box::pin(self.run(move |b| b.unlock(&name, &owner, now)))
         }
         fn is_shared(&self) -> bool {
             self.backend.is_shared()

@@ -338,6 +338,26 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// accessed since `idle_since`.
     fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Result<Vec<KeyValue>>;
 
+    /// Takes the lock `name` for `owner` until `now + lease`, if it is free or its lease has run
+    /// out, and returns its fencing token: a number that grows with every acquisition of the
+    /// lock, so that a resource can refuse a holder whose lease ran out (its token is older).
+    /// `None` when someone else holds it. Locks are advisory and live apart from the entries:
+    /// a lock named like a key does not stop writes of the key. On shared backends the lock holds
+    /// across processes.
+    ///
+    /// The default, for backends without locks, is an [`Error::Backend`](crate::Error::Backend).
+    fn try_lock(&self, name: &str, owner: &str, lease: Millis, now: Millis) -> Result<Option<u64>> {
+        let _ = (name, owner, lease, now);
+        Err(crate::Error::Backend("this backend has no locks".into()))
+    }
+
+    /// Releases the lock `name` if `owner` holds it (and its lease has not run out); false
+    /// otherwise. Nobody but the owner can release a lock.
+    fn unlock(&self, name: &str, owner: &str, now: Millis) -> Result<bool> {
+        let _ = (name, owner, now);
+        Err(crate::Error::Backend("this backend has no locks".into()))
+    }
+
     /// Whether other processes may change this backend's data (then waits poll, and the expiry
     /// driver polls too).
     fn is_shared(&self) -> bool {

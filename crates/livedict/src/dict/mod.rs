@@ -41,6 +41,13 @@ const SHARED_WAIT_POLL: Duration = Duration::from_millis(20);
 pub(crate) const SWEEP_BATCH: usize = 256;
 /// Entries re-encrypted between two progress reports of `rekey`.
 const REKEY_BATCH: usize = 256;
+/// Backoff between attempts to take a lock.
+const LOCK_BACKOFF_MIN: Duration = Duration::from_micros(50);
+const LOCK_BACKOFF_MAX: Duration = Duration::from_millis(5);
+/// The lease of the lock `get_or_compute` holds while its loader runs, and how long it waits
+/// for the lock before looking for the value again.
+const COMPUTE_LEASE: Duration = Duration::from_secs(30);
+const COMPUTE_LOCK_WAIT: Duration = Duration::from_secs(1);
 /// Keys removed per atomic batch by `clear` on a namespace handle.
 const CLEAR_CHUNK: usize = 1000;
 
@@ -51,6 +58,19 @@ pub(crate) struct Dict<'s, P> {
     pub(crate) port: P,
     /// The namespace a handle is bound to: keys are under its prefix.
     pub(crate) scope: Option<&'s Scope>,
+}
+
+/// A lock taken by [`Dict::acquire_lock`]: its name (a full key), owner token and fencing token.
+#[derive(Debug)]
+pub(crate) struct HeldLock {
+    pub(crate) name: String,
+    pub(crate) owner: String,
+    pub(crate) fence: u64,
+}
+
+/// A fresh owner token: 128 random bits.
+fn lock_owner() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// A write whose value is encoded and whose expiry is resolved, ready for the backend.
@@ -797,6 +817,89 @@ impl<'s, P: Port> Dict<'s, P> {
             }
             P::wait(listener, left.min(poll)).await;
         }
+    }
+
+    // ---- locks --------------------------------------------------------------------------------
+
+    /// Takes the lock on `key` (full key) for a new owner, waiting up to `timeout` (real time),
+    /// retrying with a backoff from 50 µs to 5 ms. `None` when the timeout passes first.
+    pub(crate) async fn acquire_lock(
+        &self,
+        key: &str,
+        timeout: Duration,
+        lease: Duration,
+    ) -> Result<Option<HeldLock>> {
+        let name = self.allowed(Operation::Lock, key)?.into_owned();
+        let lease = ttl::to_millis(lease)?;
+        let owner = lock_owner();
+        let give_up = Instant::now() + timeout;
+        let mut pause = LOCK_BACKOFF_MIN;
+        loop {
+            let now = self.engine.begin_key(&name)?;
+            if let Some(fence) = self.port.try_lock(&name, &owner, lease, now).await? {
+                return Ok(Some(HeldLock { name, owner, fence }));
+            }
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            P::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(LOCK_BACKOFF_MAX);
+        }
+    }
+
+    /// Releases a lock taken by [`acquire_lock`](Self::acquire_lock); false if its lease had run
+    /// out (someone else may hold it now).
+    pub(crate) async fn release_lock(&self, lock: &HeldLock) -> Result<bool> {
+        let now = self.engine.clock.now();
+        self.port.unlock(&lock.name, &lock.owner, now).await
+    }
+
+    /// `get_or_compute`: the value under `key`, or the loader's, stored with `options`. Under
+    /// concurrent misses the loader runs once per key: callers take the key's lock and look
+    /// again before loading, across processes on shared backends.
+    pub(crate) async fn get_or_compute<T, E, F, Fut>(
+        &self,
+        key: &str,
+        options: WriteOptions,
+        loader: F,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<BoxError>,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = std::result::Result<T, E>> + Send,
+    {
+        if let Some(v) = self.get(key).await? {
+            return Ok(v);
+        }
+        let full = self.allowed(Operation::Update, key)?;
+        let lock = loop {
+            if let Some(lock) = self
+                .acquire_lock(&full, COMPUTE_LOCK_WAIT, COMPUTE_LEASE)
+                .await?
+            {
+                break lock;
+            }
+            // Still held by a slow loader: maybe it has stored the value by now.
+            if let Some(v) = self.get(key).await? {
+                return Ok(v);
+            }
+        };
+        let outcome = async {
+            if let Some(v) = self.get(key).await? {
+                return Ok(v);
+            }
+            let value = loader().await.map_err(|e| Error::Aborted(e.into()))?;
+            let prepared = self.prepare_set(key, &value, options);
+            self.write(prepared?).await?;
+            Ok(value)
+        }
+        .await;
+        let released = self.release_lock(&lock).await;
+        let value = outcome?;
+        released?;
+        Ok(value)
     }
 
     // ---- passwords and keys -------------------------------------------------------------------

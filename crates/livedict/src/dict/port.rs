@@ -100,7 +100,23 @@ pub(crate) trait Port: Send + Sync {
         idle_since: Millis,
         now: Millis,
     ) -> impl Future<Output = Result<Vec<KeyValue>>> + Send + '_;
+    fn try_lock<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+        lease: Millis,
+        now: Millis,
+    ) -> impl Future<Output = Result<Option<u64>>> + Send + 'a;
+    fn unlock<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+        now: Millis,
+    ) -> impl Future<Output = Result<bool>> + Send + 'a;
     fn is_shared(&self) -> bool;
+
+    /// Sleeps for `duration` (blocking, or awaiting).
+    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send;
 
     /// Locks `mutex` (blocking, or awaiting).
     fn acquire<'m, T: Send + 'm>(
@@ -213,8 +229,24 @@ impl Port for SyncPort<'_> {
     fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Ready<Result<Vec<KeyValue>>> {
         ready(self.backend.remove_inactive(idle_since, now))
     }
+    fn try_lock<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+        lease: Millis,
+        now: Millis,
+    ) -> Ready<Result<Option<u64>>> {
+        ready(self.backend.try_lock(name, owner, lease, now))
+    }
+    fn unlock<'a>(&'a self, name: &'a str, owner: &'a str, now: Millis) -> Ready<Result<bool>> {
+        ready(self.backend.unlock(name, owner, now))
+    }
     fn is_shared(&self) -> bool {
         self.backend.is_shared()
+    }
+    fn sleep(duration: Duration) -> Ready<()> {
+        std::thread::sleep(duration);
+        ready(())
     }
     fn acquire<'m, T: Send + 'm>(mutex: &'m Mutex<T>) -> Ready<MutexGuard<'m, T>> {
         ready(mutex.lock_blocking())
@@ -343,8 +375,28 @@ impl Port for AsyncPort<'_> {
     ) -> impl Future<Output = Result<Vec<KeyValue>>> + Send + '_ {
         self.backend.remove_inactive(idle_since, now)
     }
+    fn try_lock<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+        lease: Millis,
+        now: Millis,
+    ) -> impl Future<Output = Result<Option<u64>>> + Send + 'a {
+        self.backend.try_lock(name, owner, lease, now)
+    }
+    fn unlock<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+        now: Millis,
+    ) -> impl Future<Output = Result<bool>> + Send + 'a {
+        self.backend.unlock(name, owner, now)
+    }
     fn is_shared(&self) -> bool {
         self.backend.is_shared()
+    }
+    async fn sleep(duration: Duration) {
+        tokio::time::sleep(duration).await;
     }
     fn acquire<'m, T: Send + 'm>(
         mutex: &'m Mutex<T>,

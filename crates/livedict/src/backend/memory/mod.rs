@@ -6,6 +6,7 @@
 //! exact (one record per entry with a deadline); a read that slides a deadline forward leaves the
 //! timer record where it was, and the sweep that finds it early moves it to the new deadline.
 
+mod locks;
 mod timers;
 
 use std::fmt;
@@ -54,6 +55,7 @@ pub struct MemoryBackend {
     shard_mask: u64,
     hasher: Hasher,
     pop_cursor: AtomicUsize,
+    locks: locks::Locks,
 }
 
 struct Slot {
@@ -286,6 +288,7 @@ impl MemoryBackend {
             shard_mask: (n - 1) as u64,
             hasher,
             pop_cursor: AtomicUsize::new(0),
+            locks: locks::Locks::default(),
         }
     }
 
@@ -572,6 +575,14 @@ impl Backend for MemoryBackend {
             }
         }
         Ok(out)
+    }
+
+    fn try_lock(&self, name: &str, owner: &str, lease: Millis, now: Millis) -> Result<Option<u64>> {
+        Ok(self.locks.try_lock(name, owner, lease, now))
+    }
+
+    fn unlock(&self, name: &str, owner: &str, now: Millis) -> Result<bool> {
+        Ok(self.locks.unlock(name, owner, now))
     }
 
     #[cfg(feature = "async")]

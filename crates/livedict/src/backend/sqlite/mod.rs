@@ -529,6 +529,51 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn try_lock(&self, name: &str, owner: &str, lease: Millis, now: Millis) -> Result<Option<u64>> {
+        self.write(|c| {
+            let held: Option<(Option<String>, i64, i64)> = c
+                .prepare_cached(
+                    "SELECT owner, expires_at, fence FROM livedict_locks WHERE name = ?1",
+                )
+                .map_err(db_error)?
+                .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+                .map_err(db_error)?;
+            let fence = match held {
+                Some((Some(_), expires_at, _)) if expires_at as u64 > now => return Ok(None),
+                Some((_, _, fence)) => fence as u64 + 1,
+                None => 1,
+            };
+            c.prepare_cached(
+                "INSERT INTO livedict_locks (name, owner, expires_at, fence) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET owner = ?2, expires_at = ?3, fence = ?4",
+            )
+            .map_err(db_error)?
+            .execute(params![
+                name,
+                owner,
+                now.saturating_add(lease).min(i64::MAX as u64) as i64,
+                fence as i64
+            ])
+            .map_err(db_error)?;
+            Ok(Some(fence))
+        })
+    }
+
+    fn unlock(&self, name: &str, owner: &str, now: Millis) -> Result<bool> {
+        self.write(|c| {
+            let released = c
+                .prepare_cached(
+                    "UPDATE livedict_locks SET owner = NULL, expires_at = 0
+                     WHERE name = ?1 AND owner = ?2 AND expires_at > ?3",
+                )
+                .map_err(db_error)?
+                .execute(params![name, owner, now as i64])
+                .map_err(db_error)?;
+            Ok(released > 0)
+        })
+    }
+
     fn set_expiry(&self, key: &str, expiry: Expiry, now: Millis) -> Result<bool> {
         let (deadline, sliding) = expiry.deadline_at(now);
         self.write(|c| {

@@ -39,6 +39,17 @@ CREATE INDEX IF NOT EXISTS livedict_entries_deadline
 INSERT OR IGNORE INTO livedict_meta (name, value) VALUES ('format', '1');
 ";
 
+/// Named locks (`Backend::try_lock`): a row per lock name ever taken, kept after release so its
+/// fencing token keeps growing. Added to stores made before locks existed when they are opened.
+const CREATE_LOCKS: &str = "
+CREATE TABLE IF NOT EXISTS livedict_locks (
+    name TEXT PRIMARY KEY NOT NULL,
+    owner TEXT,
+    expires_at INTEGER NOT NULL,
+    fence INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Checks that `conn` is a livedict store of a format this build reads, creating the schema in an
 /// empty database. Reads before it writes, so a file that is not a livedict store (or is of a
 /// newer format) is refused with [`Error::Format`] and left exactly as it was.
@@ -61,6 +72,7 @@ pub(crate) fn check_or_create(conn: &mut Connection) -> Result<()> {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_error)?;
         tx.execute_batch(CREATE).map_err(db_error)?;
+        tx.execute_batch(CREATE_LOCKS).map_err(db_error)?;
         tx.commit().map_err(db_error)?;
         return check_format(conn);
     }
@@ -77,6 +89,9 @@ pub(crate) fn check_or_create(conn: &mut Connection) -> Result<()> {
     }
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(db_error)?;
+    if !tables.iter().any(|t| t == "livedict_locks") {
+        conn.execute_batch(CREATE_LOCKS).map_err(db_error)?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,155 @@
+//! Lock guards: what [`LiveDict::lock`](crate::LiveDict::lock) and
+//! [`AsyncLiveDict::lock`](crate::AsyncLiveDict::lock) return.
+//!
+//! A lock has an owner token (128 random bits) known only to its guard, a lease after which it
+//! frees itself if the holder died, and a fencing token that grows with every acquisition. On
+//! SQLite and Redis it holds across processes. Only the owner can release it: a guard whose lease
+//! ran out releases nothing that another owner took since.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::dict::{HeldLock, run_ready};
+use crate::error::Result;
+use crate::sync::LiveDict;
+
+/// The lease of a lock taken by `lock` (`lock_with` sets another).
+pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
+
+/// A held lock of a [`LiveDict`]; released when dropped.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// # let store = livedict::LiveDict::new();
+/// let guard = store.lock("job:42", Duration::from_secs(5))?.expect("free");
+/// assert!(store.lock("job:42", Duration::ZERO)?.is_none()); // held
+/// let fence = guard.fence();
+/// drop(guard);
+/// let again = store.lock("job:42", Duration::ZERO)?.expect("released");
+/// assert!(again.fence() > fence);
+/// # Ok::<(), livedict::Error>(())
+/// ```
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard {
+    store: LiveDict,
+    held: Option<HeldLock>,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let held = self.held.as_ref();
+        f.debug_struct("LockGuard")
+            .field("key", &held.map(|h| &h.name))
+            .field("fence", &held.map(|h| h.fence))
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockGuard {
+    pub(crate) fn new(store: LiveDict, held: HeldLock) -> Self {
+        LockGuard {
+            store,
+            held: Some(held),
+        }
+    }
+
+    /// The fencing token of this acquisition: larger than that of every earlier acquisition of
+    /// the lock. Pass it to the resource the lock protects, so that it can refuse a holder whose
+    /// lease ran out.
+    pub fn fence(&self) -> u64 {
+        self.held.as_ref().map_or(0, |h| h.fence)
+    }
+
+    /// The locked key (full key, namespace prefix included).
+    pub fn key(&self) -> &str {
+        self.held.as_ref().map_or("", |h| h.name.as_str())
+    }
+
+    /// Releases the lock now; false if its lease had run out (another owner may hold it).
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend) (the lease frees the lock anyway).
+    pub fn release(mut self) -> Result<bool> {
+        match self.held.take() {
+            Some(held) => run_ready(self.store.dict().release_lock(&held)),
+            None => Ok(false),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take()
+            && let Err(e) = run_ready(self.store.dict().release_lock(&held))
+        {
+            tracing::warn!(error = %e, key = %held.name, "livedict: cannot release a lock; its lease will");
+        }
+    }
+}
+
+/// A held lock of an [`AsyncLiveDict`](crate::AsyncLiveDict); released when dropped (by a task
+/// on the store's runtime) or, awaited, with [`release`](Self::release).
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct AsyncLockGuard {
+    store: crate::AsyncLiveDict,
+    held: Option<HeldLock>,
+}
+
+#[cfg(feature = "async")]
+impl fmt::Debug for AsyncLockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let held = self.held.as_ref();
+        f.debug_struct("AsyncLockGuard")
+            .field("key", &held.map(|h| &h.name))
+            .field("fence", &held.map(|h| h.fence))
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "async")]
+impl AsyncLockGuard {
+    pub(crate) fn new(store: crate::AsyncLiveDict, held: HeldLock) -> Self {
+        AsyncLockGuard {
+            store,
+            held: Some(held),
+        }
+    }
+
+    /// The fencing token of this acquisition; see [`LockGuard::fence`].
+    pub fn fence(&self) -> u64 {
+        self.held.as_ref().map_or(0, |h| h.fence)
+    }
+
+    /// The locked key (full key, namespace prefix included).
+    pub fn key(&self) -> &str {
+        self.held.as_ref().map_or("", |h| h.name.as_str())
+    }
+
+    /// Releases the lock now; false if its lease had run out.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend) (the lease frees the lock anyway).
+    pub async fn release(mut self) -> Result<bool> {
+        match self.held.take() {
+            Some(held) => self.store.dict().release_lock(&held).await,
+            None => Ok(false),
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+impl Drop for AsyncLockGuard {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            let store = self.store.clone();
+            drop(store.runtime().clone().spawn(async move {
+                if let Err(e) = store.dict().release_lock(&held).await {
+                    tracing::warn!(error = %e, key = %held.name, "livedict: cannot release a lock; its lease will");
+                }
+            }));
+        }
+    }
+}
