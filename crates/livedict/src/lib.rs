@@ -98,7 +98,7 @@ pub use events::{
 };
 #[cfg(feature = "async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
-pub use future::AsyncLiveDict;
+pub use future::{AsyncLiveDict, WeakAsyncLiveDict};
 pub use key::MAX_KEY_LEN;
 #[cfg(feature = "async")]
 pub use lock::AsyncLockGuard;
