@@ -88,7 +88,7 @@ impl<'s, P: Port> Dict<'s, P> {
     // ---- namespaces and access ----------------------------------------------------------------
 
     /// The full key of `key`: under the handle's namespace prefix, if any.
-    #[inline]
+    #[inline(always)]
     fn full<'k>(&self, key: &'k str) -> Result<Cow<'k, str>> {
         match self.scope {
             None => Ok(Cow::Borrowed(key)),
@@ -100,7 +100,7 @@ impl<'s, P: Port> Dict<'s, P> {
     }
 
     /// The full key of `key`, once the access policy allows `operation` on it.
-    #[inline]
+    #[inline(always)]
     fn allowed<'k>(&self, operation: Operation, key: &'k str) -> Result<Cow<'k, str>> {
         let full = self.full(key)?;
         self.engine.allow(operation, &full)?;
@@ -150,6 +150,7 @@ impl<'s, P: Port> Dict<'s, P> {
     // ---- entry-hook locks ---------------------------------------------------------------------
 
     /// The entry-hook lock of `key`, when entry hooks are in play.
+    #[inline(always)]
     async fn entry_lock(&self, key: &str, hooks: &EntryHooks) -> Result<Option<EntryLock<'s>>> {
         if !self.engine.events.needs_entry_lock(hooks)? {
             return Ok(None);
@@ -159,6 +160,7 @@ impl<'s, P: Port> Dict<'s, P> {
 
     /// Locks `key`'s stripe unconditionally (the caller checked that entry hooks are in use).
     /// The future borrows only the store (`'s`), not `self` or `key`.
+    #[inline(always)]
     fn lock_entry(&self, key: &str) -> impl Future<Output = EntryLock<'s>> + Send + 's {
         let table = self.engine.events.registry.entries();
         let stripe = table.stripe(key);
@@ -167,19 +169,25 @@ impl<'s, P: Port> Dict<'s, P> {
 
     // ---- reading ------------------------------------------------------------------------------
 
-    /// The stored bytes under `key`, accounted as an access with [`ReadMode::Touch`].
-    #[inline]
-    /// With a namespace, `key` is the full key (see [`full`](Self::full)).
+    /// The stored bytes under the full key `key`, accounted as an access with
+    /// [`ReadMode::Touch`].
+    #[inline(always)]
     async fn read_full(&self, key: &str, mode: ReadMode) -> Result<Option<Bytes>> {
         let now = self.engine.begin_read(key)?;
         let found = self.port.get(key, &now, mode).await?;
         if mode == ReadMode::Touch {
-            self.accessed(key, found.as_ref(), &now).await;
+            // The entry-hook table is only locked when some entry has hooks (rare): the common
+            // path has no await here.
+            let on_access = if found.is_some() && self.engine.events.registry.entries().in_use() {
+                self.lock_entry(key).await.on_access(key)
+            } else {
+                None
+            };
+            self.engine.read(key, found.as_ref(), &now, on_access);
         }
         Ok(found)
     }
 
-    #[inline]
     async fn accessed(&self, key: &str, found: Option<&Bytes>, now: &Now<'_>) {
         let on_access = match found {
             Some(_) if self.engine.events.registry.entries().in_use() => {
@@ -190,19 +198,21 @@ impl<'s, P: Port> Dict<'s, P> {
         self.engine.read(key, found, now, on_access);
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let key = self.allowed(Operation::Read, key)?;
         let found = self.read_full(&key, ReadMode::Touch).await?;
         self.engine.decode_opt(&key, found)
     }
 
+    #[inline(always)]
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.allowed(Operation::Read, key)?;
         let found = self.read_full(&key, ReadMode::Touch).await?;
         self.engine.decode_raw_opt(&key, found)
     }
 
+    #[inline(always)]
     pub(crate) async fn peek<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let key = self.allowed(Operation::Read, key)?;
         let found = self.read_full(&key, ReadMode::Peek).await?;
@@ -309,6 +319,7 @@ impl<'s, P: Port> Dict<'s, P> {
     // ---- writing ------------------------------------------------------------------------------
 
     /// Validates, resolves the expiry and encodes a write, at once.
+    #[inline(always)]
     pub(crate) fn prepare_write<'k>(
         &self,
         key: &'k str,
@@ -333,7 +344,7 @@ impl<'s, P: Port> Dict<'s, P> {
     }
 
     /// Applies a prepared write.
-    #[inline]
+    #[inline(always)]
     pub(crate) async fn write(&self, w: PreparedWrite<'_>) -> Result<Written> {
         let engine = self.engine;
         let PreparedWrite {
@@ -373,6 +384,7 @@ impl<'s, P: Port> Dict<'s, P> {
     }
 
     /// Prepares `set_with`.
+    #[inline(always)]
     pub(crate) fn prepare_set<'k, T: Serialize + ?Sized>(
         &self,
         key: &'k str,
@@ -388,6 +400,7 @@ impl<'s, P: Port> Dict<'s, P> {
     }
 
     /// Prepares `set_bytes_with`.
+    #[inline(always)]
     pub(crate) fn prepare_set_bytes<'k>(
         &self,
         key: &'k str,
@@ -468,7 +481,7 @@ impl<'s, P: Port> Dict<'s, P> {
     }
 
     /// Applies a prepared write (or returns the error preparing it).
-    #[inline]
+    #[inline(always)]
     pub(crate) async fn write_prepared(&self, prepared: Result<PreparedWrite<'_>>) -> Result<()> {
         self.write(prepared?).await?;
         Ok(())
@@ -555,7 +568,7 @@ impl<'s, P: Port> Dict<'s, P> {
         Ok(out)
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) async fn incr(&self, key: &str, delta: i64) -> Result<i64> {
         let full = self.full(key)?;
         let key = &*full;
@@ -579,7 +592,7 @@ impl<'s, P: Port> Dict<'s, P> {
     }
 
     /// Runs a decision on the current value inside the backend's atomic update (`key`: full).
-    #[inline]
+    #[inline(always)]
     async fn modify(
         &self,
         key: &str,

@@ -131,7 +131,7 @@ pub(crate) trait Port: Send + Sync {
 ///
 /// # Panics
 /// If the future is pending, which a sync port never is.
-#[inline]
+#[inline(always)]
 pub(crate) fn run_ready<F: Future>(f: F) -> F::Output {
     match pin!(f).poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(v) => v,
@@ -156,6 +156,7 @@ impl Port for SyncPort<'_> {
     ) -> Ready<Result<Option<Bytes>>> {
         ready(self.backend.get(key, now, mode))
     }
+    #[inline]
     fn get_many<'a>(
         &'a self,
         keys: &'a [&'a str],
@@ -164,6 +165,7 @@ impl Port for SyncPort<'_> {
     ) -> Ready<Result<Vec<Option<Bytes>>>> {
         ready(self.backend.get_many(keys, now, mode))
     }
+    #[inline]
     fn contains<'a>(&'a self, key: &'a str, now: &'a Now<'a>) -> Ready<Result<bool>> {
         ready(self.backend.contains(key, now))
     }
@@ -178,9 +180,11 @@ impl Port for SyncPort<'_> {
     ) -> Ready<Result<Written>> {
         ready(self.backend.set(key, value, expiry, condition, now))
     }
+    #[inline]
     fn delete<'a>(&'a self, key: &'a str, now: Millis) -> Ready<Result<Removed>> {
         ready(self.backend.delete(key, now))
     }
+    #[inline]
     fn update<'a>(
         &'a self,
         key: &'a str,
@@ -189,12 +193,15 @@ impl Port for SyncPort<'_> {
     ) -> Ready<Result<Updated>> {
         ready(self.backend.update(key, now, f))
     }
+    #[inline]
     fn ttl<'a>(&'a self, key: &'a str, now: Millis) -> Ready<Result<KeyTtl>> {
         ready(self.backend.ttl(key, now))
     }
+    #[inline]
     fn set_expiry<'a>(&'a self, key: &'a str, expiry: Expiry, now: Millis) -> Ready<Result<bool>> {
         ready(self.backend.set_expiry(key, expiry, now))
     }
+    #[inline]
     fn scan<'a>(
         &'a self,
         prefix: &'a str,
@@ -203,18 +210,23 @@ impl Port for SyncPort<'_> {
     ) -> Ready<Result<Vec<ScanEntry>>> {
         ready(self.backend.scan(prefix, now, with_values))
     }
+    #[inline]
     fn len(&self, now: Millis) -> Ready<Result<usize>> {
         ready(self.backend.len(now))
     }
+    #[inline]
     fn clear(&self, now: Millis) -> Ready<Result<Cleared>> {
         ready(self.backend.clear(now))
     }
+    #[inline]
     fn pop_any(&self, now: Millis) -> Ready<Result<Option<KeyValue>>> {
         ready(self.backend.pop_any(now))
     }
+    #[inline]
     fn apply_batch(&self, ops: Vec<BatchOp>, now: Millis) -> Ready<Result<Vec<Removed>>> {
         ready(self.backend.apply_batch(ops, now))
     }
+    #[inline]
     fn sweep<'a>(
         &'a self,
         now: Millis,
@@ -223,12 +235,15 @@ impl Port for SyncPort<'_> {
     ) -> Ready<Result<()>> {
         ready(self.backend.sweep(now, limit, out))
     }
+    #[inline]
     fn next_deadline(&self) -> Ready<Result<Option<Millis>>> {
         ready(self.backend.next_deadline())
     }
+    #[inline]
     fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Ready<Result<Vec<KeyValue>>> {
         ready(self.backend.remove_inactive(idle_since, now))
     }
+    #[inline]
     fn try_lock<'a>(
         &'a self,
         name: &'a str,
@@ -238,19 +253,24 @@ impl Port for SyncPort<'_> {
     ) -> Ready<Result<Option<u64>>> {
         ready(self.backend.try_lock(name, owner, lease, now))
     }
+    #[inline]
     fn unlock<'a>(&'a self, name: &'a str, owner: &'a str, now: Millis) -> Ready<Result<bool>> {
         ready(self.backend.unlock(name, owner, now))
     }
+    #[inline]
     fn is_shared(&self) -> bool {
         self.backend.is_shared()
     }
+    #[inline]
     fn sleep(duration: Duration) -> Ready<()> {
         std::thread::sleep(duration);
         ready(())
     }
+    #[inline]
     fn acquire<'m, T: Send + 'm>(mutex: &'m Mutex<T>) -> Ready<MutexGuard<'m, T>> {
         ready(mutex.lock_blocking())
     }
+    #[inline]
     fn wait(listener: EventListener, timeout: Duration) -> Ready<()> {
         if let Some(deadline) = Instant::now().checked_add(timeout) {
             listener.wait_deadline(deadline);

@@ -1,25 +1,64 @@
-//! Connections to one Redis server or cluster: a pool of blocking connections, one per thread
-//! in use, reopened after a failure.
+//! Connections to one Redis server or cluster, behind the [`Transport`] the operations use.
 //!
-//! A connection that fails in any way is dropped, never reused, and the failure is returned as
-//! [`Error::Backend`]: livedict does not retry a command whose outcome it cannot know. The next
-//! operation opens a fresh connection, so the store works again as soon as the server does.
+//! Two transports carry the same operations (`ops.rs`):
+//!
+//! - [`Pool`], for the sync [`Backend`](crate::Backend): blocking connections, one per thread in
+//!   use, reopened after a failure. Its futures are always ready (the blocking call is made when
+//!   the future is created), and the sync methods poll them once with
+//!   [`run_ready`](crate::dict::run_ready).
+//! - `AsyncConnection` (feature `async`), for [`AsyncBackend`](crate::backend::AsyncBackend):
+//!   redis-rs's multiplexed, reconnecting `ConnectionManager` for a server, its async cluster
+//!   connection for a cluster.
+//!
+//! A command that fails is returned as [`Error::Backend`]: livedict does not retry a command
+//! whose outcome it cannot know. The pool drops a connection after any failure but an error
+//! reply (I/O, timeout, a reply that does not parse) and opens a fresh one for the next
+//! operation; the async connections reconnect by themselves after a connection failure. Either
+//! way the store works again as soon as the server does.
 
 use std::fmt;
+use std::future::{Future, ready};
 use std::time::Duration;
 
+use async_lock::{Mutex as StripeMutex, MutexGuard as StripeGuard};
 use parking_lot::Mutex;
-use redis::{ConnectionLike, RedisError, Value};
+use redis::{ConnectionLike, RedisError, RedisResult, Value};
 
 use crate::error::{Error, Result};
 
 /// Idle connections kept for reuse.
 const MAX_IDLE: usize = 64;
 
+/// How the operations reach Redis, and how they wait: a blocking or an async implementation.
+///
+/// Every future returned must be `Send` (the async backend's futures are), and those of a
+/// blocking implementation must be ready at once (see [`run_ready`](crate::dict::run_ready)).
+pub(super) trait Transport: Sync {
+    /// Sends `cmd` and returns its reply.
+    fn query<'a>(
+        &'a self,
+        cmd: &'a redis::Cmd,
+    ) -> impl Future<Output = RedisResult<Value>> + Send + 'a;
+
+    /// Sends `cmd` (a script that is loaded: it just ran) without awaiting it, from a `Drop`:
+    /// at once on a blocking connection, on a task of the current runtime for an async one.
+    /// Best effort: a failure is logged.
+    fn send_detached(&self, cmd: redis::Cmd);
+
+    /// Waits `pause` before retrying a command refused because its key is locked.
+    fn sleep(&self, pause: Duration) -> impl Future<Output = ()> + Send;
+
+    /// Takes one of the in-process mutexes serializing the updates of a key.
+    fn lock<'a>(
+        &self,
+        stripe: &'a StripeMutex<()>,
+    ) -> impl Future<Output = StripeGuard<'a, ()>> + Send + 'a;
+}
+
 /// What the backend connects to.
 pub(super) enum Target {
     Server(redis::Client),
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 impl Target {
@@ -42,7 +81,7 @@ impl Connection {
     }
 }
 
-/// A pool of connections to one target.
+/// A pool of blocking connections to one target: the transport of the sync backend.
 pub(super) struct Pool {
     target: Target,
     timeout: Duration,
@@ -67,60 +106,167 @@ impl Pool {
         }
     }
 
-    pub(super) fn is_cluster(&self) -> bool {
-        self.target.is_cluster()
+    /// What the pool connects to.
+    #[cfg(feature = "async")]
+    pub(super) fn target(&self) -> &Target {
+        &self.target
     }
 
-    fn connect(&self) -> Result<Connection> {
+    fn connect(&self) -> RedisResult<Connection> {
         match &self.target {
             Target::Server(client) => {
-                let c = client
-                    .get_connection_with_timeout(self.timeout)
-                    .map_err(redis_error)?;
-                c.set_read_timeout(Some(self.timeout))
-                    .map_err(redis_error)?;
-                c.set_write_timeout(Some(self.timeout))
-                    .map_err(redis_error)?;
+                let c = client.get_connection_with_timeout(self.timeout)?;
+                c.set_read_timeout(Some(self.timeout))?;
+                c.set_write_timeout(Some(self.timeout))?;
                 Ok(Connection::Server(c))
             }
             Target::Cluster(client) => {
-                let c = client.get_connection().map_err(redis_error)?;
-                c.set_read_timeout(Some(self.timeout))
-                    .map_err(redis_error)?;
-                c.set_write_timeout(Some(self.timeout))
-                    .map_err(redis_error)?;
+                let c = client.get_connection()?;
+                c.set_read_timeout(Some(self.timeout))?;
+                c.set_write_timeout(Some(self.timeout))?;
                 Ok(Connection::Cluster(Box::new(c)))
             }
         }
     }
 
-    /// Runs `f` on a connection; a connection on which anything failed is dropped.
-    pub(super) fn with<T>(
-        &self,
-        f: impl FnOnce(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
-    ) -> Result<T> {
+    /// Sends `cmd` on an idle connection (or a new one). A connection is reused after a reply,
+    /// error replies included (the reply was read whole); after any other failure it is dropped.
+    fn query_blocking(&self, cmd: &redis::Cmd) -> RedisResult<Value> {
         let pooled = self.idle.lock().pop();
         let mut conn = match pooled {
             Some(c) => c,
             None => self.connect()?,
         };
-        match f(conn.as_dyn()) {
-            Ok(v) => {
+        let reply = cmd.query::<Value>(conn.as_dyn());
+        match &reply {
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                // The server went away or restarted: the idle connections are dead too.
+                self.idle.lock().clear();
+            }
+            // An error the server replied with leaves the connection in step with it.
+            Err(e) if !matches!(e.kind(), redis::ErrorKind::Server(_)) => {}
+            _ => {
                 let mut idle = self.idle.lock();
                 if idle.len() < MAX_IDLE {
                     idle.push(conn);
                 }
-                Ok(v)
-            }
-            Err(e) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                    // The server went away or restarted: the idle connections are dead too.
-                    self.idle.lock().clear();
-                }
-                Err(redis_error(e))
             }
         }
+        reply
     }
+}
+
+impl Transport for Pool {
+    fn query<'a>(
+        &'a self,
+        cmd: &'a redis::Cmd,
+    ) -> impl Future<Output = RedisResult<Value>> + Send + 'a {
+        ready(self.query_blocking(cmd))
+    }
+
+    fn send_detached(&self, cmd: redis::Cmd) {
+        if let Err(e) = self.query_blocking(&cmd) {
+            warn_detached(&e);
+        }
+    }
+
+    fn sleep(&self, pause: Duration) -> impl Future<Output = ()> + Send {
+        std::thread::sleep(pause);
+        ready(())
+    }
+
+    fn lock<'a>(
+        &self,
+        stripe: &'a StripeMutex<()>,
+    ) -> impl Future<Output = StripeGuard<'a, ()>> + Send + 'a {
+        ready(stripe.lock_blocking())
+    }
+}
+
+/// The async transport: a multiplexed connection shared by every task (feature `async`).
+/// Cloning it clones a handle on the same connection.
+#[cfg(feature = "async")]
+#[derive(Clone)]
+pub(super) enum AsyncConnection {
+    /// One server: reconnects by itself after a failure.
+    Server(redis::aio::ConnectionManager),
+    /// A cluster: one multiplexed connection per node, reconnected by redis-rs.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+#[cfg(feature = "async")]
+impl fmt::Debug for AsyncConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AsyncConnection::Server(_) => "AsyncConnection::Server",
+            AsyncConnection::Cluster(_) => "AsyncConnection::Cluster",
+        })
+    }
+}
+
+#[cfg(feature = "async")]
+impl Target {
+    /// Opens the async connection to the target, on the current tokio runtime. Every attempt
+    /// to connect (this one, and those of the connection manager after a failure) is a single
+    /// one bounded by `timeout`: a call that meets a dead server fails instead of waiting.
+    pub(super) async fn connect_async(&self, timeout: Duration) -> Result<AsyncConnection> {
+        match self {
+            Target::Server(client) => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(0);
+                redis::aio::ConnectionManager::new_with_config(client.clone(), config)
+                    .await
+                    .map(AsyncConnection::Server)
+                    .map_err(redis_error)
+            }
+            // The cluster client carries the connection and response timeouts.
+            Target::Cluster(client) => client
+                .get_async_connection()
+                .await
+                .map(AsyncConnection::Cluster)
+                .map_err(redis_error),
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+impl Transport for AsyncConnection {
+    async fn query<'a>(&'a self, cmd: &'a redis::Cmd) -> RedisResult<Value> {
+        // Both are handles on a shared connection: cloning one is cheap.
+        match self {
+            AsyncConnection::Server(c) => cmd.query_async(&mut c.clone()).await,
+            AsyncConnection::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+    }
+
+    fn send_detached(&self, cmd: redis::Cmd) {
+        // Outside a runtime (it is shutting down) the lock expires with its lease.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let connection = self.clone();
+            runtime.spawn(async move {
+                if let Err(e) = connection.query(&cmd).await {
+                    warn_detached(&e);
+                }
+            });
+        }
+    }
+
+    async fn sleep(&self, pause: Duration) {
+        tokio::time::sleep(pause).await;
+    }
+
+    fn lock<'a>(
+        &self,
+        stripe: &'a StripeMutex<()>,
+    ) -> impl Future<Output = StripeGuard<'a, ()>> + Send + 'a {
+        stripe.lock()
+    }
+}
+
+fn warn_detached(e: &RedisError) {
+    tracing::warn!(error = %e, "livedict: cannot release an update lock; it expires with its lease");
 }
 
 /// The script of every operation, loaded once per server and run by its SHA1.
@@ -136,10 +282,13 @@ impl fmt::Debug for StoreScript {
     }
 }
 
+/// The source of the script.
+const STORE_LUA: &str = include_str!("store.lua");
+
 impl StoreScript {
     pub(super) fn new() -> Self {
         StoreScript {
-            script: redis::Script::new(include_str!("store.lua")),
+            script: redis::Script::new(STORE_LUA),
         }
     }
 
@@ -153,19 +302,18 @@ impl StoreScript {
         cmd
     }
 
-    /// Runs `cmd` (from [`command`](Self::command)), loading the script first if the server has
-    /// lost it (a restart, `SCRIPT FLUSH`). A `NOSCRIPT` reply means nothing ran.
-    pub(super) fn run(
-        &self,
-        conn: &mut dyn ConnectionLike,
-        cmd: &redis::Cmd,
-    ) -> redis::RedisResult<Value> {
-        match cmd.query::<Value>(conn) {
+    /// Runs `cmd` (from [`command`](Self::command)) through `io`, loading the script first if
+    /// the server has lost it (a restart, `SCRIPT FLUSH`). A `NOSCRIPT` reply means nothing ran.
+    /// In a cluster, `SCRIPT LOAD` goes to every master.
+    pub(super) async fn run<T: Transport>(&self, io: &T, cmd: &redis::Cmd) -> Result<Value> {
+        match io.query(cmd).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.script.load(conn)?;
-                cmd.query(conn)
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(STORE_LUA);
+                io.query(&load).await.map_err(redis_error)?;
+                io.query(cmd).await.map_err(redis_error)
             }
-            other => other,
+            other => other.map_err(redis_error),
         }
     }
 }

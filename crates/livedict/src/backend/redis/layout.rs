@@ -93,6 +93,11 @@ impl Layout {
         format!("{}lock:{key}", self.bases[bucket])
     }
 
+    /// The hash of the named lock `name` (`Backend::try_lock`), apart from update locks.
+    pub(super) fn named_lock_key(&self, bucket: usize, name: &str) -> String {
+        format!("{}ulock:{name}", self.bases[bucket])
+    }
+
     pub(super) fn index(&self, bucket: usize) -> &str {
         &self.indexes[bucket]
     }

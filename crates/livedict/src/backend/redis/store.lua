@@ -9,7 +9,8 @@
 --   s  sliding TTL in ms (0 or absent: a fixed deadline)
 --   a  last access, ms since the epoch (refreshed at most once a second by reads)
 -- and a member `<key>` of its bucket's index `<base>index`, a sorted set scored by deadline
--- ('+inf' for none). `<base>lock:<key>` holds the token of an update in progress. A key with a
+-- ('+inf' for none). `<base>lock:<key>` holds the token of an update in progress;
+-- `<base>ulock:<name>` is a named lock (`try_lock`). A key with a
 -- deadline also has a native TTL of (deadline - now + grace), so that Redis removes it even when
 -- no livedict process runs; a running process sweeps it first, at the deadline, with its value.
 --
@@ -358,6 +359,26 @@ elseif op == 'release' then
     end
   end
   return 1
+elseif op == 'try_lock' then
+  -- KEYS: the named lock's hash (fields o owner, e lease end, f fencing token; kept after
+  -- release so the token keeps growing). ARGV: owner, lease ms. Returns the new token, or nil
+  -- while another owner's lease runs.
+  local h = redis.call('HMGET', KEYS[1], 'o', 'e', 'f')
+  if h[1] and h[1] ~= '' and (tonumber(h[2]) or 0) > now then
+    return false
+  end
+  local f = (tonumber(h[3]) or 0) + 1
+  redis.call('HSET', KEYS[1], 'o', ARGV[4], 'e', fmt(now + tonumber(ARGV[5])), 'f', fmt(f))
+  return f
+elseif op == 'unlock' then
+  -- KEYS: the named lock's hash. ARGV: owner. 1 if that owner held it (lease running) and it is
+  -- released now, else 0.
+  local h = redis.call('HMGET', KEYS[1], 'o', 'e')
+  if h[1] == ARGV[4] and (tonumber(h[2]) or 0) > now then
+    redis.call('HSET', KEYS[1], 'o', '', 'e', '0')
+    return 1
+  end
+  return 0
 elseif op == 'len' then
   -- KEYS: indexes.
   local n = 0
