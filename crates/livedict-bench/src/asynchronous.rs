@@ -96,6 +96,7 @@ pub fn run(cfg: &Config) {
             let redis = RedisBackend::open_with(&server.url, RedisOptions::new().prefix(prefix))
                 .expect("open the livedict Redis store");
             run_backend(cfg, &runtime, "redis", Arc::new(redis), &keys);
+            raw_redis_ceiling(cfg, &runtime, &server.url);
         }
         None => println!(
             "# async/redis: skipped: no server (set LIVEDICT_BENCH_REDIS_URL, or install \
@@ -144,6 +145,83 @@ fn run_backend(
             );
         }
     }
+}
+
+/// The same measure for raw redis-rs `GET`s: a multiplexed connection with 64 tasks against one
+/// sync connection. It bounds what any client can gain from concurrency on this machine and
+/// server (both share the same cores), whatever the cost of each command.
+fn raw_redis_ceiling(cfg: &Config, runtime: &tokio::runtime::Runtime, url: &str) {
+    let client = redis::Client::open(url).expect("redis client");
+    let keys: Arc<Vec<String>> =
+        Arc::new((0..KEYS).map(|i| format!("bench-async-raw:{i}")).collect());
+    let mut sync_conn = client.get_connection().expect("connect");
+    for k in keys.iter() {
+        redis::cmd("SET")
+            .arg(k)
+            .arg(&[7u8; VALUE_LEN][..])
+            .query::<()>(&mut sync_conn)
+            .expect("SET");
+    }
+    let multiplexed = runtime
+        .block_on(client.get_multiplexed_async_connection())
+        .expect("connect multiplexed");
+    let n = ops("redis", cfg.quick);
+    let sync_conn = std::cell::RefCell::new(sync_conn);
+    compare(
+        cfg,
+        SUITE,
+        "redis_raw_get_64_tasks",
+        "redis-rs-1-connection",
+        n as u64,
+        || {
+            let start = Instant::now();
+            let count = runtime.block_on(async {
+                let handles: Vec<_> = (0..64)
+                    .map(|t| {
+                        let (mut conn, keys) = (multiplexed.clone(), keys.clone());
+                        tokio::spawn(async move {
+                            let mut hits = 0u64;
+                            for i in 0..n / 64 + usize::from(t < n % 64) {
+                                let v: Option<Vec<u8>> = redis::cmd("GET")
+                                    .arg(&keys[(t * 7919 + i * 31) % keys.len()])
+                                    .query_async(&mut conn)
+                                    .await
+                                    .expect("GET");
+                                hits += u64::from(v.is_some());
+                            }
+                            hits
+                        })
+                    })
+                    .collect();
+                let mut hits = 0;
+                for h in handles {
+                    hits += h.await.expect("task");
+                }
+                hits
+            });
+            Run {
+                elapsed: start.elapsed(),
+                count,
+            }
+        },
+        || {
+            let mut conn = sync_conn.borrow_mut();
+            let start = Instant::now();
+            let mut hits = 0u64;
+            for i in 0..n {
+                let v: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(&keys[(i * 31) % keys.len()])
+                    .query(&mut *conn)
+                    .expect("GET");
+                hits += u64::from(v.is_some());
+            }
+            Run {
+                elapsed: start.elapsed(),
+                count: hits,
+            }
+        },
+        expect_count(n as u64),
+    );
 }
 
 /// `n` operations split over `tasks` tasks; the count is the hits found (gets) or 0 (sets).
