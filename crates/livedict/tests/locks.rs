@@ -136,7 +136,10 @@ fn lock_protected_counter_reaches_exactly(spec: &str) -> Result<()> {
         );
         fences.extend(mine);
     }
-    assert_eq!(store.get::<u64>("counter")?, Some(PROCESSES as u64 * ROUNDS));
+    assert_eq!(
+        store.get::<u64>("counter")?,
+        Some(PROCESSES as u64 * ROUNDS)
+    );
     fences.sort_unstable();
     fences.dedup();
     assert_eq!(
@@ -160,7 +163,10 @@ fn loader_runs_once_per_key_across_processes(spec: &str) -> Result<()> {
     }
     loads.sort();
     let expected: Vec<String> = (0..COMPUTE_KEYS).map(|k| format!("computed{k}")).collect();
-    assert_eq!(loads, expected, "one load per key, in all processes together");
+    assert_eq!(
+        loads, expected,
+        "one load per key, in all processes together"
+    );
     Ok(())
 }
 
@@ -210,6 +216,10 @@ fn redis_lock_of_a_dead_process_frees_itself_after_its_lease() -> Result<()> {
         .unwrap();
     std::mem::forget(held);
     assert!(open(&spec)?.lock("orphan", Duration::ZERO)?.is_none());
-    assert!(open(&spec)?.lock("orphan", Duration::from_secs(10))?.is_some());
+    assert!(
+        open(&spec)?
+            .lock("orphan", Duration::from_secs(10))?
+            .is_some()
+    );
     Ok(())
 }
