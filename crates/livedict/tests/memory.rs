@@ -14,6 +14,18 @@ conformance_suite!(
     || Arc::new(MemoryBackend::new()),
     conformance::Mode::Encrypted
 );
+#[cfg(feature = "async")]
+conformance_suite!(
+    memory_async,
+    || Arc::new(MemoryBackend::new()),
+    conformance::Mode::Async
+);
+#[cfg(feature = "async")]
+conformance_suite!(
+    memory_async_encrypted,
+    || Arc::new(MemoryBackend::new()),
+    conformance::Mode::AsyncEncrypted
+);
 
 /// The real clock's path (a cached time far from a deadline, the precise clock near one): an entry
 /// is visible before its deadline and invisible from it, as the operating system's clock tells.

@@ -43,6 +43,12 @@ conformance_suite!(
     || Arc::new(SqliteBackend::open(fresh_path()).unwrap()),
     conformance::Mode::Encrypted
 );
+#[cfg(feature = "async")]
+conformance_suite!(
+    sqlite_async,
+    || Arc::new(SqliteBackend::open(fresh_path()).unwrap()),
+    conformance::Mode::Async
+);
 
 fn open(path: &Path) -> Result<LiveDict> {
     LiveDict::builder()

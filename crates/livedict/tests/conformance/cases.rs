@@ -5,11 +5,11 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use livedict::backend::{Condition, Expiry, ReadMode, WriteExpiry};
-use livedict::{Bytes, Codec, Error, KeyTtl, LiveDict, Result, Ttl, WriteOptions};
+use livedict::{Bytes, Codec, Error, KeyTtl, Result, Ttl, WriteOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Harness, eventually};
+use super::{Harness, Store, eventually};
 
 pub use super::crypto_cases::*;
 pub use super::event_cases::*;
@@ -228,9 +228,7 @@ pub fn oversized_values_are_refused_and_change_nothing(h: &Harness) -> Result<()
 
 pub fn corrupted_or_foreign_bytes_are_format_errors(h: &Harness) -> Result<()> {
     let backend = h.backend();
-    let store = LiveDict::builder()
-        .shared_backend(backend.clone())
-        .build()?;
+    let store = h.open(backend.clone(), |b| b)?;
     let never = WriteExpiry::replace(Expiry::Never);
     let now = livedict::Clock::System.now();
     type Expected = fn(&Error) -> bool;
@@ -282,17 +280,11 @@ pub fn corrupted_or_foreign_bytes_are_format_errors(h: &Harness) -> Result<()> {
 
 pub fn codecs_read_each_others_values(h: &Harness) -> Result<()> {
     let backend = h.backend();
-    let json = LiveDict::builder()
-        .shared_backend(backend.clone())
-        .codec(Codec::Json)
-        .build()?;
+    let json = h.open(backend.clone(), |b| b.codec(Codec::Json))?;
     json.set("from-json", &ann())?;
     #[cfg(feature = "msgpack")]
     {
-        let mp = LiveDict::builder()
-            .shared_backend(backend.clone())
-            .codec(Codec::MessagePack)
-            .build()?;
+        let mp = h.open(backend.clone(), |b| b.codec(Codec::MessagePack))?;
         mp.set("from-mp", &ann())?;
         assert_eq!(mp.get::<User>("from-json")?, Some(ann()));
         assert_eq!(json.get::<User>("from-mp")?, Some(ann()));
@@ -571,10 +563,8 @@ pub fn reentrant_use_inside_update_is_an_error(h: &Harness) -> Result<()> {
     assert!(results.iter().all(|e| matches!(e, Some(Error::Reentrant))));
     // A second store on the same backend is refused too: the closure holds the backend.
     let backend = h.backend();
-    let first = LiveDict::builder()
-        .shared_backend(backend.clone())
-        .build()?;
-    let second = LiveDict::builder().shared_backend(backend).build()?;
+    let first = h.open(backend.clone(), |b| b)?;
+    let second = h.open(backend, |b| b)?;
     let mut from_second = None;
     first.update("k", |_: Option<i32>| {
         from_second = Some(second.len());
@@ -736,10 +726,7 @@ pub fn zero_ttl_is_refused(h: &Harness) -> Result<()> {
     store.set("k", &1)?;
     assert!(bad(store.expire("k", Duration::ZERO).map(drop)));
     assert_eq!(store.ttl("k")?, KeyTtl::Never);
-    let built = LiveDict::builder()
-        .shared_backend(h.backend())
-        .default_ttl(Duration::ZERO)
-        .build();
+    let built = h.open(h.backend(), |b| b.default_ttl(Duration::ZERO));
     assert!(matches!(built, Err(Error::InvalidTtl { .. })));
     Ok(())
 }
@@ -1015,8 +1002,8 @@ const PER_THREAD: usize = 500;
 
 fn on_threads<T: Send + 'static>(
     n: usize,
-    store: &LiveDict,
-    work: impl Fn(LiveDict, usize) -> T + Send + Sync + 'static,
+    store: &Store,
+    work: impl Fn(Store, usize) -> T + Send + Sync + 'static,
 ) -> Vec<T> {
     let barrier = Arc::new(Barrier::new(n));
     let work = Arc::new(work);

@@ -7,10 +7,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use livedict::backend::{Condition, Expiry, ReadMode, WriteExpiry};
-use livedict::{Backend, Bytes, Error, EventKind, Keyring, LiveDict, Now, Result, WriteOptions};
+use livedict::{
+    Backend, Bytes, Error, EventKind, Keyring, MemoryBackend, Now, Result, WriteOptions,
+};
 use serde_json::json;
 
-use super::Harness;
+use super::{Harness, Store};
 
 const NEVER: WriteExpiry = WriteExpiry {
     expiry: Expiry::Never,
@@ -40,12 +42,12 @@ fn key_id(b: &[u8]) -> u32 {
     u32::from_be_bytes(b[3..7].try_into().unwrap())
 }
 
-fn store_on(backend: &Arc<dyn Backend>, keyring: Option<Keyring>, all: bool) -> LiveDict {
-    let mut b = LiveDict::builder().shared_backend(backend.clone());
-    if let Some(k) = keyring {
-        b = b.keyring(k).encrypt_all(all);
-    }
-    b.build().unwrap()
+fn store_on(h: &Harness, backend: &Arc<dyn Backend>, keyring: Option<Keyring>, all: bool) -> Store {
+    h.open(backend.clone(), |b| match keyring {
+        Some(k) => b.keyring(k).encrypt_all(all),
+        None => b,
+    })
+    .unwrap()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -54,7 +56,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 pub fn encrypted_values_round_trip_through_every_path(h: &Harness) -> Result<()> {
     let backend = h.backend();
-    let store = store_on(&backend, Some(Keyring::generate(1)), true);
+    let store = store_on(h, &backend, Some(Keyring::generate(1)), true);
     let (tx, rx) = mpsc::channel();
     store.on(EventKind::Set, move |e| {
         tx.send(e.value::<serde_json::Value>()?)?;
@@ -96,10 +98,10 @@ pub fn encrypted_values_round_trip_through_every_path(h: &Harness) -> Result<()>
     let e = store.get::<u64>("card").unwrap_err().to_string();
     assert!(!e.contains("4111"), "{e}");
     // Copying plain values into a store that encrypts every value encrypts them on the way.
-    let plain = LiveDict::new();
+    let plain = h.open(Arc::new(MemoryBackend::new()), |b| b)?;
     plain.set("p", &"from a plain store")?;
     let target_backend = h.backend();
-    let target = store_on(&target_backend, Some(Keyring::generate(1)), true);
+    let target = store_on(h, &target_backend, Some(Keyring::generate(1)), true);
     plain.copy_to(&target)?;
     assert!(is_encrypted(&stored(&target_backend, "p")));
     assert_eq!(
@@ -117,7 +119,7 @@ pub fn encrypted_values_round_trip_through_every_path(h: &Harness) -> Result<()>
 pub fn tampered_or_moved_ciphertexts_are_refused(h: &Harness) -> Result<()> {
     let backend = h.backend();
     let ring = Keyring::from_bytes(1, &[7u8; 32])?;
-    let store = store_on(&backend, Some(ring), true);
+    let store = store_on(h, &backend, Some(ring), true);
     store.set("a", &"secret a")?;
     store.set("b", &"secret b")?;
     let a = stored(&backend, "a");
@@ -151,18 +153,16 @@ pub fn tampered_or_moved_ciphertexts_are_refused(h: &Harness) -> Result<()> {
     assert_eq!(store.get::<String>("a")?.as_deref(), Some("secret a"));
 
     // A store with other key material under the same id, or an unknown id, or no keyring.
-    let wrong = store_on(&backend, Some(Keyring::from_bytes(1, &[8u8; 32])?), true);
+    let wrong = store_on(h, &backend, Some(Keyring::from_bytes(1, &[8u8; 32])?), true);
     assert!(crypto(wrong.get::<String>("a")));
-    let unknown = store_on(&backend, Some(Keyring::from_bytes(2, &[7u8; 32])?), true);
+    let unknown = store_on(h, &backend, Some(Keyring::from_bytes(2, &[7u8; 32])?), true);
     assert!(crypto(unknown.get::<String>("a")));
-    let none = store_on(&backend, None, true);
+    let none = store_on(h, &backend, None, true);
     assert!(crypto(none.get::<String>("a")));
     assert!(matches!(none.get_bytes("a"), Err(Error::Crypto(_))));
 
     // A plain value injected into a store that encrypts every value is refused.
-    let plain = LiveDict::builder()
-        .shared_backend(backend.clone())
-        .build()?;
+    let plain = h.open(backend.clone(), |b| b)?;
     plain.set("injected", &"looks legitimate")?;
     assert!(crypto(store.get::<String>("injected")));
     Ok(())
@@ -170,7 +170,7 @@ pub fn tampered_or_moved_ciphertexts_are_refused(h: &Harness) -> Result<()> {
 
 pub fn rotate_rekey_and_retire_keys(h: &Harness) -> Result<()> {
     let backend = h.backend();
-    let store = store_on(&backend, Some(Keyring::generate(1)), true);
+    let store = store_on(h, &backend, Some(Keyring::generate(1)), true);
     let n = 600;
     let mut batch = store.batch();
     for i in 0..n {
@@ -221,11 +221,10 @@ pub fn rotate_rekey_and_retire_keys(h: &Harness) -> Result<()> {
     }
     // rekey keeps deadlines as they are: a sliding entry is not renewed by it.
     let clock = livedict::ManualClock::new();
-    let sliding = LiveDict::builder()
-        .shared_backend(h.backend())
-        .clock(livedict::Clock::Manual(clock.clone()))
-        .keyring(Keyring::generate(1))
-        .build()?;
+    let sliding = h.open(h.backend(), |b| {
+        b.clock(livedict::Clock::Manual(clock.clone()))
+            .keyring(Keyring::generate(1))
+    })?;
     sliding.set_with(
         "s",
         &1,
@@ -251,7 +250,7 @@ pub fn rotate_rekey_and_retire_keys(h: &Harness) -> Result<()> {
 
 pub fn secret_values_are_encrypted_whatever_they_look_like(h: &Harness) -> Result<()> {
     let backend = h.backend();
-    let store = store_on(&backend, Some(Keyring::generate(1)), false);
+    let store = store_on(h, &backend, Some(Keyring::generate(1)), false);
     store.set("public", &"visible")?;
     store.set_with("token", &"s3cr3t", WriteOptions::new().secret())?;
     assert!(!is_encrypted(&stored(&backend, "public")));
@@ -288,7 +287,7 @@ pub fn secret_values_are_encrypted_whatever_they_look_like(h: &Harness) -> Resul
     assert!(is_encrypted(&stored(&backend, "count")));
 
     // A secret needs a keyring: refused, nothing written.
-    let plain = store_on(&backend, None, false);
+    let plain = store_on(h, &backend, None, false);
     let r = plain.set_with("nokey", &"x", WriteOptions::new().secret());
     assert!(matches!(r, Err(Error::Crypto(_))));
     assert!(!plain.contains("nokey")?);
@@ -298,8 +297,11 @@ pub fn secret_values_are_encrypted_whatever_they_look_like(h: &Harness) -> Resul
 pub fn password_keys_store_only_hashes(h: &Harness) -> Result<()> {
     let backend = h.backend();
     for (store, encrypted) in [
-        (store_on(&backend, None, false), false),
-        (store_on(&backend, Some(Keyring::generate(1)), true), true),
+        (store_on(h, &backend, None, false), false),
+        (
+            store_on(h, &backend, Some(Keyring::generate(1)), true),
+            true,
+        ),
     ] {
         let key = format!("pw-{encrypted}");
         store.set_password(&key, "correct horse battery")?;

@@ -7,12 +7,11 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use livedict::{
-    Cause, Error, Event, EventKind, EventSettings, Hook, LiveDict, QueueFullPolicy, Result,
-    WriteOptions,
+    Cause, Error, Event, EventKind, EventSettings, Hook, QueueFullPolicy, Result, WriteOptions,
 };
 use parking_lot::{Condvar, Mutex};
 
-use super::{Harness, eventually};
+use super::{Harness, Store, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -293,8 +292,13 @@ pub fn hooks_filter_by_kind_key_and_prefix(h: &Harness) -> Result<()> {
         Collector::new(),
     );
     store.on(EventKind::ALL, all.hook())?;
+    // A sync hook on either front-end, and one made by the store (async on AsyncLiveDict).
     store.hook(Hook::new(EventKind::Set, exact.hook()).key("user:1"))?;
-    store.hook(Hook::new(EventKind::Set, prefix.hook()).prefix("user:"))?;
+    store.hook(
+        store
+            .new_hook(EventKind::Set, prefix.hook())
+            .prefix("user:"),
+    )?;
     store.on([EventKind::Set, EventKind::Delete], two.hook())?;
     store.set("user:1", &1)?;
     store.set("user:10", &1)?;
@@ -377,14 +381,15 @@ pub fn overrunning_hook_times_out_and_others_go_on(h: &Harness) -> Result<()> {
     let slow_calls = Arc::new(AtomicUsize::new(0));
     let sc = slow_calls.clone();
     store.hook(
-        Hook::new(EventKind::Set, move |e: &Event| {
-            if e.key() == "slow" {
-                sc.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_secs(30)); // far past its timeout
-            }
-            Ok(())
-        })
-        .timeout(Duration::from_millis(50)),
+        store
+            .new_hook(EventKind::Set, move |e: &Event| {
+                if e.key() == "slow" {
+                    sc.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_secs(30)); // far past its timeout
+                }
+                Ok(())
+            })
+            .timeout(Duration::from_millis(50)),
     )?;
     store.on(EventKind::Set, c.hook())?;
     store.set("slow", &0)?;
@@ -399,7 +404,7 @@ pub fn overrunning_hook_times_out_and_others_go_on(h: &Harness) -> Result<()> {
     Ok(())
 }
 
-fn gated_store(h: &Harness, policy: QueueFullPolicy) -> (LiveDict, Arc<Gate>, Arc<Collector>) {
+fn gated_store(h: &Harness, policy: QueueFullPolicy) -> (Store, Arc<Gate>, Arc<Collector>) {
     let store = h.build(|b| {
         b.events(
             EventSettings::default()
@@ -535,7 +540,7 @@ pub fn hooks_may_use_the_store(h: &Harness) -> Result<()> {
         )
     });
     let weak = store.downgrade();
-    store.hook(Hook::new(EventKind::Set, move |e: &Event| {
+    store.hook(store.new_hook(EventKind::Set, move |e: &Event| {
         if let Some(rest) = e.key().strip_prefix("ping")
             && let Some(s) = weak.upgrade()
         {
@@ -629,13 +634,14 @@ pub fn slow_expire_hook_never_delays_other_expirations(h: &Harness) -> Result<()
     let (store, clock) = h.manual_with(|b| b.events(EventSettings::default().workers(1)));
     let c = Collector::new();
     store.hook(
-        Hook::new(EventKind::Expire, |e: &Event| {
-            if e.key() == "slow" {
-                std::thread::sleep(Duration::from_secs(30));
-            }
-            Ok(())
-        })
-        .timeout(Duration::from_millis(100)),
+        store
+            .new_hook(EventKind::Expire, |e: &Event| {
+                if e.key() == "slow" {
+                    std::thread::sleep(Duration::from_secs(30));
+                }
+                Ok(())
+            })
+            .timeout(Duration::from_millis(100)),
     )?;
     store.on(EventKind::Expire, c.hook())?;
     store.set_with("slow", &0, secs(1))?;

@@ -4,29 +4,38 @@
 //! ```ignore
 //! mod conformance;
 //! conformance_suite!(memory, || std::sync::Arc::new(livedict::MemoryBackend::new()));
+//! conformance_suite!(memory_async, setup, conformance::Mode::Async); // through AsyncLiveDict
 //! ```
 //!
-//! The setup closure returns a fresh, empty backend each time it is called. TTL cases use a
-//! manual clock; nothing here sleeps to let time pass.
+//! The setup closure returns a fresh, empty backend each time it is called. The cases use a
+//! [`Store`], which is a `LiveDict` or, in the async modes, an `AsyncLiveDict` run on a runtime
+//! the harness owns. TTL cases use a manual clock; nothing here sleeps to let time pass.
 
 #![allow(dead_code)]
 
 pub mod cases;
 pub mod crypto_cases;
 pub mod event_cases;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use livedict::{Backend, Builder, Clock, LiveDict, ManualClock};
+use livedict::{Backend, Builder, Clock, LiveDict, ManualClock, Result};
+
+pub use store::Store;
 
 /// Creates stores over fresh backends of one kind, each configured by the suite's mode.
 pub struct Harness {
     setup: Box<dyn Fn() -> Arc<dyn Backend>>,
     mode: Mode,
+    /// The runtime of the async modes: multi-threaded, so that its workers drive the stores'
+    /// expiry tasks, timers and I/O while cases block on calls from their own threads.
+    #[cfg(feature = "async")]
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
-/// How every store of a suite is configured.
+/// How every store of a suite is configured, and which front-end the cases go through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// The defaults.
@@ -34,13 +43,39 @@ pub enum Mode {
     /// Every value encrypted under one test keyring (the same for every store of the harness,
     /// so that copies between them stay readable).
     Encrypted,
+    /// The defaults, through `AsyncLiveDict`.
+    #[cfg(feature = "async")]
+    Async,
+    /// Encrypted as [`Mode::Encrypted`], through `AsyncLiveDict`.
+    #[cfg(feature = "async")]
+    AsyncEncrypted,
 }
 
 impl Mode {
-    fn configure(self, b: Builder) -> Builder {
+    /// Whether every value is encrypted.
+    pub fn encrypted(self) -> bool {
         match self {
-            Mode::Plain => b,
-            Mode::Encrypted => b.keyring(test_keyring()),
+            Mode::Encrypted => true,
+            #[cfg(feature = "async")]
+            Mode::AsyncEncrypted => true,
+            _ => false,
+        }
+    }
+
+    /// Whether stores are `AsyncLiveDict`s.
+    pub fn is_async(self) -> bool {
+        match self {
+            #[cfg(feature = "async")]
+            Mode::Async | Mode::AsyncEncrypted => true,
+            _ => false,
+        }
+    }
+
+    fn configure(self, b: Builder) -> Builder {
+        if self.encrypted() {
+            b.keyring(test_keyring())
+        } else {
+            b
         }
     }
 }
@@ -55,12 +90,25 @@ impl Harness {
         Harness {
             setup: Box::new(setup),
             mode,
+            #[cfg(feature = "async")]
+            runtime: mode.is_async().then(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("start the tokio runtime")
+            }),
         }
     }
 
     /// Whether the suite runs with every value encrypted.
     pub fn encrypted(&self) -> bool {
-        self.mode == Mode::Encrypted
+        self.mode.encrypted()
+    }
+
+    /// Whether the suite runs through `AsyncLiveDict`.
+    pub fn is_async(&self) -> bool {
+        self.mode.is_async()
     }
 
     /// A fresh backend.
@@ -69,33 +117,56 @@ impl Harness {
     }
 
     /// A store with the defaults over a fresh backend.
-    pub fn store(&self) -> LiveDict {
+    pub fn store(&self) -> Store {
         self.build(|b| b)
     }
 
-    /// A store over a fresh backend, configured by `configure`.
-    pub fn build(&self, configure: impl FnOnce(Builder) -> Builder) -> LiveDict {
-        configure(
-            self.mode
-                .configure(LiveDict::builder().shared_backend(self.backend())),
-        )
-        .build()
-        .expect("build store")
+    /// A store over a fresh backend, configured by the mode, then by `configure`.
+    pub fn build(&self, configure: impl FnOnce(Builder) -> Builder) -> Store {
+        let backend = self.backend();
+        self.open(backend, |b| configure(self.mode.configure(b)))
+            .expect("build store")
+    }
+
+    /// A store of the suite's front-end over `backend`, configured by `configure` alone (not by
+    /// the mode): for cases that choose every setting themselves, or expect the build to fail.
+    pub fn open(
+        &self,
+        backend: Arc<dyn Backend>,
+        configure: impl FnOnce(Builder) -> Builder,
+    ) -> Result<Store> {
+        let builder = configure(LiveDict::builder().shared_backend(backend));
+        #[cfg(feature = "async")]
+        if let Some(rt) = &self.runtime {
+            let _in_runtime = rt.enter();
+            return Ok(Store::Async {
+                store: builder.build_async()?,
+                rt: rt.handle().clone(),
+            });
+        }
+        Ok(Store::Sync(builder.build()?))
     }
 
     /// A store with a manual clock.
-    pub fn manual(&self) -> (LiveDict, ManualClock) {
+    pub fn manual(&self) -> (Store, ManualClock) {
         self.manual_with(|b| b)
     }
 
     /// A store with a manual clock, configured by `configure`.
-    pub fn manual_with(
-        &self,
-        configure: impl FnOnce(Builder) -> Builder,
-    ) -> (LiveDict, ManualClock) {
+    pub fn manual_with(&self, configure: impl FnOnce(Builder) -> Builder) -> (Store, ManualClock) {
         let clock = ManualClock::new();
         let store = self.build(|b| configure(b.clock(Clock::Manual(clock.clone()))));
         (store, clock)
+    }
+}
+
+#[cfg(feature = "async")]
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // Never wait here for what a case left running (a hook stuck on purpose, say).
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -113,7 +184,8 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
 }
 
 /// Instantiates every conformance case for one backend: `conformance_suite!(name, setup)`, or
-/// `conformance_suite!(name, setup, conformance::Mode::Encrypted)`.
+/// `conformance_suite!(name, setup, mode)` with a [`Mode`] (for instance
+/// `conformance::Mode::Async`, with the `async` feature).
 #[macro_export]
 macro_rules! conformance_suite {
     ($name:ident, $setup:expr) => {

@@ -1,0 +1,463 @@
+//! What only the async front-end (`AsyncLiveDict`) can show: dropping the last handle inside and
+//! outside a runtime, `close().await`, many tasks on one key, async hooks, the builder outside a
+//! runtime, and futures dropped before they complete. Each scenario runs on a current-thread and
+//! on a multi-thread runtime (the conformance suite covers the rest in its async modes).
+#![cfg(feature = "async")]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use livedict::{AsyncLiveDict, Error, Event, EventKind, EventSettings, LiveDict, Result};
+
+/// How long a test waits for something that should take milliseconds.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Each scenario as a `#[tokio::test]` on both runtime flavours.
+macro_rules! on_both_runtimes {
+    ($($scenario:ident),* $(,)?) => {
+        mod current_thread {
+            $(
+                #[tokio::test(flavor = "current_thread")]
+                async fn $scenario() -> livedict::Result<()> {
+                    super::$scenario().await
+                }
+            )*
+        }
+        mod multi_thread {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() -> livedict::Result<()> {
+                    super::$scenario().await
+                }
+            )*
+        }
+    };
+}
+
+on_both_runtimes!(
+    dropping_the_last_handle_with_hooks_and_queued_events_returns_promptly,
+    close_delivers_queued_events,
+    incr_from_64_tasks_loses_nothing_on_memory,
+    async_hook_that_sleeps_gets_every_set_of_a_key_in_order,
+    update_closure_runs_once_per_call_under_contention_on_memory,
+);
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+
+    on_both_runtimes!(
+        incr_from_64_tasks_loses_nothing_on_sqlite,
+        update_closure_runs_once_per_call_under_contention_on_sqlite,
+        dropped_futures_leave_sqlite_consistent,
+    );
+}
+
+/// Waits (bounded, without blocking the runtime) until `condition` holds.
+async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let give_up = Instant::now() + WAIT;
+    while Instant::now() < give_up {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    condition()
+}
+
+/// A gate a hook can be held at until the test opens it.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn pass(&self) {
+        let open = self.open.lock().unwrap();
+        drop(self.cv.wait_while(open, |open| !*open).unwrap());
+    }
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+/// A store over a fresh SQLite file in `dir`.
+#[cfg(feature = "sqlite")]
+fn sqlite_store(dir: &tempfile::TempDir) -> Result<AsyncLiveDict> {
+    LiveDict::builder()
+        .backend(livedict::SqliteBackend::open(dir.path().join("store.db"))?)
+        .build_async()
+}
+
+// ---- dropping and closing --------------------------------------------------------------------
+
+async fn dropping_the_last_handle_with_hooks_and_queued_events_returns_promptly() -> Result<()> {
+    let n = 100;
+    let store = LiveDict::builder()
+        .events(
+            EventSettings::default()
+                .workers(1)
+                .hook_timeout(Duration::from_secs(60))
+                .shutdown_grace(Duration::from_secs(30)),
+        )
+        .build_async()?;
+    // A sync hook held at a gate by the first event, and an async hook that awaits a timer:
+    // every other event stays queued behind the first.
+    let (gate, held, sync_seen, async_seen) = (
+        Arc::new(Gate::default()),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (g, h, s) = (gate.clone(), held.clone(), sync_seen.clone());
+    store.on(EventKind::Set, move |_| {
+        h.store(true, Ordering::SeqCst);
+        g.pass();
+        s.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    })?;
+    let a = async_seen.clone();
+    store.on_async(EventKind::Set, move |_| {
+        let a = a.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            a.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    })?;
+    for i in 0..n {
+        store.set(&format!("k{i}"), &i).await?;
+    }
+    assert!(eventually(|| held.load(Ordering::SeqCst)).await);
+
+    // Delivering what is queued cannot happen now (the hook is held, for up to the 30 s grace
+    // period): the drop must not wait for it, nor block this runtime's only thread.
+    let started = Instant::now();
+    drop(store);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "dropping took {:?}",
+        started.elapsed()
+    );
+    // The queued events are still delivered, in the background, once the hook lets go.
+    gate.open();
+    assert!(
+        eventually(
+            || sync_seen.load(Ordering::SeqCst) == n && async_seen.load(Ordering::SeqCst) == n
+        )
+        .await,
+        "delivered {} sync and {} async of {n}",
+        sync_seen.load(Ordering::SeqCst),
+        async_seen.load(Ordering::SeqCst)
+    );
+    Ok(())
+}
+
+#[test]
+fn dropping_the_last_handle_outside_any_runtime_works() -> Result<()> {
+    for flavour in ["current_thread", "multi_thread"] {
+        let rt = match flavour {
+            "current_thread" => tokio::runtime::Builder::new_current_thread(),
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        }
+        .enable_all()
+        .build()
+        .unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        let store = rt.block_on(async {
+            let store = LiveDict::builder()
+                .events(EventSettings::default().workers(1))
+                .build_async()?;
+            store.on(EventKind::Set, move |_| {
+                std::thread::sleep(Duration::from_millis(1));
+                s.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })?;
+            for i in 0..50 {
+                store.set(&format!("k{i}"), &i).await?;
+            }
+            Ok::<_, Error>(store)
+        })?;
+        // Outside the runtime, the drop delivers what is queued before returning.
+        let other = rt.block_on(async { LiveDict::builder().build_async() })?;
+        drop(store);
+        assert_eq!(seen.load(Ordering::SeqCst), 50, "{flavour}");
+
+        // A store that outlives its runtime is dropped quietly too.
+        let s = seen.clone();
+        other.on(EventKind::Set, move |_| {
+            s.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })?;
+        rt.block_on(other.set("k", &1))?;
+        drop(rt);
+        let started = Instant::now();
+        drop(other);
+        assert!(started.elapsed() < Duration::from_secs(5), "{flavour}");
+        assert_eq!(seen.load(Ordering::SeqCst), 51, "{flavour}");
+    }
+    Ok(())
+}
+
+async fn close_delivers_queued_events() -> Result<()> {
+    let n = 200;
+    let store = LiveDict::builder()
+        .events(
+            EventSettings::default()
+                .workers(1)
+                .shutdown_grace(Duration::from_secs(30)),
+        )
+        .build_async()?;
+    let (sync_seen, async_seen) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let s = sync_seen.clone();
+    store.on(EventKind::Set, move |_| {
+        std::thread::sleep(Duration::from_millis(1));
+        s.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    })?;
+    let a = async_seen.clone();
+    store.on_async(EventKind::Set, move |_| {
+        let a = a.clone();
+        async move {
+            tokio::task::yield_now().await;
+            a.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    })?;
+    for i in 0..n {
+        store.set(&format!("k{i}"), &i).await?;
+    }
+    let other_handle = store.clone();
+    store.close().await;
+    assert_eq!(sync_seen.load(Ordering::SeqCst), n);
+    assert_eq!(async_seen.load(Ordering::SeqCst), n);
+    assert!(matches!(
+        other_handle.get::<i32>("k0").await,
+        Err(Error::Closed)
+    ));
+    store.close().await; // idempotent
+    Ok(())
+}
+
+// ---- many tasks ---------------------------------------------------------------------------------
+
+/// 64 tasks × 100 `incr` of one key: 6400, and every intermediate value returned exactly once.
+async fn incr_from_64_tasks(store: AsyncLiveDict) -> Result<()> {
+    let (tasks, per_task) = (64, 100);
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::with_capacity(per_task);
+                for _ in 0..per_task {
+                    seen.push(store.incr("n", 1).await?);
+                }
+                Ok::<_, Error>(seen)
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for h in handles {
+        seen.extend(h.await.unwrap()?);
+    }
+    let total = (tasks * per_task) as i64;
+    assert_eq!(store.get::<i64>("n").await?, Some(total));
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+    Ok(())
+}
+
+async fn incr_from_64_tasks_loses_nothing_on_memory() -> Result<()> {
+    incr_from_64_tasks(LiveDict::builder().build_async()?).await
+}
+
+#[cfg(feature = "sqlite")]
+async fn incr_from_64_tasks_loses_nothing_on_sqlite() -> Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    incr_from_64_tasks(sqlite_store(&dir)?).await
+}
+
+/// Contended `update`s of one key: each call runs its closure exactly once, and none is lost.
+async fn update_closure_runs_once(store: AsyncLiveDict) -> Result<()> {
+    let (tasks, per_task) = (16, 50);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let (store, calls) = (store.clone(), calls.clone());
+            tokio::spawn(async move {
+                for i in 0..per_task {
+                    let before = calls.load(Ordering::SeqCst);
+                    let mut ran = 0;
+                    let new = store
+                        .update("list", |old: Option<Vec<u32>>| {
+                            ran += 1;
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            let mut v = old.unwrap_or_default();
+                            v.push(t * 1000 + i);
+                            v
+                        })
+                        .await?;
+                    assert_eq!(ran, 1, "the closure of one call ran {ran} times");
+                    assert!(calls.load(Ordering::SeqCst) > before);
+                    assert!(new.contains(&(t * 1000 + i)));
+                }
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap()?;
+    }
+    let n = (tasks * per_task) as usize;
+    assert_eq!(calls.load(Ordering::SeqCst), n);
+    let list = store.get::<Vec<u32>>("list").await?.unwrap();
+    assert_eq!(list.len(), n);
+    // Each task's values are in its order: its updates were applied one after the other.
+    for t in 0..tasks {
+        let mine: Vec<u32> = list.iter().copied().filter(|v| v / 1000 == t).collect();
+        assert_eq!(
+            mine,
+            (0..per_task).map(|i| t * 1000 + i).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
+async fn update_closure_runs_once_per_call_under_contention_on_memory() -> Result<()> {
+    update_closure_runs_once(LiveDict::builder().build_async()?).await
+}
+
+#[cfg(feature = "sqlite")]
+async fn update_closure_runs_once_per_call_under_contention_on_sqlite() -> Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    update_closure_runs_once(sqlite_store(&dir)?).await
+}
+
+// ---- async hooks ----------------------------------------------------------------------------------
+
+async fn async_hook_that_sleeps_gets_every_set_of_a_key_in_order() -> Result<()> {
+    let store = LiveDict::builder()
+        .events(EventSettings::default().workers(4))
+        .build_async()?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    store.on_async(EventKind::Set, move |e: Event| {
+        let tx = tx.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if e.key() == "k" {
+                tx.send(e.value::<u32>()?.unwrap())?;
+            }
+            Ok(())
+        }
+    })?;
+    let n = 200;
+    for i in 0..n {
+        store.set("k", &i).await?;
+        store.set(&format!("other{}", i % 7), &i).await?;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < n as usize {
+        match tokio::time::timeout(WAIT, rx.recv()).await {
+            Ok(Some(v)) => seen.push(v),
+            _ => panic!("got {} of {n} events: {seen:?}", seen.len()),
+        }
+    }
+    assert_eq!(seen, (0..n).collect::<Vec<_>>());
+    assert_eq!(store.stats().hooks_failed, 0);
+    Ok(())
+}
+
+// ---- the builder ----------------------------------------------------------------------------------
+
+#[test]
+fn build_async_outside_a_runtime_is_a_backend_error() {
+    match LiveDict::builder().build_async() {
+        Err(Error::Backend(e)) => assert!(e.to_string().contains("runtime"), "{e}"),
+        other => panic!("expected Error::Backend, got {other:?}"),
+    }
+}
+
+// ---- futures dropped before they complete -------------------------------------------------------
+
+/// Writes whose futures are dropped at their first poll (a zero timeout) or mid-way (losing a
+/// `select!`) leave an SQLite store consistent: each key holds an old or a new value, no update
+/// is applied twice or half, and the store (and the file, reopened) works on.
+#[cfg(feature = "sqlite")]
+async fn dropped_futures_leave_sqlite_consistent() -> Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir)?;
+    store.set("k", "v0").await?;
+    let mut written = HashSet::from(["v0".to_string()]);
+    let (mut attempts, mut completed) = (0, Vec::new());
+    for i in 1..=150 {
+        let v = format!("v{i}");
+        written.insert(v.clone());
+        match i % 3 {
+            0 => {
+                let _ = tokio::time::timeout(Duration::ZERO, store.set("k", &v)).await;
+                attempts += 1;
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::ZERO, store.incr("n", 1)).await {
+                    completed.push(n);
+                }
+            }
+            1 => {
+                tokio::select! {
+                    biased;
+                    r = store.set("k", &v) => r?,
+                    () = tokio::task::yield_now() => {}
+                }
+                attempts += 1;
+                tokio::select! {
+                    biased;
+                    r = store.incr("n", 1) => completed.push(r?),
+                    () = tokio::task::yield_now() => {}
+                }
+            }
+            _ => {
+                // Dropped while the update holds the key, waiting for its closure's decision.
+                tokio::select! {
+                    biased;
+                    r = store.update("k", |old: Option<String>| {
+                        assert!(written.contains(old.as_deref().unwrap()));
+                        v.clone()
+                    }) => { r?; }
+                    () = tokio::time::sleep(Duration::from_micros(200)) => {}
+                }
+                attempts += 1;
+                completed.push(store.incr("n", 1).await?);
+            }
+        }
+        let now: String = store.get("k").await?.unwrap();
+        assert!(written.contains(&now), "k holds {now:?}, never written");
+    }
+    // Every incr that completed returned a distinct count, and the count is within bounds.
+    let returned: HashSet<i64> = completed.iter().copied().collect();
+    assert_eq!(
+        returned.len(),
+        completed.len(),
+        "an increment was applied twice"
+    );
+    // The store works on: a write and a read go through (behind any write still in flight).
+    store.set("after", &1).await?;
+    assert_eq!(store.get::<i32>("after").await?, Some(1));
+    let n = store.incr("n", 1).await? - 1;
+    assert!(
+        n >= completed.len() as i64 && n <= attempts,
+        "count {n}: {} completed of {attempts} attempts",
+        completed.len()
+    );
+    store.close().await;
+    // The file, reopened by a sync store, holds one of the written values and the same count.
+    let reopened = LiveDict::builder()
+        .backend(livedict::SqliteBackend::open(dir.path().join("store.db"))?)
+        .build()?;
+    assert!(written.contains(&reopened.get::<String>("k")?.unwrap()));
+    assert_eq!(reopened.get::<i64>("n")?, Some(n + 1));
+    assert_eq!(reopened.len()?, 3);
+    Ok(())
+}
