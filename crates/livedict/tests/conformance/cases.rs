@@ -13,6 +13,7 @@ use super::{Harness, Store, eventually};
 
 pub use super::crypto_cases::*;
 pub use super::event_cases::*;
+pub use super::namespace_cases::*;
 
 const SEC: Duration = Duration::from_secs(1);
 

@@ -16,6 +16,7 @@
 pub mod cases;
 pub mod crypto_cases;
 pub mod event_cases;
+pub mod namespace_cases;
 pub mod store;
 
 use std::sync::Arc;
@@ -272,6 +273,24 @@ macro_rules! conformance_suite {
             rotate_rekey_and_retire_keys,
             secret_values_are_encrypted_whatever_they_look_like,
             password_keys_store_only_hashes,
+            // SPEC 7: namespaces
+            namespace_handles_have_the_dictionary_api_under_their_prefix,
+            namespace_keys_and_clear_never_reach_a_sibling,
+            namespace_parameter_values_are_escaped_text,
+            namespace_binding_errors_name_the_parameter,
+            namespace_ttls_inherit_and_keys_override,
+            namespace_describe_lists_the_schema,
+            typed_keys_carry_type_default_ttl_and_secrecy,
+            // SPEC 5: access control
+            access_policy_is_asked_before_every_operation,
+            access_policy_sees_full_keys_of_namespace_handles,
+            admin_operations_ask_the_policy,
+            // SPEC 6: locks
+            lock_excludes_others_until_released,
+            lock_lease_expires_and_only_the_owner_releases,
+            lock_protected_read_modify_write_loses_nothing,
+            get_or_compute_loads_once_per_key,
+            locks_and_namespaces_work_together,
         ]);
     };
     (@cases $name:ident, $setup:expr, $mode:expr, [$($case:ident),* $(,)?]) => {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use livedict::{
-    Batch, Bytes, Event, EventKind, Hook, HookId, HookResult, KeyTtl, Keyring, LiveDict, Result,
-    Stats, WeakLiveDict, WriteOptions,
+    Batch, Bytes, Event, EventKind, Hook, HookId, HookResult, Key, KeyTtl, Keyring, LiveDict,
+    Namespace, Result, Stats, WeakLiveDict, WriteOptions,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,6 +31,33 @@ pub enum Store {
         store: livedict::AsyncLiveDict,
         rt: tokio::runtime::Handle,
     },
+}
+
+/// A held lock of either front-end.
+pub enum Guard {
+    Sync(livedict::LockGuard),
+    #[cfg(feature = "async")]
+    Async {
+        guard: livedict::AsyncLockGuard,
+        rt: tokio::runtime::Handle,
+    },
+}
+
+impl Guard {
+    pub fn fence(&self) -> u64 {
+        match self {
+            Guard::Sync(g) => g.fence(),
+            #[cfg(feature = "async")]
+            Guard::Async { guard, .. } => guard.fence(),
+        }
+    }
+    pub fn release(self) -> Result<bool> {
+        match self {
+            Guard::Sync(g) => g.release(),
+            #[cfg(feature = "async")]
+            Guard::Async { guard, rt } => run(&rt, guard.release()),
+        }
+    }
 }
 
 /// A handle that does not keep its store alive; see [`Store::downgrade`].
@@ -370,6 +397,101 @@ impl Store {
     }
 
     // ---- the store ----------------------------------------------------------------------------
+
+    /// Every live entry exported as JSON lines, as text.
+    pub fn export_string(&self) -> Result<String> {
+        let mut out = Vec::new();
+        self.export(&mut out)?;
+        Ok(String::from_utf8(out).expect("JSON lines are UTF-8"))
+    }
+
+    // ---- namespaces, typed keys, locks --------------------------------------------------------
+
+    pub fn namespace(&self, namespace: &Namespace, params: &[(&str, &str)]) -> Result<Store> {
+        match self {
+            Store::Sync(s) => s.namespace(namespace, params).map(Store::Sync),
+            #[cfg(feature = "async")]
+            Store::Async { store, rt } => {
+                store
+                    .namespace(namespace, params)
+                    .map(|store| Store::Async {
+                        store,
+                        rt: rt.clone(),
+                    })
+            }
+        }
+    }
+    pub fn namespace_one(&self, namespace: &Namespace, value: &str) -> Result<Store> {
+        match self {
+            Store::Sync(s) => s.namespace_one(namespace, value).map(Store::Sync),
+            #[cfg(feature = "async")]
+            Store::Async { store, rt } => {
+                store
+                    .namespace_one(namespace, value)
+                    .map(|store| Store::Async {
+                        store,
+                        rt: rt.clone(),
+                    })
+            }
+        }
+    }
+    pub fn prefix(&self) -> String {
+        both!(self, s => s.prefix().to_owned())
+    }
+    pub fn get_key<T: DeserializeOwned + Clone>(&self, key: &Key<T>) -> Result<Option<T>> {
+        call!(self, s => s.get_key(key))
+    }
+    pub fn set_key<T: Serialize>(&self, key: &Key<T>, value: &T) -> Result<()> {
+        call!(self, s => s.set_key(key, value))
+    }
+    pub fn lock(&self, key: &str, timeout: Duration) -> Result<Option<Guard>> {
+        self.lock_with(key, timeout, livedict::DEFAULT_LOCK_LEASE)
+    }
+    pub fn lock_with(
+        &self,
+        key: &str,
+        timeout: Duration,
+        lease: Duration,
+    ) -> Result<Option<Guard>> {
+        match self {
+            Store::Sync(s) => Ok(s.lock_with(key, timeout, lease)?.map(Guard::Sync)),
+            #[cfg(feature = "async")]
+            Store::Async { store, rt } => Ok(run(rt, store.lock_with(key, timeout, lease))?.map(
+                |guard| Guard::Async {
+                    guard,
+                    rt: rt.clone(),
+                },
+            )),
+        }
+    }
+    pub fn get_or_compute<T, E, F>(&self, key: &str, loader: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<livedict::BoxError> + Send,
+        F: FnOnce() -> std::result::Result<T, E> + Send,
+    {
+        self.get_or_compute_with(key, WriteOptions::new(), loader)
+    }
+    pub fn get_or_compute_with<T, E, F>(
+        &self,
+        key: &str,
+        options: impl Into<WriteOptions>,
+        loader: F,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: Into<livedict::BoxError> + Send,
+        F: FnOnce() -> std::result::Result<T, E> + Send,
+    {
+        match self {
+            Store::Sync(s) => s.get_or_compute_with(key, options, loader),
+            #[cfg(feature = "async")]
+            Store::Async { store, rt } => run(
+                rt,
+                store.get_or_compute_with(key, options, || async move { loader() }),
+            ),
+        }
+    }
 
     pub fn stats(&self) -> Stats {
         both!(self, s => s.stats())
