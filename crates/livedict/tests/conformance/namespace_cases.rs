@@ -132,7 +132,7 @@ pub fn namespace_binding_errors_name_the_parameter(h: &Harness) -> Result<()> {
     let s = store.namespace(&session, &[("sid", "s1"), ("user_id", "7")])?;
     s.set("token", &1)?;
     assert!(store.contains("app:user:7:session:s1:token")?);
-    assert!(store.is_empty()? == false);
+    assert!(!store.is_empty()?);
     Ok(())
 }
 
@@ -229,7 +229,7 @@ pub fn access_policy_is_asked_before_every_operation(h: &Harness) -> Result<()> 
     let store = h.build(move |b| {
         b.access_policy(move |op, key| {
             log.lock().unwrap().push((op, key.to_owned()));
-            !key.starts_with("secret") && !(op == Operation::Clear && key.is_empty())
+            !(key.starts_with("secret") || op == Operation::Clear && key.is_empty())
         })
     });
     store.set("open", &1)?;
@@ -334,9 +334,7 @@ pub fn lock_excludes_others_until_released(h: &Harness) -> Result<()> {
     let g2 = store.lock("job", Duration::ZERO)?.expect("released");
     assert!(g2.fence() > first, "the fencing token grows");
     drop(g2); // the async guard releases from a task: wait for it
-    let g3 = store
-        .lock("job", secs(5))?
-        .expect("released on drop");
+    let g3 = store.lock("job", secs(5))?.expect("released on drop");
     assert!(g3.fence() > first);
     Ok(())
 }
