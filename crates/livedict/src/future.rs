@@ -59,6 +59,10 @@ impl WeakAsyncLiveDict {
 /// or outside a runtime, never blocks: the expiry task is told to stop and hook workers are shut
 /// down on a thread of their own. [`close`](Self::close) does it and waits.
 ///
+/// A future dropped before it completes changes nothing if it had not reached its backend yet;
+/// one dropped while its backend works may have applied its change (as with any request already
+/// sent to a server). An `update` closure runs at most once either way.
+///
 /// # Examples
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -261,7 +265,7 @@ impl AsyncLiveDict {
     ) -> impl Future<Output = Result<()>> + Send + 'a {
         let dict = self.dict();
         let prepared = dict.prepare_key(key, value);
-        async move { dict.write_prepared(prepared).await }
+        async move { dict.write_key(prepared).await }
     }
 
     #[inline]
@@ -747,31 +751,29 @@ impl AsyncLiveDict {
 
     /// Stores `password` as an argon2id hash; see
     /// [`LiveDict::set_password`](crate::LiveDict::set_password). The hashing (slow on purpose)
-    /// runs when this is called, not in the future.
+    /// runs on tokio's blocking threads, as does checking with `verify_password`.
     ///
     /// # Errors
     /// As [`LiveDict::set`](crate::LiveDict::set).
-    pub fn set_password<'a>(
-        &'a self,
-        key: &'a str,
-        password: &str,
-    ) -> impl Future<Output = Result<()>> + Send + 'a {
+    pub async fn set_password(&self, key: &str, password: &str) -> Result<()> {
         self.set_password_with(key, password, WriteOptions::new())
+            .await
     }
 
     /// [`set_password`](Self::set_password) with write options.
     ///
     /// # Errors
     /// As [`LiveDict::set_with`](crate::LiveDict::set_with).
-    pub fn set_password_with<'a>(
-        &'a self,
-        key: &'a str,
+    pub async fn set_password_with(
+        &self,
+        key: &str,
         password: &str,
         options: impl Into<WriteOptions>,
-    ) -> impl Future<Output = Result<()>> + Send + 'a {
-        let dict = self.dict();
-        let prepared = dict.prepare_password(key, password, options.into());
-        async move { dict.write_prepared(prepared).await }
+    ) -> Result<()> {
+        let password = zeroize::Zeroizing::new(password.to_owned());
+        self.dict()
+            .set_password(key, password, options.into())
+            .await
     }
 
     /// Whether `password` matches the password key `key`; see

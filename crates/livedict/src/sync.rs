@@ -249,7 +249,7 @@ impl LiveDict {
     /// string.
     pub fn set_key<T: Serialize>(&self, key: &Key<T>, value: &T) -> Result<()> {
         let dict = self.dict();
-        run_ready(dict.write_prepared(dict.prepare_key(key, value)))
+        run_ready(dict.write_key(dict.prepare_key(key, value)))
     }
 
     // ---- reading ------------------------------------------------------------------------------
@@ -842,8 +842,11 @@ impl LiveDict {
         password: &str,
         options: impl Into<WriteOptions>,
     ) -> Result<()> {
-        let dict = self.dict();
-        run_ready(dict.write_prepared(dict.prepare_password(key, password, options.into())))
+        run_ready(self.dict().set_password(
+            key,
+            zeroize::Zeroizing::new(password.to_owned()),
+            options.into(),
+        ))
     }
 
     /// Whether `password` matches the password key `key`: `Some(true)`, `Some(false)`, or `None`

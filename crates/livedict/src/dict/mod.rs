@@ -73,6 +73,16 @@ fn lock_owner() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// A prepared write of a typed key: an encoded value, or a password still to hash.
+pub(crate) enum KeyWrite<'k> {
+    Value(PreparedWrite<'k>),
+    Password {
+        key: &'k str,
+        password: zeroize::Zeroizing<String>,
+        options: WriteOptions,
+    },
+}
+
 /// A write whose value is encoded and whose expiry is resolved, ready for the backend.
 pub(crate) struct PreparedWrite<'k> {
     key: Cow<'k, str>,
@@ -429,46 +439,66 @@ impl<'s, P: Port> Dict<'s, P> {
         )
     }
 
-    /// Prepares `set_password_with`: hashes the password (argon2id, slow on purpose).
-    pub(crate) fn prepare_password<'k>(
+    /// `set_password_with`: the password hashed (argon2id, slow on purpose) off the runtime's
+    /// workers in the async front-end, then stored.
+    pub(crate) async fn set_password(
         &self,
-        key: &'k str,
-        password: &str,
+        key: &str,
+        password: zeroize::Zeroizing<String>,
         options: WriteOptions,
-    ) -> Result<PreparedWrite<'k>> {
+    ) -> Result<()> {
         crate::key::validate(key)?;
-        let phc = crate::crypto::password::hash(password.as_bytes())?;
-        self.prepare_write(
+        let phc = P::blocking(move || crate::crypto::password::hash(password.as_bytes())).await?;
+        let prepared = self.prepare_write(
             key,
             |e, key, secret| {
                 e.seal_if_needed(key, crate::codec::encode_password_hash(&phc), secret)
             },
             options,
             Condition::Always,
-        )
+        );
+        self.write_prepared(prepared).await
     }
 
-    /// Prepares a write of the typed key `key`, with its TTL, secrecy or password hashing.
+    /// Prepares `set_key`: the value encoded (or, for a password key, taken) at once.
     pub(crate) fn prepare_key<'k, T: Serialize>(
         &self,
         key: &'k Key<T>,
         value: &T,
-    ) -> Result<PreparedWrite<'k>> {
+    ) -> Result<KeyWrite<'k>> {
         let options = match key.ttl {
             Some(ttl) => WriteOptions::ttl(ttl),
             None => WriteOptions::new(),
         };
         match key.kind {
-            KeyKind::Plain => self.prepare_set(&key.name, value, options),
-            KeyKind::Secret => self.prepare_set(&key.name, value, options.secret()),
+            KeyKind::Plain => self
+                .prepare_set(&key.name, value, options)
+                .map(KeyWrite::Value),
+            KeyKind::Secret => self
+                .prepare_set(&key.name, value, options.secret())
+                .map(KeyWrite::Value),
             KeyKind::Password => match serde_json::to_value(value) {
-                Ok(serde_json::Value::String(password)) => {
-                    self.prepare_password(&key.name, &password, options)
-                }
+                Ok(serde_json::Value::String(password)) => Ok(KeyWrite::Password {
+                    key: &key.name,
+                    password: zeroize::Zeroizing::new(password),
+                    options,
+                }),
                 _ => Err(Error::Encode(
                     format!("password key {:?}: the value must be a string", key.name).into(),
                 )),
             },
+        }
+    }
+
+    /// Applies a prepared `set_key`.
+    pub(crate) async fn write_key(&self, prepared: Result<KeyWrite<'_>>) -> Result<()> {
+        match prepared? {
+            KeyWrite::Value(write) => self.write_prepared(Ok(write)).await,
+            KeyWrite::Password {
+                key,
+                password,
+                options,
+            } => self.set_password(key, password, options).await,
         }
     }
 
@@ -929,7 +959,12 @@ impl<'s, P: Port> Dict<'s, P> {
     pub(crate) async fn verify_password(&self, key: &str, password: &str) -> Result<Option<bool>> {
         match self.password_hash(key).await? {
             None => Ok(None),
-            Some(phc) => crate::crypto::password::verify(password.as_bytes(), &phc).map(Some),
+            Some(phc) => {
+                let password = zeroize::Zeroizing::new(password.to_owned());
+                P::blocking(move || crate::crypto::password::verify(password.as_bytes(), &phc))
+                    .await
+                    .map(Some)
+            }
         }
     }
 

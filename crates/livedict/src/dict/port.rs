@@ -118,6 +118,12 @@ pub(crate) trait Port: Send + Sync {
     /// Sleeps for `duration` (blocking, or awaiting).
     fn sleep(duration: Duration) -> impl Future<Output = ()> + Send;
 
+    /// Runs CPU-heavy work (argon2): at once on the caller's thread, or on tokio's blocking
+    /// threads so that it holds up no runtime worker.
+    fn blocking<T: Send + 'static>(
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> impl Future<Output = Result<T>> + Send;
+
     /// Locks `mutex` (blocking, or awaiting).
     fn acquire<'m, T: Send + 'm>(
         mutex: &'m Mutex<T>,
@@ -265,6 +271,12 @@ impl Port for SyncPort<'_> {
     fn sleep(duration: Duration) -> Ready<()> {
         std::thread::sleep(duration);
         ready(())
+    }
+    #[inline]
+    fn blocking<T: Send + 'static>(
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Ready<Result<T>> {
+        ready(work())
     }
     #[inline]
     fn acquire<'m, T: Send + 'm>(mutex: &'m Mutex<T>) -> Ready<MutexGuard<'m, T>> {
@@ -417,6 +429,13 @@ impl Port for AsyncPort<'_> {
     }
     async fn sleep(duration: Duration) {
         tokio::time::sleep(duration).await;
+    }
+    async fn blocking<T: Send + 'static>(
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| crate::Error::Backend(Box::new(e)))?
     }
     fn acquire<'m, T: Send + 'm>(
         mutex: &'m Mutex<T>,

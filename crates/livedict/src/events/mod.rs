@@ -341,6 +341,11 @@ impl Hook {
     /// order, a panic or error is counted and isolated, and an overrun of the hook's timeout is
     /// counted and moves the other hooks to a fresh worker.
     ///
+    /// On a `current_thread` runtime, tokio drives timers and I/O only while the runtime's own
+    /// thread is inside `block_on`: an async hook that awaits them makes progress while the
+    /// application is awaiting something (as `#[tokio::main]` does), not while that thread is
+    /// busy. A multi-thread runtime has no such limit.
+    ///
     /// # Examples
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
