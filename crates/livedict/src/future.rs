@@ -14,11 +14,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::access::Operation;
 use crate::backend::{AsyncBackend, KeyTtl};
 use crate::batch::Batch;
 use crate::crypto::Keyring;
-use crate::dict::{AsyncPort, Dict};
+use crate::dict::{AsyncPort, Binding, Dict};
 use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
 use crate::events::{Event, EventKind, Hook, HookId, HookResult};
@@ -210,12 +209,8 @@ impl AsyncLiveDict {
         namespace: &Namespace,
         params: &[(&str, &str)],
     ) -> Result<AsyncLiveDict> {
-        self.scoped(Scope::bind(
-            self.scope.as_deref(),
-            namespace,
-            params,
-            self.engine().policy(),
-        )?)
+        let scope = self.dict().bind(namespace, Binding::Params(params))?;
+        Ok(self.with_scope(scope))
     }
 
     /// [`namespace`](Self::namespace) for a template of exactly one parameter.
@@ -223,26 +218,20 @@ impl AsyncLiveDict {
     /// # Errors
     /// As [`LiveDict::namespace_one`](crate::LiveDict::namespace_one).
     pub fn namespace_one(&self, namespace: &Namespace, value: &str) -> Result<AsyncLiveDict> {
-        let bound = namespace.bind_one(value)?;
-        self.scoped(Scope::of_prefix(
-            self.scope.as_deref(),
-            namespace,
-            bound,
-            self.engine().policy(),
-        )?)
+        let scope = self.dict().bind(namespace, Binding::One(value))?;
+        Ok(self.with_scope(scope))
     }
 
-    fn scoped(&self, scope: Scope) -> Result<AsyncLiveDict> {
-        self.engine().allow(Operation::Namespace, &scope.prefix)?;
-        Ok(AsyncLiveDict {
+    fn with_scope(&self, scope: Arc<Scope>) -> AsyncLiveDict {
+        AsyncLiveDict {
             inner: self.inner.clone(),
-            scope: Some(Arc::new(scope)),
-        })
+            scope: Some(scope),
+        }
     }
 
     /// The prefix of this handle's namespace, with its trailing separator (`""` for the store).
     pub fn prefix(&self) -> &str {
-        self.scope.as_deref().map_or("", |s| s.prefix.as_str())
+        self.dict().prefix()
     }
 
     /// The value of the typed key `key`, or its default; see

@@ -9,12 +9,11 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::access::Operation;
 use crate::backend::{Backend, KeyTtl};
 use crate::batch::Batch;
 use crate::builder::Builder;
 use crate::crypto::Keyring;
-use crate::dict::{Dict, SyncPort, run_ready};
+use crate::dict::{Binding, Dict, SyncPort, run_ready};
 use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
 use crate::events::{Event, EventKind, Hook, HookId, HookResult};
@@ -194,15 +193,11 @@ impl LiveDict {
     ///
     /// # Errors
     /// [`Error::Namespace`] naming a missing, unknown, repeated or empty parameter;
-    /// [`Error::PermissionDenied`] if the access policy refuses [`Operation::Namespace`] on the
-    /// bound prefix.
+    /// [`Error::PermissionDenied`] if the access policy refuses
+    /// [`Operation::Namespace`](crate::Operation::Namespace) on the bound prefix.
     pub fn namespace(&self, namespace: &Namespace, params: &[(&str, &str)]) -> Result<LiveDict> {
-        self.scoped(Scope::bind(
-            self.scope.as_deref(),
-            namespace,
-            params,
-            self.engine().policy(),
-        )?)
+        let scope = self.dict().bind(namespace, Binding::Params(params))?;
+        Ok(self.with_scope(scope))
     }
 
     /// [`namespace`](Self::namespace) for a template of exactly one parameter.
@@ -211,26 +206,20 @@ impl LiveDict {
     /// As [`namespace`](Self::namespace); [`Error::Namespace`] if the template does not have
     /// exactly one parameter.
     pub fn namespace_one(&self, namespace: &Namespace, value: &str) -> Result<LiveDict> {
-        let bound = namespace.bind_one(value)?;
-        self.scoped(Scope::of_prefix(
-            self.scope.as_deref(),
-            namespace,
-            bound,
-            self.engine().policy(),
-        )?)
+        let scope = self.dict().bind(namespace, Binding::One(value))?;
+        Ok(self.with_scope(scope))
     }
 
-    fn scoped(&self, scope: Scope) -> Result<LiveDict> {
-        self.engine().allow(Operation::Namespace, &scope.prefix)?;
-        Ok(LiveDict {
+    fn with_scope(&self, scope: Arc<Scope>) -> LiveDict {
+        LiveDict {
             inner: self.inner.clone(),
-            scope: Some(Arc::new(scope)),
-        })
+            scope: Some(scope),
+        }
     }
 
     /// The prefix of this handle's namespace, with its trailing separator (`""` for the store).
     pub fn prefix(&self) -> &str {
-        self.scope.as_deref().map_or("", |s| s.prefix.as_str())
+        self.dict().prefix()
     }
 
     /// The value of the typed key `key` (declared with [`Namespace::key`]), or its default when

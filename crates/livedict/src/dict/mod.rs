@@ -13,6 +13,7 @@ mod port;
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,7 +32,7 @@ use crate::clock::{Millis, Now};
 use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
 use crate::events::{Cause, EntryHooks, EntryLock, EventKind};
-use crate::namespace::{Key, KeyKind, Scope};
+use crate::namespace::{Key, KeyKind, Namespace, Scope};
 use crate::transfer::Exported;
 use crate::ttl::{self, TtlPolicy, WriteOptions};
 
@@ -54,7 +55,7 @@ const CLEAR_CHUNK: usize = 1000;
 /// A store's engine and a port to its backend.
 #[derive(Clone, Copy)]
 pub(crate) struct Dict<'s, P> {
-    pub(crate) engine: &'s std::sync::Arc<Engine>,
+    pub(crate) engine: &'s Arc<Engine>,
     pub(crate) port: P,
     /// The namespace a handle is bound to: keys are under its prefix.
     pub(crate) scope: Option<&'s Scope>,
@@ -71,6 +72,14 @@ pub(crate) struct HeldLock {
 /// A fresh owner token: 128 random bits.
 fn lock_owner() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+/// How a namespace's parameters are given.
+pub(crate) enum Binding<'p> {
+    /// By name.
+    Params(&'p [(&'p str, &'p str)]),
+    /// The value of a template's only parameter.
+    One(&'p str),
 }
 
 /// A prepared write of a typed key: an encoded value, or a password still to hash.
@@ -152,8 +161,25 @@ impl<'s, P: Port> Dict<'s, P> {
         self.ttl_policy().for_update()
     }
 
+    /// The scope of `namespace` bound with `params` (or, with [`Binding::One`], its only
+    /// parameter) inside this handle's, once the policy allows [`Operation::Namespace`] on it.
+    pub(crate) fn bind(&self, namespace: &Namespace, binding: Binding<'_>) -> Result<Arc<Scope>> {
+        let bound = match binding {
+            Binding::Params(params) => namespace.bind(params)?,
+            Binding::One(value) => namespace.bind_one(value)?,
+        };
+        let scope = Scope::of_prefix(self.scope, namespace, bound, self.engine.policy())?;
+        self.engine.allow(Operation::Namespace, &scope.prefix)?;
+        Ok(Arc::new(scope))
+    }
+
+    /// The prefix of this handle's namespace, with its trailing separator (`""` for the store).
+    pub(crate) fn prefix(&self) -> &'s str {
+        self.scope.map_or("", |s| s.prefix.as_str())
+    }
+
     /// An empty batch whose keys are under this handle's namespace.
-    pub(crate) fn batch(&self, scope: Option<std::sync::Arc<Scope>>) -> Batch {
+    pub(crate) fn batch(&self, scope: Option<Arc<Scope>>) -> Batch {
         Batch::new(self.engine.clone(), scope)
     }
 

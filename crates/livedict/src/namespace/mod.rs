@@ -257,16 +257,7 @@ pub(crate) struct Scope {
 }
 
 impl Scope {
-    /// The scope of `ns` bound with `params`, inside `outer` (the handle it is bound on).
-    pub(crate) fn bind(
-        outer: Option<&Scope>,
-        ns: &Namespace,
-        params: &[(&str, &str)],
-        store_policy: &TtlPolicy,
-    ) -> Result<Scope> {
-        Scope::of_prefix(outer, ns, ns.bind(params)?, store_policy)
-    }
-
+    /// The scope of `ns` bound to the prefix `bound`, inside `outer` (the handle it is bound on).
     pub(crate) fn of_prefix(
         outer: Option<&Scope>,
         ns: &Namespace,
