@@ -394,7 +394,12 @@ impl<'s, P: Port> Dict<'s, P> {
         } = w;
         let key = &*key;
         let event_value = engine.events.copy_for(EventKind::Set, &value);
-        let lock = self.entry_lock(key, &hooks).await?;
+        // Entry hooks are rare: no await on the common path.
+        let lock = if engine.events.needs_entry_lock(&hooks)? {
+            Some(self.lock_entry(key).await)
+        } else {
+            None
+        };
         let written = if engine.secrets_stick() && !secret {
             // Look at the value being replaced: a write over a secret stays secret.
             let mut wrote = false;
