@@ -204,7 +204,7 @@ async fn basic_operations(backend: Arc<RedisBackend>) -> Result<()> {
     let (key, _) = ab.pop_any(now).await?.expect("an entry to pop");
     assert_eq!(get(&backend, &key, now).await?, None);
     assert_eq!(ab.len(now).await?, 19);
-    let inactive = ab.remove_inactive(now + 5_000, now + 10_000).await?;
+    let inactive = ab.remove_inactive("", now + 5_000, now + 10_000).await?;
     assert_eq!(inactive.len(), 19);
     assert_eq!(ab.clear(now).await?.removed, 0);
     assert_eq!(ab.len(now).await?, 0);

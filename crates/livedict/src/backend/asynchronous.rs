@@ -81,11 +81,12 @@ pub trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
         out: &'a mut Vec<ExpiredEntry>,
     ) -> BoxFuture<'a, Result<()>>;
     fn next_deadline(&self) -> BoxFuture<'_, Result<Option<Millis>>>;
-    fn remove_inactive(
-        &self,
+    fn remove_inactive<'a>(
+        &'a self,
+        prefix: &'a str,
         idle_since: Millis,
         now: Millis,
-    ) -> BoxFuture<'_, Result<Vec<KeyValue>>>;
+    ) -> BoxFuture<'a, Result<Vec<KeyValue>>>;
     fn try_lock<'a>(
         &'a self,
         name: &'a str,
@@ -253,14 +254,15 @@ macro_rules! impl_async_via_sync {
             ) -> $crate::backend::BoxFuture<'_, $crate::Result<Option<$crate::Millis>>> {
                 Box::pin(::std::future::ready($crate::Backend::next_deadline(self)))
             }
-            fn remove_inactive(
-                &self,
+            fn remove_inactive<'a>(
+                &'a self,
+                prefix: &'a str,
                 idle_since: $crate::Millis,
                 now: $crate::Millis,
-            ) -> $crate::backend::BoxFuture<'_, $crate::Result<Vec<$crate::backend::KeyValue>>>
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<Vec<$crate::backend::KeyValue>>>
             {
                 Box::pin(::std::future::ready($crate::Backend::remove_inactive(
-                    self, idle_since, now,
+                    self, prefix, idle_since, now,
                 )))
             }
             fn try_lock<'a>(
@@ -480,12 +482,14 @@ mod off_runtime {
         fn next_deadline(&self) -> BoxFuture<'_, Result<Option<Millis>>> {
             Box::pin(self.run(|b| b.next_deadline()))
         }
-        fn remove_inactive(
-            &self,
+        fn remove_inactive<'a>(
+            &'a self,
+            prefix: &'a str,
             idle_since: Millis,
             now: Millis,
-        ) -> BoxFuture<'_, Result<Vec<KeyValue>>> {
-            Box::pin(self.run(move |b| b.remove_inactive(idle_since, now)))
+        ) -> BoxFuture<'a, Result<Vec<KeyValue>>> {
+            let prefix = prefix.to_owned();
+            Box::pin(self.run(move |b| b.remove_inactive(&prefix, idle_since, now)))
         }
         fn try_lock<'a>(
             &'a self,

@@ -333,10 +333,15 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// are also polled).
     fn next_deadline(&self) -> Result<Option<Millis>>;
 
-    /// Removes live entries last read or written before `idle_since`, and returns them. A backend
-    /// may track reads coarsely (the memory backend to the second) but never removes an entry
-    /// accessed since `idle_since`.
-    fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Result<Vec<KeyValue>>;
+    /// Removes live entries whose key starts with `prefix` (all with `""`) last read or written
+    /// before `idle_since`, and returns them. A backend may track reads coarsely (the memory
+    /// backend to the second) but never removes an entry accessed since `idle_since`.
+    fn remove_inactive(
+        &self,
+        prefix: &str,
+        idle_since: Millis,
+        now: Millis,
+    ) -> Result<Vec<KeyValue>>;
 
     /// Takes the lock `name` for `owner` until `now + lease`, if it is free or its lease has run
     /// out, and returns its fencing token: a number that grows with every acquisition of the

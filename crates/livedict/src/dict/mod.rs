@@ -796,17 +796,12 @@ impl<'s, P: Port> Dict<'s, P> {
     }
 
     pub(crate) async fn cleanup_inactive(&self, idle: Duration) -> Result<usize> {
-        if self.scope.is_some() {
-            return Err(Error::Namespace(
-                "cleanup_inactive works on the whole store: call it on the store".into(),
-            ));
-        }
-        self.allowed_prefix(Operation::Clear)?;
+        let prefix = self.allowed_prefix(Operation::Clear)?;
         let idle = ttl::to_millis(idle)?;
         let now = self.engine.begin()?;
         let removed = self
             .port
-            .remove_inactive(now.saturating_sub(idle), now)
+            .remove_inactive(prefix, now.saturating_sub(idle), now)
             .await?;
         self.removed_entries(&removed, Cause::Inactive, now).await;
         Ok(removed.len())

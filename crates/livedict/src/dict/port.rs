@@ -95,11 +95,12 @@ pub(crate) trait Port: Send + Sync {
         out: &'a mut Vec<ExpiredEntry>,
     ) -> impl Future<Output = Result<()>> + Send + 'a;
     fn next_deadline(&self) -> impl Future<Output = Result<Option<Millis>>> + Send + '_;
-    fn remove_inactive(
-        &self,
+    fn remove_inactive<'a>(
+        &'a self,
+        prefix: &'a str,
         idle_since: Millis,
         now: Millis,
-    ) -> impl Future<Output = Result<Vec<KeyValue>>> + Send + '_;
+    ) -> impl Future<Output = Result<Vec<KeyValue>>> + Send + 'a;
     fn try_lock<'a>(
         &'a self,
         name: &'a str,
@@ -246,8 +247,13 @@ impl Port for SyncPort<'_> {
         ready(self.backend.next_deadline())
     }
     #[inline]
-    fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Ready<Result<Vec<KeyValue>>> {
-        ready(self.backend.remove_inactive(idle_since, now))
+    fn remove_inactive<'a>(
+        &'a self,
+        prefix: &'a str,
+        idle_since: Millis,
+        now: Millis,
+    ) -> Ready<Result<Vec<KeyValue>>> {
+        ready(self.backend.remove_inactive(prefix, idle_since, now))
     }
     #[inline]
     fn try_lock<'a>(
@@ -400,12 +406,13 @@ impl Port for AsyncPort<'_> {
     fn next_deadline(&self) -> impl Future<Output = Result<Option<Millis>>> + Send + '_ {
         self.backend.next_deadline()
     }
-    fn remove_inactive(
-        &self,
+    fn remove_inactive<'a>(
+        &'a self,
+        prefix: &'a str,
         idle_since: Millis,
         now: Millis,
-    ) -> impl Future<Output = Result<Vec<KeyValue>>> + Send + '_ {
-        self.backend.remove_inactive(idle_since, now)
+    ) -> impl Future<Output = Result<Vec<KeyValue>>> + Send + 'a {
+        self.backend.remove_inactive(prefix, idle_since, now)
     }
     fn try_lock<'a>(
         &'a self,

@@ -276,6 +276,7 @@ macro_rules! conformance_suite {
             // SPEC 7: namespaces
             namespace_handles_have_the_dictionary_api_under_their_prefix,
             namespace_keys_and_clear_never_reach_a_sibling,
+            namespace_cleanup_inactive_stays_under_its_prefix,
             namespace_parameter_values_are_escaped_text,
             namespace_binding_errors_name_the_parameter,
             namespace_ttls_inherit_and_keys_override,

@@ -83,6 +83,28 @@ pub fn namespace_keys_and_clear_never_reach_a_sibling(h: &Harness) -> Result<()>
     Ok(())
 }
 
+pub fn namespace_cleanup_inactive_stays_under_its_prefix(h: &Harness) -> Result<()> {
+    let (store, clock) = h.manual();
+    let user = Namespace::new("user:{id}")?;
+    let u1 = store.namespace_one(&user, "1")?;
+    let u10 = store.namespace_one(&user, "10")?;
+    u1.set("idle", &1)?;
+    u1.set("busy", &1)?;
+    u10.set("idle", &1)?;
+    store.set("idle", &1)?;
+    clock.advance(secs(5));
+    u1.get::<i32>("busy")?;
+    clock.advance(secs(5));
+    assert_eq!(u1.cleanup_inactive(secs(6))?, 1);
+    assert_eq!(
+        names(store.keys()?),
+        ["idle", "user:10:idle", "user:1:busy"],
+        "only user:1:'s idle key went"
+    );
+    assert_eq!(store.cleanup_inactive(secs(6))?, 2);
+    Ok(())
+}
+
 pub fn namespace_parameter_values_are_escaped_text(h: &Harness) -> Result<()> {
     let store = h.store();
     let user = Namespace::new("user:{id}")?;

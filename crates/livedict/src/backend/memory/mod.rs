@@ -560,13 +560,20 @@ impl Backend for MemoryBackend {
             .min())
     }
 
-    fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Result<Vec<KeyValue>> {
+    fn remove_inactive(
+        &self,
+        prefix: &str,
+        idle_since: Millis,
+        now: Millis,
+    ) -> Result<Vec<KeyValue>> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.write();
             let Shard { table, timers, .. } = &mut *shard;
             for slot in table.extract_if(|s| {
-                s.is_live(now) && s.last_access.load(Relaxed) + ACCESS_SLACK <= idle_since
+                s.is_live(now)
+                    && s.last_access.load(Relaxed) + ACCESS_SLACK <= idle_since
+                    && s.key.starts_with(prefix)
             }) {
                 if let Some(t) = slot.timer {
                     timers.cancel(t);

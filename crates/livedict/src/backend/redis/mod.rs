@@ -348,8 +348,13 @@ impl Backend for RedisBackend {
         run_ready(self.blocking().next_deadline())
     }
 
-    fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Result<Vec<KeyValue>> {
-        run_ready(self.blocking().remove_inactive(idle_since, now))
+    fn remove_inactive(
+        &self,
+        prefix: &str,
+        idle_since: Millis,
+        now: Millis,
+    ) -> Result<Vec<KeyValue>> {
+        run_ready(self.blocking().remove_inactive(prefix, idle_since, now))
     }
 
     fn try_lock(&self, name: &str, owner: &str, lease: Millis, now: Millis) -> Result<Option<u64>> {
@@ -494,14 +499,15 @@ impl super::AsyncBackend for RedisBackend {
         Box::pin(async move { self.nonblocking().await?.next_deadline().await })
     }
 
-    fn remove_inactive(
-        &self,
+    fn remove_inactive<'a>(
+        &'a self,
+        prefix: &'a str,
         idle_since: Millis,
         now: Millis,
-    ) -> super::BoxFuture<'_, Result<Vec<KeyValue>>> {
+    ) -> super::BoxFuture<'a, Result<Vec<KeyValue>>> {
         Box::pin(async move {
             let ops = self.nonblocking().await?;
-            ops.remove_inactive(idle_since, now).await
+            ops.remove_inactive(prefix, idle_since, now).await
         })
     }
 

@@ -759,16 +759,18 @@ impl<T: Transport> Ops<'_, T> {
 
     pub(super) async fn remove_inactive(
         &self,
+        prefix: &str,
         idle_since: Millis,
         now: Millis,
     ) -> Result<Vec<KeyValue>> {
         let idle = now.saturating_sub(idle_since);
+        let pattern = prefix_pattern(prefix);
         let mut out = Vec::new();
         for index in self.store.layout.indexes() {
             let mut cursor = "0".to_owned();
             loop {
                 let mut cmd = self.cmd("remove_inactive", now, &[index]);
-                cmd.arg(&cursor).arg(idle).arg(CHUNK);
+                cmd.arg(&cursor).arg(idle).arg(CHUNK).arg(&pattern);
                 let mut items = array(self.run(&cmd).await?)?.into_iter();
                 cursor = text(items.next().unwrap_or(Value::Nil))?
                     .ok_or_else(|| unexpected("remove_inactive"))?;

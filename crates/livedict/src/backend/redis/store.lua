@@ -514,9 +514,10 @@ elseif op == 'scan' then
   end
   return out
 elseif op == 'remove_inactive' then
-  -- KEYS: index. ARGV: cursor, idle ms, count. Removes live, unlocked entries not accessed for
-  -- idle ms; returns { next cursor, then member, value pairs }.
-  local r = redis.call('ZSCAN', KEYS[1], ARGV[4], 'COUNT', ARGV[6])
+  -- KEYS: index. ARGV: cursor, idle ms, count, match pattern. Removes live, unlocked entries
+  -- matching the pattern not accessed for idle ms; returns { next cursor, then member, value
+  -- pairs }.
+  local r = redis.call('ZSCAN', KEYS[1], ARGV[4], 'MATCH', ARGV[7], 'COUNT', ARGV[6])
   local base = base_of(KEYS[1])
   local cutoff = now - tonumber(ARGV[5])
   local items = r[2]

@@ -704,19 +704,30 @@ impl Backend for SqliteBackend {
         })
     }
 
-    fn remove_inactive(&self, idle_since: Millis, now: Millis) -> Result<Vec<KeyValue>> {
+    fn remove_inactive(
+        &self,
+        prefix: &str,
+        idle_since: Millis,
+        now: Millis,
+    ) -> Result<Vec<KeyValue>> {
         self.flush_access()?;
         self.write(|c| {
             let mut stmt = c
                 .prepare_cached(
                     "DELETE FROM livedict_entries
                      WHERE (deadline IS NULL OR deadline > ?1) AND last_access + ?3 <= ?2
+                       AND substr(key, 1, length(?4)) = ?4
                      RETURNING key, value",
                 )
                 .map_err(db_error)?;
             let rows = stmt
                 .query_map(
-                    params![now as i64, idle_since as i64, ACCESS_GRANULARITY as i64],
+                    params![
+                        now as i64,
+                        idle_since as i64,
+                        ACCESS_GRANULARITY as i64,
+                        prefix
+                    ],
                     |r| Ok((r.get::<_, String>(0)?, Bytes::from(r.get::<_, Vec<u8>>(1)?))),
                 )
                 .map_err(db_error)?;
