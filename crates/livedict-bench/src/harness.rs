@@ -19,6 +19,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Keys in the store of the suites against a server or a file (SQLite, Redis).
+    pub fn store_keys(&self) -> usize {
+        if self.quick { 1_000 } else { 10_000 }
+    }
+
     pub fn new(quick: bool) -> Self {
         Config {
             quick,

@@ -33,29 +33,17 @@ const TTL: Duration = Duration::from_secs(3600);
 const BATCH: usize = 1000;
 const GET_PASSES: usize = 3;
 
-struct Sizes {
-    keys: usize,
-}
-
-impl Sizes {
-    fn new(quick: bool) -> Self {
-        Sizes {
-            keys: if quick { 1_000 } else { 10_000 },
-        }
-    }
-}
-
 /// The settings of this suite, for the header line.
 pub fn settings(cfg: &Config) -> String {
-    let s = Sizes::new(cfg.quick);
+    let keys = cfg.store_keys();
     format!(
         "redis: keys {}, value {VALUE_LEN} B, ttl {} s, 1 thread, 1 connection, loopback, \
          gets/run {}, sets/run {}, set_many {} pipelines of {BATCH}/run",
-        s.keys,
+        keys,
         TTL.as_secs(),
-        GET_PASSES * s.keys,
-        s.keys,
-        s.keys / BATCH,
+        GET_PASSES * keys,
+        keys,
+        keys / BATCH,
     )
 }
 
@@ -116,8 +104,7 @@ pub fn run(cfg: &Config) {
         );
         return;
     };
-    let sizes = Sizes::new(cfg.quick);
-    let n = sizes.keys;
+    let n = cfg.store_keys();
     let prefix = format!("bench{}", std::process::id());
     let keys: Vec<String> = (0..n).map(|i| format!("key:{i}")).collect();
     let raw_keys: Vec<String> = keys.iter().map(|k| format!("{prefix}-raw:{k}")).collect();

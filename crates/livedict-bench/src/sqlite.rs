@@ -57,32 +57,20 @@ const IDLE: Duration = Duration::from_millis(1100);
 /// The Python script of the diskcache cases (written into the temporary directory to run).
 const DISKCACHE_SCRIPT: &str = include_str!("../python/diskcache_bench.py");
 
-struct Sizes {
-    keys: usize,
-}
-
-impl Sizes {
-    fn new(quick: bool) -> Self {
-        Sizes {
-            keys: if quick { 1_000 } else { 10_000 },
-        }
-    }
-}
-
 /// The settings of this suite, for the header line.
 pub fn settings(cfg: &Config) -> String {
-    let s = Sizes::new(cfg.quick);
+    let keys = cfg.store_keys();
     format!(
         "sqlite: keys {}, value {VALUE_LEN} B, ttl {} s, 1 thread, WAL, synchronous NORMAL, \
          gets/run {}, sets/run {}, deletes/run {}, set_many {} batches of {BATCH}/run, \
          get_idle {} gets/run after {} ms idle ({} rounds), diskcache {}",
-        s.keys,
+        keys,
         TTL.as_secs(),
-        GET_PASSES * s.keys,
-        s.keys,
-        s.keys,
-        SET_MANY_PASSES * s.keys / BATCH,
-        s.keys,
+        GET_PASSES * keys,
+        keys,
+        keys,
+        SET_MANY_PASSES * keys / BATCH,
+        keys,
         IDLE.as_millis(),
         idle_config(cfg).rounds,
         if cfg.quick {
@@ -308,8 +296,7 @@ fn livedict_sets(store: &LiveDict, keys: &[String], order: &[u32], value: &[u8])
 // ---- the suite -------------------------------------------------------------------------------------
 
 pub fn run(cfg: &Config) {
-    let sizes = Sizes::new(cfg.quick);
-    let n = sizes.keys;
+    let n = cfg.store_keys();
     let keys: Vec<String> = (0..n).map(|i| format!("key:{i}")).collect();
     let value: Vec<u8> = (0..VALUE_LEN as u8).collect();
     let all: Vec<u32> = (0..n as u32).collect();
@@ -445,7 +432,7 @@ pub fn run(cfg: &Config) {
     );
     drop(raw);
 
-    diskcache(cfg, &sizes, &store, &keys, &value, dir.path());
+    diskcache(cfg, &store, &keys, &value, dir.path());
     drop(store);
     dir.close().expect("remove the temporary directory");
 }
@@ -566,14 +553,7 @@ fn python_run(
     parse().ok_or_else(|| format!("diskcache_bench.py printed {out:?}"))
 }
 
-fn diskcache(
-    cfg: &Config,
-    sizes: &Sizes,
-    store: &LiveDict,
-    keys: &[String],
-    value: &[u8],
-    tmp: &Path,
-) {
+fn diskcache(cfg: &Config, store: &LiveDict, keys: &[String], value: &[u8], tmp: &Path) {
     let skip = |reason: &str| println!("# {SUITE}/diskcache: skipped: {reason}");
     let python = match diskcache_python(cfg.quick) {
         Ok(p) => p,
@@ -584,7 +564,7 @@ fn diskcache(
     if let Err(e) = std::fs::write(&script, DISKCACHE_SCRIPT) {
         return skip(&format!("writing the script: {e}"));
     }
-    let n = sizes.keys;
+    let n = cfg.store_keys();
     // A first, untimed call fills the cache (and checks that the script works).
     if let Err(reason) = python_run(&python, &script, &cache, "get", 1, n, 0) {
         return skip(&reason);

@@ -7,6 +7,8 @@
 #![cfg(feature = "sqlite")]
 
 mod children;
+#[cfg(feature = "redis")]
+mod redis_servers;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,14 +37,10 @@ fn fresh_sqlite() -> String {
 
 #[cfg(feature = "redis")]
 fn fresh_redis() -> String {
-    let url = std::env::var("LIVEDICT_TEST_REDIS_URL").expect(
-        "LIVEDICT_TEST_REDIS_URL is not set: the Redis tests need a server (scripts/test starts one)",
-    );
-    static N: AtomicUsize = AtomicUsize::new(0);
     format!(
-        "redis:locks{}-{}@{url}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
+        "redis:{}@{}",
+        redis_servers::fresh_prefix(),
+        redis_servers::server_url()
     )
 }
 

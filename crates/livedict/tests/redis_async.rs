@@ -8,9 +8,10 @@
 //! missing server is never a pass.
 #![cfg(all(feature = "redis", feature = "async"))]
 
+mod redis_servers;
+
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_lock::RwLock;
 use std::time::Duration;
@@ -19,41 +20,7 @@ use livedict::backend::{
     AsyncBackend, BatchOp, Change, Condition, ExpiredEntry, Expiry, ReadMode, WriteExpiry,
 };
 use livedict::{Backend, Bytes, Error, KeyTtl, Millis, Now, RedisBackend, RedisOptions, Result};
-
-fn server_url() -> String {
-    std::env::var("LIVEDICT_TEST_REDIS_URL").expect(
-        "LIVEDICT_TEST_REDIS_URL is not set: the Redis tests need a server (scripts/test starts one)",
-    )
-}
-
-fn cluster_urls() -> Vec<String> {
-    std::env::var("LIVEDICT_TEST_REDIS_CLUSTER_URLS")
-        .expect(
-            "LIVEDICT_TEST_REDIS_CLUSTER_URLS is not set: the Redis Cluster tests need a cluster \
-             (scripts/test starts one)",
-        )
-        .split(',')
-        .map(str::to_owned)
-        .collect()
-}
-
-/// A prefix no other test (or earlier run) uses.
-fn fresh_prefix() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "async{}-{:08x}-{}",
-        std::process::id(),
-        rand_suffix(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn rand_suffix() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-}
+use redis_servers::{cluster_urls, fresh_prefix, server_url};
 
 /// The store's clock judges deadlines, so that tests can pass times of their own.
 fn options() -> RedisOptions {

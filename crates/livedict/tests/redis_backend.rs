@@ -15,44 +15,15 @@
 #[macro_use]
 mod conformance;
 mod children;
+mod redis_servers;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use livedict::{Backend, Error, KeyTtl, LiveDict, RedisBackend, RedisOptions, Result};
-
-fn server_url() -> String {
-    std::env::var("LIVEDICT_TEST_REDIS_URL").expect(
-        "LIVEDICT_TEST_REDIS_URL is not set: the Redis tests need a server (scripts/test starts one)",
-    )
-}
-
-fn cluster_urls() -> Vec<String> {
-    std::env::var("LIVEDICT_TEST_REDIS_CLUSTER_URLS")
-        .expect(
-            "LIVEDICT_TEST_REDIS_CLUSTER_URLS is not set: the Redis Cluster tests need a cluster \
-             (scripts/test starts one)",
-        )
-        .split(',')
-        .map(str::to_owned)
-        .collect()
-}
-
-/// A prefix no other test (or earlier run) uses.
-fn fresh_prefix() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "t{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use redis_servers::{cluster_urls, fresh_prefix, server_url};
 
 /// Options of the conformance runs: the store's (manual) clock judges deadlines.
 fn test_options() -> RedisOptions {

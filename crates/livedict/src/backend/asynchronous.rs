@@ -469,13 +469,12 @@ mod off_runtime {
             out: &'a mut Vec<ExpiredEntry>,
         ) -> BoxFuture<'a, Result<()>> {
             Box::pin(async move {
-                let swept = self
-                    .run(move |b| {
-                        let mut swept = Vec::new();
-                        b.sweep(now, limit, &mut swept).map(|()| swept)
-                    })
+                // The caller's buffer travels to the blocking thread and back, so that it is
+                // reused from sweep to sweep (see `Backend::sweep`).
+                let mut buffer = std::mem::take(out);
+                *out = self
+                    .run(move |b| b.sweep(now, limit, &mut buffer).map(|()| buffer))
                     .await?;
-                out.extend(swept);
                 Ok(())
             })
         }

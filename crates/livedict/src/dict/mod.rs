@@ -212,24 +212,20 @@ impl<'s, P: Port> Dict<'s, P> {
         let now = self.engine.begin_read(key)?;
         let found = self.port.get(key, &now, mode).await?;
         if mode == ReadMode::Touch {
-            // The entry-hook table is only locked when some entry has hooks (rare): the common
-            // path has no await here.
-            let on_access = if found.is_some() && self.engine.events.registry.entries().in_use() {
-                self.lock_entry(key).await.on_access(key)
-            } else {
-                None
-            };
-            self.engine.read(key, found.as_ref(), &now, on_access);
+            self.accessed(key, found.as_ref(), &now).await;
         }
         Ok(found)
     }
 
+    /// Accounts for an access of `key` that found `found`, with the entry's access hook when
+    /// some entry has hooks. That case is rare, and the only one that awaits: the common path
+    /// adds no state to the caller's future.
+    #[inline(always)]
     async fn accessed(&self, key: &str, found: Option<&Bytes>, now: &Now<'_>) {
-        let on_access = match found {
-            Some(_) if self.engine.events.registry.entries().in_use() => {
-                self.lock_entry(key).await.on_access(key)
-            }
-            _ => None,
+        let on_access = if found.is_some() && self.engine.events.registry.entries().in_use() {
+            self.lock_entry(key).await.on_access(key)
+        } else {
+            None
         };
         self.engine.read(key, found, now, on_access);
     }
@@ -394,12 +390,7 @@ impl<'s, P: Port> Dict<'s, P> {
         } = w;
         let key = &*key;
         let event_value = engine.events.copy_for(EventKind::Set, &value);
-        // Entry hooks are rare: no await on the common path.
-        let lock = if engine.events.needs_entry_lock(&hooks)? {
-            Some(self.lock_entry(key).await)
-        } else {
-            None
-        };
+        let lock = self.entry_lock(key, &hooks).await?;
         let written = if engine.secrets_stick() && !secret {
             // Look at the value being replaced: a write over a secret stays secret.
             let mut wrote = false;

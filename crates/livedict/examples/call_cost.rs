@@ -1,0 +1,42 @@
+//! The cost of one call on the memory backend, for instruction counting: `get_bytes` of keys that
+//! exist (`hit`), of a key that does not (`miss`), or `set_bytes` overwrites (`set`), N times
+//! over 10,000 keys of 64 bytes.
+//!
+//! ```text
+//! cargo build --release -p livedict --example call_cost
+//! valgrind --tool=cachegrind --cache-sim=no target/release/examples/call_cost hit 0
+//! valgrind --tool=cachegrind --cache-sim=no target/release/examples/call_cost hit 100000
+//! ```
+//! (instructions of the second run minus the first, divided by 100,000: one call). The wall time
+//! it prints is for a rough look only; the benchmarks are `livedict-bench`.
+
+use std::hint::black_box;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "hit".into());
+    let n: usize = args
+        .next()
+        .map_or(2_000_000, |s| s.parse().expect("a count"));
+    let store = livedict::LiveDict::new();
+    let keys: Vec<String> = (0..10_000).map(|i| format!("key:{i}")).collect();
+    let value = vec![7u8; 64];
+    for k in &keys {
+        store.set_bytes(k, &value).expect("fill");
+    }
+    let start = std::time::Instant::now();
+    let mut hits = 0;
+    for i in 0..n {
+        let key = &keys[(i * 7919) % keys.len()];
+        match mode.as_str() {
+            "hit" => hits += usize::from(black_box(store.get_bytes(key).expect("get")).is_some()),
+            "miss" => {
+                hits += usize::from(black_box(store.get_bytes("absent").expect("get")).is_some())
+            }
+            "set" => store.set_bytes(key, &value).expect("set"),
+            other => panic!("unknown mode {other:?}: hit, miss or set"),
+        }
+    }
+    let per_call = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
+    println!("{mode}: {n} calls, {per_call:.1} ns each, {hits} hits");
+}
