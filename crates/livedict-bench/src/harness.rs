@@ -10,12 +10,14 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 /// Settings common to all suites.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// A smoke run with small sizes (`--quick`).
     pub quick: bool,
     /// Interleaved rounds per comparison.
     pub rounds: usize,
+    /// Runs only the cases whose `SUITE/CASE` name contains this (`--only`).
+    pub only: Option<String>,
 }
 
 impl Config {
@@ -24,11 +26,19 @@ impl Config {
         if self.quick { 1_000 } else { 10_000 }
     }
 
-    pub fn new(quick: bool) -> Self {
+    pub fn new(quick: bool, only: Option<String>) -> Self {
         Config {
             quick,
             rounds: if quick { 2 } else { 5 },
+            only,
         }
+    }
+
+    /// Whether the case `suite/case` is selected by `--only`.
+    pub fn wants(&self, suite: &str, case: &str) -> bool {
+        self.only
+            .as_deref()
+            .is_none_or(|only| format!("{suite}/{case}").contains(only))
     }
 }
 
@@ -53,6 +63,9 @@ pub fn compare(
     mut peer_run: impl FnMut() -> Run,
     check: impl Fn(u64) -> Option<String>,
 ) {
+    if !cfg.wants(suite, case) {
+        return;
+    }
     let mut ours = Vec::with_capacity(cfg.rounds);
     let mut theirs = Vec::with_capacity(cfg.rounds);
     let mut warnings = Vec::new();

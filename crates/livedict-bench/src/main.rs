@@ -12,7 +12,8 @@
 //! statements with the same pragmas, and against Python's `diskcache`), `crypto` (an encrypted
 //! store's set+get round trip against raw `aes-gcm` plus a plain store doing the same by hand, on
 //! 64 B, 1 KiB and 64 KiB payloads, and encrypted against plain get/set) or `all`. `--quick` is a
-//! smoke run with small sizes (seconds), for the test suite.
+//! smoke run with small sizes (seconds), for the test suite. `--only PATTERN` runs only the cases
+//! whose `SUITE/CASE` name contains `PATTERN` (for example `--only get_hit_1t`).
 //!
 //! Each comparison runs livedict and the peer interleaved (livedict, peer, livedict, peer, ...)
 //! for several rounds with the same operations, and prints the medians as one line:
@@ -80,7 +81,7 @@ const SUITES: &[Suite] = &[
 fn usage() -> String {
     let names: Vec<_> = SUITES.iter().map(|s| s.name).collect();
     format!(
-        "usage: livedict-bench SUITE [--quick]\n  SUITE: {} | all",
+        "usage: livedict-bench SUITE [--quick] [--only PATTERN]\n  SUITE: {} | all\n  PATTERN: run only the cases whose SUITE/CASE name contains it",
         names.join(" | ")
     )
 }
@@ -88,9 +89,18 @@ fn usage() -> String {
 fn main() -> ExitCode {
     let mut suite = None;
     let mut quick = false;
-    for arg in std::env::args().skip(1) {
+    let mut only = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--only" => match args.next() {
+                Some(pattern) => only = Some(pattern),
+                None => {
+                    eprintln!("--only needs a pattern\n{}", usage());
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 println!("{}", usage());
                 return ExitCode::SUCCESS;
@@ -115,7 +125,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
 
-    let cfg = Config::new(quick);
+    let cfg = Config::new(quick, only);
     let settings: Vec<String> = selected.iter().map(|s| (s.settings)(&cfg)).collect();
     println!(
         "# machine: {}; settings: quick {}, rounds {}; {}",

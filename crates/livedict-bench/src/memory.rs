@@ -313,6 +313,9 @@ struct Item {
 /// decode on every get, moka only clones the struct (one `String` allocation each way); this shows
 /// what a typed livedict value costs against a typed in-process cache.
 fn typed(cfg: &Config, sizes: &Sizes, data: &Data) {
+    if !cfg.wants(SUITE, "typed_") {
+        return;
+    }
     let keys = &data.keys[..sizes.keys];
     let items: Vec<Item> = (0..sizes.keys)
         .map(|i| Item {
@@ -538,6 +541,10 @@ pub fn run(cfg: &Config) {
     drop(livedict);
 
     typed(cfg, &sizes, &data);
-    bytes_per_entry(sizes.bpe_entries, &data);
-    expiry_lateness(sizes.expiry_keys, sizes.expiry_spread, &data);
+    if cfg.wants(SUITE, "bytes_per_entry") {
+        bytes_per_entry(sizes.bpe_entries, &data);
+    }
+    if cfg.wants(SUITE, "expiry_lateness") {
+        expiry_lateness(sizes.expiry_keys, sizes.expiry_spread, &data);
+    }
 }

@@ -84,9 +84,12 @@ pub fn settings(cfg: &Config) -> String {
 /// `get_idle` sleeps before each run; one round is enough for a smoke run.
 fn idle_config(cfg: &Config) -> Config {
     if cfg.quick {
-        Config { rounds: 1, ..*cfg }
+        Config {
+            rounds: 1,
+            ..cfg.clone()
+        }
     } else {
-        *cfg
+        cfg.clone()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The cost of one call on the memory backend, for instruction counting: `get_bytes` of keys that
 //! exist (`hit`), of a key that does not (`miss`), or `set_bytes` overwrites (`set`), N times
-//! over 10,000 keys of 64 bytes.
+//! over 10,000 keys of 64 bytes (a third argument sets another key count).
 //!
 //! ```text
 //! cargo build --release -p livedict --example call_cost
@@ -18,8 +18,11 @@ fn main() {
     let n: usize = args
         .next()
         .map_or(2_000_000, |s| s.parse().expect("a count"));
+    let key_count: usize = args
+        .next()
+        .map_or(10_000, |s| s.parse().expect("a key count"));
     let store = livedict::LiveDict::new();
-    let keys: Vec<String> = (0..10_000).map(|i| format!("key:{i}")).collect();
+    let keys: Vec<String> = (0..key_count).map(|i| format!("key:{i}")).collect();
     let value = vec![7u8; 64];
     for k in &keys {
         store.set_bytes(k, &value).expect("fill");

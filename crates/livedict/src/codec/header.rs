@@ -46,13 +46,13 @@ impl PayloadKind {
         }
     }
 
-    fn from_code(code: u8) -> Result<Self> {
+    fn from_code(code: u8) -> Option<Self> {
         match code {
-            0 => Ok(PayloadKind::Raw),
-            1 => Ok(PayloadKind::Json),
-            2 => Ok(PayloadKind::MessagePack),
-            3 => Ok(PayloadKind::PasswordHash),
-            other => Err(Error::Format(format!("unknown payload kind {other}"))),
+            0 => Some(PayloadKind::Raw),
+            1 => Some(PayloadKind::Json),
+            2 => Some(PayloadKind::MessagePack),
+            3 => Some(PayloadKind::PasswordHash),
+            _ => None,
         }
     }
 
@@ -92,35 +92,40 @@ impl Header {
     /// # Errors
     /// [`Error::Format`] for a truncated header, a wrong magic byte, a newer format version, or
     /// reserved bits set.
+    #[inline]
     pub(crate) fn parse(stored: &[u8]) -> Result<(Header, &[u8])> {
-        let Some((head, rest)) = stored.split_first_chunk::<HEADER_LEN>() else {
-            return Err(Error::Format(format!(
-                "value of {} bytes is shorter than the {HEADER_LEN}-byte header",
-                stored.len()
-            )));
-        };
-        let [magic, version, flags] = *head;
-        if magic != MAGIC {
-            return Err(Error::Format(format!(
-                "not a livedict value (first byte {magic:#04x})"
-            )));
+        if let Some((&[MAGIC, version, flags], rest)) = stored.split_first_chunk::<HEADER_LEN>()
+            && (1..=FORMAT_VERSION).contains(&version)
+            && flags & RESERVED == 0
+            && let Some(kind) = PayloadKind::from_code(flags & KIND_MASK)
+        {
+            let encrypted = flags & ENCRYPTED != 0;
+            return Ok((Header { kind, encrypted }, rest));
         }
-        if version == 0 || version > FORMAT_VERSION {
-            return Err(Error::Format(format!(
-                "value format version {version} is not supported (this build reads 1..={FORMAT_VERSION})"
-            )));
-        }
-        if flags & RESERVED != 0 {
-            return Err(Error::Format(format!(
-                "reserved header bits set ({flags:#04x})"
-            )));
-        }
-        let header = Header {
-            kind: PayloadKind::from_code(flags & KIND_MASK)?,
-            encrypted: flags & ENCRYPTED != 0,
-        };
-        Ok((header, rest))
+        Err(malformed(stored))
     }
+}
+
+/// Why `stored` does not start with a valid header (the slow path of [`Header::parse`]).
+#[cold]
+fn malformed(stored: &[u8]) -> Error {
+    let Some(&[magic, version, flags]) = stored.first_chunk::<HEADER_LEN>() else {
+        return Error::Format(format!(
+            "value of {} bytes is shorter than the {HEADER_LEN}-byte header",
+            stored.len()
+        ));
+    };
+    Error::Format(if magic != MAGIC {
+        format!("not a livedict value (first byte {magic:#04x})")
+    } else if version == 0 || version > FORMAT_VERSION {
+        format!(
+            "value format version {version} is not supported (this build reads 1..={FORMAT_VERSION})"
+        )
+    } else if flags & RESERVED != 0 {
+        format!("reserved header bits set ({flags:#04x})")
+    } else {
+        format!("unknown payload kind {}", flags & KIND_MASK)
+    })
 }
 
 #[cfg(test)]

@@ -114,6 +114,7 @@ fn decode_msgpack<T: DeserializeOwned>(_payload: &[u8]) -> Result<T> {
 ///
 /// # Errors
 /// [`Error::Format`] for a bad header; [`Error::Decode`] when the value is a typed value.
+#[inline]
 pub(crate) fn decode_raw(mut stored: Bytes) -> Result<Bytes> {
     let (header, _) = Header::parse(&stored)?;
     refuse_encrypted(header)?;

@@ -57,6 +57,7 @@ impl Sealer {
 }
 
 /// Decrypts `stored` if it is encrypted and a sealer is at hand.
+#[inline]
 pub(crate) fn open(sealer: Option<&Sealer>, key: &str, stored: Bytes) -> Result<Bytes> {
     match sealer {
         Some(s) => s.open(key, stored),
