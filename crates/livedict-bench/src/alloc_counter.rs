@@ -1,5 +1,5 @@
-//! A counting global allocator: forwards every call to [`System`] and, while counting is switched
-//! on, keeps the number of live heap bytes (bytes requested, not the allocator's rounding or
+//! A counting global allocator: forwards every call to the underlying allocator ([`System`](std::alloc::System), or
+//! mimalloc with the `mimalloc` feature) and, while counting is switched on, keeps the number of live heap bytes (bytes requested, not the allocator's rounding or
 //! bookkeeping), so a suite can measure what a store holds per entry.
 //!
 //! Counting is off by default so that the throughput cases pay one relaxed load per allocation and
@@ -8,8 +8,21 @@
 // The only unsafe code of the crate: implementing `GlobalAlloc` is an unsafe trait impl.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
+
+/// The allocator every call goes to.
+#[cfg(not(feature = "mimalloc"))]
+const UNDERLYING: std::alloc::System = std::alloc::System;
+#[cfg(feature = "mimalloc")]
+const UNDERLYING: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The name of the underlying allocator, for the machine line.
+pub const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "system (glibc)"
+};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -26,13 +39,13 @@ fn note(delta: isize) {
     }
 }
 
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged and returns what
-// `System` returned, so `Counting` upholds exactly the contract `System` does. The bookkeeping
+// SAFETY: every method forwards to `UNDERLYING` with the caller's arguments unchanged and returns what
+// it returned, so `Counting` upholds exactly the contract the underlying allocator does. The bookkeeping
 // only touches atomics in statics and never allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc`'s contract.
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { UNDERLYING.alloc(layout) };
         if !p.is_null() {
             note(layout.size() as isize);
         }
@@ -41,7 +54,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as `alloc`.
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { UNDERLYING.alloc_zeroed(layout) };
         if !p.is_null() {
             note(layout.size() as isize);
         }
@@ -49,14 +62,14 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator, i.e. from `System`, with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
+        // SAFETY: `ptr` came from this allocator, i.e. from `UNDERLYING`, with `layout`.
+        unsafe { UNDERLYING.dealloc(ptr, layout) };
         note(-(layout.size() as isize));
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` came from `System` with `layout`; the caller upholds `realloc`'s contract.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        // SAFETY: `ptr` came from `UNDERLYING` with `layout`; the caller upholds `realloc`'s contract.
+        let p = unsafe { UNDERLYING.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             note(new_size as isize - layout.size() as isize);
         }

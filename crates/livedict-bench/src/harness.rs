@@ -230,5 +230,9 @@ pub fn machine() -> String {
                 .map(|(_, m)| m.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("nproc {cpus}, {model}, {}", env!("LIVEDICT_BENCH_RUSTC"))
+    format!(
+        "nproc {cpus}, {model}, {}, allocator {}",
+        env!("LIVEDICT_BENCH_RUSTC"),
+        crate::alloc_counter::ALLOCATOR
+    )
 }
