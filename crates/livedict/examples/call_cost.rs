@@ -9,7 +9,7 @@
 //! ```
 //! (instructions of the second run minus the first, divided by 100,000: one call). `--fair-sched`
 //! lets the store's clock thread run under valgrind; without it the cached clock never ticks and
-//! every call also pays for reading the system clock (about 125 more instructions). The wall time
+//! every call also pays for reading the system clock (a few hundred more instructions). The wall time
 //! it prints is for a rough look only; the benchmarks are `livedict-bench`.
 
 use std::hint::black_box;
