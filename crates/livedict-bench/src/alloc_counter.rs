@@ -1,5 +1,6 @@
-//! A counting global allocator: forwards every call to the underlying allocator ([`System`](std::alloc::System), or
-//! mimalloc with the `mimalloc` feature) and, while counting is switched on, keeps the number of live heap bytes (bytes requested, not the allocator's rounding or
+//! A counting global allocator: forwards every call to the underlying allocator
+//! ([`System`](std::alloc::System), or mimalloc with the `mimalloc` feature) and, while counting is
+//! switched on, keeps the number of live heap bytes (bytes requested, not the allocator's rounding or
 //! bookkeeping), so a suite can measure what a store holds per entry.
 //!
 //! Counting is off by default so that the throughput cases pay one relaxed load per allocation and
@@ -39,9 +40,9 @@ fn note(delta: isize) {
     }
 }
 
-// SAFETY: every method forwards to `UNDERLYING` with the caller's arguments unchanged and returns what
-// it returned, so `Counting` upholds exactly the contract the underlying allocator does. The bookkeeping
-// only touches atomics in statics and never allocates.
+// SAFETY: every method forwards to `UNDERLYING` with the caller's arguments unchanged and returns
+// what it returned, so `Counting` upholds exactly the contract the underlying allocator does. The
+// bookkeeping only touches atomics in statics and never allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc`'s contract.
