@@ -473,9 +473,25 @@ pub fn run(cfg: &Config) {
     let keys = keys();
     let value = value();
     for hooks in HOOK_COUNTS {
-        set_path(cfg, &sizes, &keys, &value, hooks);
+        if cfg.wants(SUITE, &format!("set_with_{hooks}_hooks")) {
+            set_path(cfg, &sizes, &keys, &value, hooks);
+        }
     }
-    set_path_filtered(cfg, &sizes, &keys, &value);
-    delivery(cfg, &sizes, &keys, &value);
-    delivery_latency(&sizes);
+    if cfg.wants(SUITE, "set_with_1_filtered_hook") {
+        set_path_filtered(cfg, &sizes, &keys, &value);
+    }
+    if [
+        "delivery",
+        "delivery_1_worker",
+        "delivery_backlog",
+        "delivery_backlog_1_worker",
+    ]
+    .iter()
+    .any(|case| cfg.wants(SUITE, case))
+    {
+        delivery(cfg, &sizes, &keys, &value);
+    }
+    if cfg.wants(SUITE, "delivery_latency") {
+        delivery_latency(&sizes);
+    }
 }

@@ -21,7 +21,9 @@ use crate::clock::{Clock, Millis, Now};
 use crate::codec::{self, Codec};
 use crate::crypto::{Keyring, Sealer};
 use crate::error::{BoxError, Error, Result};
-use crate::events::{Cause, EntryHooks, EntryLock, EventHub, EventKind, EventSettings, HookFn};
+use crate::events::{
+    Cause, EntryHooks, EntryLock, EventHub, EventKind, EventSettings, HookFn, KeptValue,
+};
 use crate::expiry::DriverControl;
 use crate::key;
 use crate::stats::{Counter, Counters};
@@ -305,7 +307,7 @@ impl Engine {
                 EventKind::Access,
                 Cause::Explicit,
                 key,
-                Some(value.clone()),
+                Some(value),
                 None,
                 now.exact(),
                 on_access,
@@ -320,7 +322,7 @@ impl Engine {
         &self,
         key: &str,
         written: &Written,
-        value: Option<Bytes>,
+        value: Option<KeptValue>,
         expiry: WriteExpiry,
         now: Millis,
         mut lock: Option<EntryLock<'_>>,
@@ -345,16 +347,9 @@ impl Engine {
             self.counters.add(Counter::Set, 1);
             self.schedule(expiry, now);
             self.changes.notify();
-            if value.is_some() {
-                self.events.publish(
-                    EventKind::Set,
-                    Cause::Explicit,
-                    key,
-                    value,
-                    written.previous.clone(),
-                    now,
-                    None,
-                );
+            if let Some(value) = &value {
+                self.events
+                    .publish_set(key, value, written.previous.as_ref(), now);
             }
         }
     }
@@ -407,8 +402,8 @@ impl Engine {
                         EventKind::Set,
                         Cause::Explicit,
                         key,
-                        Some(value.clone()),
-                        updated.previous.clone(),
+                        Some(value),
+                        updated.previous.as_ref(),
                         now,
                         None,
                     );
@@ -437,7 +432,7 @@ impl Engine {
                 EventKind::Expire,
                 Cause::Expired,
                 key,
-                Some(value.clone()),
+                Some(value),
                 None,
                 at,
                 on_expire,
@@ -457,15 +452,8 @@ impl Engine {
         );
         self.changes.notify();
         if self.events.wants(EventKind::Delete) {
-            self.events.publish(
-                EventKind::Delete,
-                cause,
-                key,
-                Some(value.clone()),
-                None,
-                now,
-                None,
-            );
+            self.events
+                .publish(EventKind::Delete, cause, key, Some(value), None, now, None);
         }
     }
 
@@ -644,5 +632,5 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// copy of its value kept for the `Set` event.
 pub(crate) struct PlannedOp {
     pub(crate) key: String,
-    set: Option<(WriteExpiry, Option<Bytes>)>,
+    set: Option<(WriteExpiry, Option<KeptValue>)>,
 }

@@ -12,17 +12,17 @@ use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{
-    AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
-    Ordering::SeqCst,
-};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex};
+use spin::mutex::SpinMutex;
 
-use super::registry::Registry;
+use super::queue::{EventLog, Job, Published};
+use super::registry::{HookListCache, Registry};
 use super::{Event, HookFn};
+use crate::crypto::Sealer;
 
 /// What publishing does when the event queue is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,15 +130,11 @@ pub(crate) struct DeliveryCounters {
     pub(crate) dropped: AtomicU64,
 }
 
-/// An event and the entry hook that goes with it, if any.
-pub(crate) struct Job {
-    pub(crate) event: Event,
-    pub(crate) entry_hook: Option<HookFn>,
-}
-
 /// The event a lane is delivering: its hook calls left, and when the running one must return.
 struct Current {
-    event: Event,
+    /// Shared with the running hook call (the watchdog may hand the event to a new worker while
+    /// an abandoned call still reads it).
+    event: Arc<Event>,
     calls: VecDeque<(HookFn, Duration)>,
     /// When the running call must have returned; `None` between calls.
     deadline: Option<Instant>,
@@ -152,35 +148,72 @@ struct Work {
     rest: VecDeque<Job>,
 }
 
-/// A lane's queue, and the delivered events on their way back to a publisher.
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    /// Delivered events, dropped by the next publisher on its own thread: their buffers were
-    /// allocated by publishers, and freeing them there keeps the allocator's per-thread caches
-    /// warm instead of making every publisher allocation take the slow, locked path.
-    returned: Vec<Event>,
+/// How a thread waits for a lane's queue lock held by another: the holder's critical section is a
+/// copy or a swap of a few nanoseconds unless it was preempted, so give it the core.
+struct YieldToHolder;
+
+impl spin::relax::RelaxStrategy for YieldToHolder {
+    fn relax() {
+        std::thread::yield_now();
+    }
 }
 
-/// Delivered events a publisher takes back at once.
-const RETURN_BATCH: usize = 64;
-/// Delivered events a worker keeps for publishers at most; past it, it frees them itself.
-const RETURN_MAX: usize = 16_384;
-
 struct Lane {
-    queue: CachePadded<Mutex<Queue>>,
-    /// Set by a publisher that pushed onto an empty queue; the spinning worker reads it without
-    /// taking the lock. On its own cache line, so the spinning does not slow the queue's lock.
-    has_items: CachePadded<AtomicBool>,
-    /// The worker is blocked on `ready` (set and read under the queue lock).
-    sleeping: AtomicBool,
+    /// The queue, under a spin lock released by a plain store: a publisher's push is one atomic
+    /// instruction (taking the lock) on a line only publishers touch while the worker is busy.
+    /// (A `parking_lot` release is a second atomic instruction, and it waits until the cache
+    /// lines just written, in a buffer the worker last read, are owned by the publisher's core: a
+    /// cross-core round trip on every event.)
+    queue: CachePadded<SpinMutex<EventLog, YieldToHolder>>,
+    /// Events queued: written by publishers under the lock, polled by the idle worker without it.
+    /// On its own cache line, so the polling never touches the lock's line.
+    queued: CachePadded<AtomicUsize>,
+    /// The worker is asleep, or about to be, and must be woken. Set by the worker, cleared by the
+    /// publisher that wakes it, both under the queue lock; read by every publisher, so on a line
+    /// written only when the worker goes to sleep.
+    sleeping: CachePadded<AtomicBool>,
+    /// A wake-up for the sleeping worker (set by the publisher that cleared `sleeping`).
+    wake: Mutex<bool>,
     ready: Condvar,
-    /// Publishers waiting for room (`Block` policy).
+    /// Publishers waiting for room (`Block` policy), and the count of the worker's takes, which
+    /// a waiting publisher checks under `space_lock` before it sleeps (no lost wake-up).
     space_waiters: AtomicUsize,
+    takes: AtomicU64,
+    space_lock: Mutex<()>,
     space: Condvar,
     /// Bumped when the worker is abandoned; a worker of an older generation exits.
     generation: AtomicU64,
     work: CachePadded<Mutex<Work>>,
+}
+
+impl Lane {
+    fn new() -> Self {
+        Lane {
+            queue: CachePadded::new(SpinMutex::new(EventLog::default())),
+            queued: CachePadded::new(AtomicUsize::new(0)),
+            sleeping: CachePadded::new(AtomicBool::new(false)),
+            wake: Mutex::new(false),
+            ready: Condvar::new(),
+            space_waiters: AtomicUsize::new(0),
+            takes: AtomicU64::new(0),
+            space_lock: Mutex::new(()),
+            space: Condvar::new(),
+            generation: AtomicU64::new(0),
+            work: CachePadded::new(Mutex::new(Work::default())),
+        }
+    }
+
+    /// Wakes the worker if it sleeps.
+    fn wake_worker(&self) {
+        *self.wake.lock() = true;
+        self.ready.notify_all();
+    }
+
+    /// Wakes the publishers waiting for room.
+    fn wake_space_waiters(&self) {
+        let _g = self.space_lock.lock();
+        self.space.notify_all();
+    }
 }
 
 struct Shared {
@@ -190,6 +223,8 @@ struct Shared {
     settings: EventSettings,
     registry: Arc<Registry>,
     counters: Arc<DeliveryCounters>,
+    /// Handed to events, which decrypt their values on demand.
+    sealer: Option<Sealer>,
     stopping: AtomicBool,
     /// The store is closing: publishers no longer wait for room (the bound may be exceeded), so
     /// that closing never waits on a full queue.
@@ -228,6 +263,10 @@ impl std::fmt::Debug for Executor {
 /// How long an idle worker spins, watching its queue, before it blocks (and publishers must wake
 /// it with a system call).
 const SPIN: Duration = Duration::from_micros(50);
+/// Events a worker takes at once without waiting for more.
+const TAKE_BATCH: usize = 64;
+/// How long a worker lets a queue that stopped growing rest before it takes what is there.
+const SETTLE: Duration = Duration::from_micros(5);
 const WATCHDOG_TICK: Duration = Duration::from_millis(10);
 
 impl Executor {
@@ -235,18 +274,10 @@ impl Executor {
         settings: EventSettings,
         registry: Arc<Registry>,
         counters: Arc<DeliveryCounters>,
+        sealer: Option<Sealer>,
     ) -> std::io::Result<Executor> {
         let lanes = (0..settings.workers)
-            .map(|_| Lane {
-                queue: CachePadded::new(Mutex::new(Queue::default())),
-                has_items: CachePadded::new(AtomicBool::new(false)),
-                sleeping: AtomicBool::new(false),
-                ready: Condvar::new(),
-                space_waiters: AtomicUsize::new(0),
-                space: Condvar::new(),
-                generation: AtomicU64::new(0),
-                work: CachePadded::new(Mutex::new(Work::default())),
-            })
+            .map(|_| Lane::new())
             .collect::<Box<[Lane]>>();
         let lane_capacity = (settings.queue_capacity / lanes.len()).max(1);
         let shared = Arc::new(Shared {
@@ -256,6 +287,7 @@ impl Executor {
             settings,
             registry,
             counters,
+            sealer,
             stopping: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             live: Mutex::new(0),
@@ -275,35 +307,46 @@ impl Executor {
         Ok(Executor { shared })
     }
 
-    /// Queues `job` for delivery, applying the queue-full policy. The queue bound is shared out
-    /// evenly between the lanes.
-    pub(crate) fn publish(&self, job: Job) {
+    /// Queues a copy of `event` for delivery, applying the queue-full policy. The queue bound is
+    /// shared out evenly between the lanes.
+    pub(crate) fn publish(&self, event: Published<'_>) {
         let s = &*self.shared;
         if s.stopping.load(Relaxed) {
             s.counters.dropped.fetch_add(1, Relaxed);
             return;
         }
-        let lane = &s.lanes[(s.hasher.hash_one(job.event.key()) as usize) % s.lanes.len()];
+        let lane = &s.lanes[(s.hasher.hash_one(event.key) as usize) % s.lanes.len()];
         let mut q = lane.queue.lock();
-        if q.jobs.len() >= s.lane_capacity && !in_worker() && !s.closing.load(SeqCst) {
+        if q.len() >= s.lane_capacity && !in_worker() && !s.closing.load(SeqCst) {
             match s.settings.when_full {
                 QueueFullPolicy::DropNewest => {
                     s.counters.dropped.fetch_add(1, Relaxed);
                     return;
                 }
                 QueueFullPolicy::DropOldest => {
-                    q.jobs.pop_front();
+                    q.drop_oldest();
                     s.counters.dropped.fetch_add(1, Relaxed);
                 }
                 QueueFullPolicy::Block => {
-                    lane.space_waiters.fetch_add(1, SeqCst);
-                    while q.jobs.len() >= s.lane_capacity
+                    while q.len() >= s.lane_capacity
                         && !s.stopping.load(SeqCst)
                         && !s.closing.load(SeqCst)
                     {
-                        lane.space.wait_for(&mut q, Duration::from_millis(50));
+                        let takes = lane.takes.load(SeqCst);
+                        lane.space_waiters.fetch_add(1, SeqCst);
+                        drop(q);
+                        {
+                            let mut g = lane.space_lock.lock();
+                            if lane.takes.load(SeqCst) == takes
+                                && !s.stopping.load(SeqCst)
+                                && !s.closing.load(SeqCst)
+                            {
+                                lane.space.wait_for(&mut g, Duration::from_millis(50));
+                            }
+                        }
+                        lane.space_waiters.fetch_sub(1, SeqCst);
+                        q = lane.queue.lock();
                     }
-                    lane.space_waiters.fetch_sub(1, SeqCst);
                     if s.stopping.load(SeqCst) {
                         s.counters.dropped.fetch_add(1, Relaxed);
                         return;
@@ -311,21 +354,16 @@ impl Executor {
                 }
             }
         }
-        if q.jobs.is_empty() {
-            lane.has_items.store(true, Release);
-        }
-        q.jobs.push_back(job);
-        let returned = if q.returned.len() >= RETURN_BATCH && !in_worker() {
-            std::mem::take(&mut q.returned)
-        } else {
-            Vec::new()
-        };
+        q.push(event);
+        lane.queued.store(q.len(), Relaxed);
         let wake = lane.sleeping.load(Relaxed);
+        if wake {
+            lane.sleeping.store(false, Relaxed);
+        }
         drop(q);
         if wake {
-            lane.ready.notify_one();
+            lane.wake_worker();
         }
-        drop(returned);
     }
 
     /// The store is closing: from now on publishers never wait for room.
@@ -333,8 +371,7 @@ impl Executor {
         let s = &*self.shared;
         s.closing.store(true, SeqCst);
         for lane in s.lanes.iter() {
-            let _q = lane.queue.lock();
-            lane.space.notify_all();
+            lane.wake_space_waiters();
         }
     }
 
@@ -346,9 +383,8 @@ impl Executor {
             return;
         }
         for lane in s.lanes.iter() {
-            let _q = lane.queue.lock();
-            lane.ready.notify_all();
-            lane.space.notify_all();
+            lane.wake_worker();
+            lane.wake_space_waiters();
         }
         wake_watchdog(s);
         if !in_worker() {
@@ -362,13 +398,7 @@ impl Executor {
         }
         // Whatever is still queued will not be delivered.
         for lane in s.lanes.iter() {
-            let n = {
-                let mut q = lane.queue.lock();
-                let n = q.jobs.len();
-                q.jobs.clear();
-                q.returned.clear();
-                n
-            };
+            let n = lane.queue.lock().take(Vec::new()).len();
             s.counters.dropped.fetch_add(n as u64, Relaxed);
         }
     }
@@ -417,51 +447,80 @@ fn leave(s: &Shared) {
     s.live_cv.notify_all();
 }
 
-/// Moves the lane's queued jobs into its work list, handing `done` (delivered events) back to
-/// publishers. False when the executor stops and nothing is left.
-fn refill(s: &Shared, lane: &Lane, generation: u64, done: &mut Vec<Event>) -> bool {
-    let started = Instant::now();
+/// Spins until the lane's queue holds a batch worth taking: [`TAKE_BATCH`] events, or events
+/// the queue has stopped growing for [`SETTLE`], or [`SPIN`] passes with nothing queued (the
+/// caller then blocks). Taking fewer events more often would take the queue's lock from the
+/// publishers' core every few events.
+fn wait_for_batch(s: &Shared, lane: &Lane) {
+    let mut since = Instant::now();
+    let mut seen = 0;
     let mut spins = 0u32;
     loop {
-        if lane.has_items.load(Acquire) || s.stopping.load(Relaxed) {
-            break;
+        let queued = lane.queued.load(Relaxed);
+        if queued >= TAKE_BATCH || s.stopping.load(Relaxed) {
+            return;
         }
         spins += 1;
-        if spins.is_multiple_of(64) {
-            if started.elapsed() >= SPIN {
-                break;
+        if spins.is_multiple_of(16) {
+            let now = Instant::now();
+            if queued != seen {
+                seen = queued;
+                since = now;
+            } else if now - since >= if queued > 0 { SETTLE } else { SPIN } {
+                return;
             }
-            // Let a publisher sharing this core run.
-            std::thread::yield_now();
+            if spins.is_multiple_of(64) {
+                // Let a publisher sharing this core run.
+                std::thread::yield_now();
+            }
         }
         std::hint::spin_loop();
     }
-    let mut q = lane.queue.lock();
-    if !done.is_empty() {
-        if q.returned.is_empty() {
-            std::mem::swap(&mut q.returned, done);
-        } else if q.returned.len() + done.len() <= RETURN_MAX {
-            q.returned.append(done);
-        }
-    }
+}
+
+/// Moves the lane's queued events into its work list (`spare`: the emptied buffer of the last
+/// batch, reused). False when the executor stops and nothing is left.
+fn refill(s: &Shared, lane: &Lane, generation: u64, spare: &mut Vec<u8>) -> bool {
+    wait_for_batch(s, lane);
     loop {
         if lane.generation.load(SeqCst) != generation {
             return false;
         }
-        if !q.jobs.is_empty() {
-            lane.has_items.store(false, Relaxed);
-            std::mem::swap(&mut q.jobs, &mut lane.work.lock().rest);
+        let mut q = lane.queue.lock();
+        if lane.sleeping.load(Relaxed) {
+            lane.sleeping.store(false, Relaxed);
+        }
+        if !q.is_empty() {
+            let batch = q.take(std::mem::take(spare));
+            lane.queued.store(0, Relaxed);
+            drop(q);
+            lane.takes.fetch_add(1, SeqCst);
             if lane.space_waiters.load(SeqCst) > 0 {
-                lane.space.notify_all();
+                lane.wake_space_waiters();
             }
+            // The work list is empty here: this worker finished it, and the watchdog takes work
+            // only from a running hook call.
+            let mut rest = std::mem::take(&mut lane.work.lock().rest);
+            *spare = batch.unpack(s.sealer.as_ref(), &mut rest);
+            lane.work.lock().rest = rest;
             return true;
         }
         if s.stopping.load(SeqCst) {
             return false;
         }
         lane.sleeping.store(true, Relaxed);
-        lane.ready.wait_for(&mut q, Duration::from_secs(1));
-        lane.sleeping.store(false, Relaxed);
+        drop(q);
+        let mut woken = lane.wake.lock();
+        while !*woken && !s.stopping.load(SeqCst) {
+            if lane
+                .ready
+                .wait_for(&mut woken, Duration::from_secs(1))
+                .timed_out()
+            {
+                break;
+            }
+        }
+        *woken = false;
     }
 }
 
@@ -469,18 +528,16 @@ fn refill(s: &Shared, lane: &Lane, generation: u64, done: &mut Vec<Event>) -> bo
 /// watchdog already took it off the live count).
 fn worker(s: &Shared, lane_index: usize, generation: u64) -> bool {
     let lane = &s.lanes[lane_index];
-    let mut done = Vec::new();
+    let mut spare = Vec::new();
+    let mut hooks = HookListCache::default();
     loop {
         // Finish what the lane's work list holds (a stuck predecessor's leftovers first).
-        match run_work(s, lane, generation, &mut done) {
+        match run_work(s, lane, generation, &mut hooks) {
             Some(true) => continue,
             Some(false) => {}
             None => return false,
         }
-        if done.len() > RETURN_MAX {
-            done.clear();
-        }
-        if !refill(s, lane, generation, &mut done) {
+        if !refill(s, lane, generation, &mut spare) {
             return lane.generation.load(SeqCst) == generation;
         }
     }
@@ -488,7 +545,7 @@ fn worker(s: &Shared, lane_index: usize, generation: u64) -> bool {
 
 /// Runs one event of the lane's work list: Some(true) if there was one, Some(false) if the list
 /// is empty, None if this worker was abandoned meanwhile.
-fn run_work(s: &Shared, lane: &Lane, generation: u64, done: &mut Vec<Event>) -> Option<bool> {
+fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache) -> Option<bool> {
     {
         let mut work = lane.work.lock();
         if lane.generation.load(SeqCst) != generation {
@@ -501,7 +558,7 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, done: &mut Vec<Event>) -> 
             // Every hook call of this event, decided now (hooks registered later do not see it).
             let mut calls: VecDeque<(HookFn, Duration)> = s
                 .registry
-                .snapshot()
+                .current(hooks)
                 .iter()
                 .filter(|r| {
                     r.enabled.load(Relaxed) && r.hook.accepts(job.event.kind, job.event.key())
@@ -517,18 +574,18 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, done: &mut Vec<Event>) -> 
                 calls.push_back((f, s.settings.hook_timeout));
             }
             work.current = Some(Current {
-                event: job.event,
+                event: Arc::new(job.event),
                 calls,
                 deadline: None,
             });
         }
     }
-    run_current(s, lane, generation, done).then_some(true)
+    run_current(s, lane, generation).then_some(true)
 }
 
 /// Runs the calls left of the lane's current event. False if this worker was abandoned meanwhile
 /// (it must then exit without touching the lane).
-fn run_current(s: &Shared, lane: &Lane, generation: u64, done: &mut Vec<Event>) -> bool {
+fn run_current(s: &Shared, lane: &Lane, generation: u64) -> bool {
     loop {
         let (f, event) = {
             let mut work = lane.work.lock();
@@ -539,13 +596,13 @@ fn run_current(s: &Shared, lane: &Lane, generation: u64, done: &mut Vec<Event>) 
                 return true;
             };
             let Some((f, timeout)) = current.calls.pop_front() else {
-                if let Some(finished) = work.current.take() {
-                    done.push(finished.event);
-                }
+                let finished = work.current.take();
+                drop(work);
+                drop(finished);
                 return true;
             };
             current.deadline = Some(Instant::now() + timeout);
-            (f, current.event.clone())
+            (f, Arc::clone(&current.event))
         };
         if s.watchdog_deep.load(Relaxed) {
             wake_watchdog(s);

@@ -6,9 +6,10 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::executor::{DeliveryCounters, Job};
+use super::executor::DeliveryCounters;
+use super::queue::{EventBytes, KeptValue, Published};
 use super::{
-    Cause, EntryHooks, Event, EventKind, EventSettings, Executor, Hook, HookFn, HookId, Registry,
+    Cause, EntryHooks, EventKind, EventSettings, Executor, Hook, HookFn, HookId, Registry,
 };
 use crate::clock::Millis;
 use crate::crypto::Sealer;
@@ -48,6 +49,7 @@ impl EventHub {
                 self.settings.clone(),
                 self.registry.clone(),
                 self.counters.clone(),
+                self.sealer.clone(),
             )
             .map_err(|e| Error::Backend(Box::new(e)))?;
             let _ = self.executor.set(executor);
@@ -66,10 +68,10 @@ impl EventHub {
         self.registry.wants(kind)
     }
 
-    /// A copy of `value` for the event of `kind`, if anyone listens.
+    /// What a write keeps of `value` for its event of `kind`, if anyone listens.
     #[inline]
-    pub(crate) fn copy_for(&self, kind: EventKind, value: &Bytes) -> Option<Bytes> {
-        self.wants(kind).then(|| value.clone())
+    pub(crate) fn copy_for(&self, kind: EventKind, value: &Bytes) -> Option<KeptValue> {
+        self.wants(kind).then(|| KeptValue::of(value))
     }
 
     /// Whether a call on `key` must hold the key's entry-hook stripe (the write attaches hooks,
@@ -81,15 +83,17 @@ impl EventHub {
         Ok(!hooks.is_empty() || self.registry.entries().in_use())
     }
 
-    /// Publishes an event to the store-wide hooks of its kind and to `entry_hook`.
+    /// Publishes an event to the store-wide hooks of its kind and to `entry_hook`. The event is
+    /// copied into the executor's queue (see `queue.rs`): values are borrowed here.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(crate) fn publish(
         &self,
         kind: EventKind,
         cause: Cause,
         key: &str,
-        value: Option<Bytes>,
-        previous: Option<Bytes>,
+        value: Option<&Bytes>,
+        previous: Option<&Bytes>,
         time: Millis,
         entry_hook: Option<HookFn>,
     ) {
@@ -99,18 +103,40 @@ impl EventHub {
         let Some(executor) = self.executor.get() else {
             return;
         };
-        executor.publish(Job {
-            event: Event {
-                kind,
-                cause,
-                key: compact_str::CompactString::new(key),
-                value,
-                previous,
-                time,
-                sealer: self.sealer.clone(),
-            },
+        executor.publish(Published {
+            kind,
+            cause,
+            key,
+            value: value.map(EventBytes::Stored),
+            previous: previous.map(EventBytes::Stored),
+            time,
             entry_hook,
         });
+    }
+
+    /// Publishes the `Set` event of a write that kept `value`.
+    #[inline]
+    pub(crate) fn publish_set(
+        &self,
+        key: &str,
+        value: &KeptValue,
+        previous: Option<&Bytes>,
+        time: Millis,
+    ) {
+        if !self.registry.store_wide(EventKind::Set) {
+            return;
+        }
+        if let Some(executor) = self.executor.get() {
+            executor.publish(Published {
+                kind: EventKind::Set,
+                cause: Cause::Explicit,
+                key,
+                value: Some(value.bytes()),
+                previous: previous.map(EventBytes::Stored),
+                time,
+                entry_hook: None,
+            });
+        }
     }
 
     /// The store is closing: publishing stops waiting for room in the queue.

@@ -14,6 +14,7 @@
 mod command;
 mod executor;
 mod hub;
+mod queue;
 mod registry;
 
 use std::fmt;
@@ -31,6 +32,7 @@ pub use command::CommandHook;
 pub(crate) use executor::Executor;
 pub use executor::{EventSettings, QueueFullPolicy};
 pub(crate) use hub::EventHub;
+pub(crate) use queue::KeptValue;
 pub(crate) use registry::{EntryLock, Registry};
 
 /// What happened.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use async_lock::{Mutex, MutexGuard};
+use crossbeam_utils::CachePadded;
 use parking_lot::RwLock;
 
 use super::{EntryHooks, EventKind, Hook, HookFn, HookId};
@@ -21,10 +22,14 @@ pub(crate) struct Registered {
 
 /// The hooks of one store.
 pub(crate) struct Registry {
+    /// Bit per [`EventKind`] with at least one enabled store-wide hook. Read by every publishing
+    /// call, written only when hooks change: on its own cache line, so that the workers taking
+    /// the list's lock never pull it away from the publishers' cores.
+    mask: CachePadded<AtomicU8>,
     /// Copy-on-write list: readers clone the `Arc`, writers replace it.
     hooks: RwLock<Arc<Vec<Arc<Registered>>>>,
-    /// Bit per [`EventKind`] with at least one enabled store-wide hook.
-    mask: AtomicU8,
+    /// Bumped whenever the list is replaced, so workers re-read it only when it changed.
+    version: AtomicU64,
     next_id: AtomicU64,
     entries: EntryHookTable,
 }
@@ -45,11 +50,19 @@ impl Default for Registry {
     fn default() -> Self {
         Registry {
             hooks: RwLock::new(Arc::new(Vec::new())),
-            mask: AtomicU8::new(0),
+            mask: CachePadded::new(AtomicU8::new(0)),
+            version: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             entries: EntryHookTable::default(),
         }
     }
+}
+
+/// A worker's copy of the store-wide hook list (see [`Registry::current`]).
+#[derive(Default)]
+pub(crate) struct HookListCache {
+    version: u64,
+    list: Option<Arc<Vec<Arc<Registered>>>>,
 }
 
 impl Registry {
@@ -76,6 +89,7 @@ impl Registry {
             enabled: AtomicBool::new(true),
         }));
         *hooks = Arc::new(list);
+        self.version.fetch_add(1, Ordering::Release);
         self.refresh_mask(&hooks);
         id
     }
@@ -86,6 +100,7 @@ impl Registry {
         let list: Vec<_> = hooks.iter().filter(|r| r.id != id).cloned().collect();
         let removed = list.len() != before;
         *hooks = Arc::new(list);
+        self.version.fetch_add(1, Ordering::Release);
         self.refresh_mask(&hooks);
         removed
     }
@@ -108,9 +123,16 @@ impl Registry {
         self.mask.store(mask, Ordering::Release);
     }
 
-    /// The current store-wide hooks.
-    pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<Registered>>> {
-        self.hooks.read().clone()
+    /// The current store-wide hooks, through a worker's cache: the list is read (under its lock)
+    /// only when it changed since the cache was filled.
+    pub(crate) fn current<'c>(&self, cache: &'c mut HookListCache) -> &'c [Arc<Registered>] {
+        let version = self.version.load(Ordering::Acquire);
+        if cache.list.is_none() || cache.version != version {
+            let hooks = self.hooks.read();
+            cache.version = self.version.load(Ordering::Acquire);
+            cache.list = Some(hooks.clone());
+        }
+        cache.list.as_deref().map_or(&[], |list| list.as_slice())
     }
 
     pub(crate) fn entries(&self) -> &EntryHookTable {

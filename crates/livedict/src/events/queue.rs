@@ -1,0 +1,460 @@
+//! A lane's queue of events, kept as bytes: what a publisher pushes is a copy of the event into
+//! one growing buffer, with no allocation and no reference count on the publisher's thread.
+//!
+//! Publishers run on the application's threads and workers on their own, so anything a publisher
+//! allocates for an event is freed by a worker (or comes back to be freed), and either way it
+//! travels between cores and between the allocator's per-thread caches: that, not the hand-off
+//! itself, was most of an event's cost on the caller's thread. Here a publisher appends a record
+//! (kind, cause, time, key, value, previous value) to the lane's log; the worker takes the whole
+//! log at once and rebuilds owned [`Event`]s from it, allocating and freeing on its own thread.
+//! Values larger than [`INLINE_MAX`] and entry hooks travel beside the log, in order.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use compact_str::CompactString;
+use smallvec::SmallVec;
+
+use super::{Cause, Event, EventKind, HookFn};
+use crate::clock::Millis;
+use crate::crypto::Sealer;
+
+/// Values up to this size are copied into the log; larger ones are shared (a copy would cost
+/// more than the reference count).
+pub(crate) const INLINE_MAX: usize = 1024;
+
+const HAS_VALUE: u8 = 1;
+const VALUE_BESIDE: u8 = 2;
+const HAS_PREVIOUS: u8 = 4;
+const PREVIOUS_BESIDE: u8 = 8;
+const HAS_ENTRY_HOOK: u8 = 16;
+
+/// What travels beside the log, in the order of the records that refer to it.
+pub(crate) enum Beside {
+    Value(Bytes),
+    Hook(HookFn),
+}
+
+/// Bytes an event refers to: a stored value (shared if large), or a copy the caller kept.
+#[derive(Clone, Copy)]
+pub(crate) enum EventBytes<'a> {
+    Stored(&'a Bytes),
+    Copied(&'a [u8]),
+}
+
+impl EventBytes<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            EventBytes::Stored(b) => b,
+            EventBytes::Copied(b) => b,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn to_bytes(self) -> Bytes {
+        match self {
+            EventBytes::Stored(b) => b.clone(),
+            EventBytes::Copied(b) => Bytes::copy_from_slice(b),
+        }
+    }
+}
+
+/// What a write keeps of its value for its `Set` event (the backend takes the value itself): a
+/// copy on the stack when small, which costs no allocation and no reference count, else the
+/// value shared.
+pub(crate) enum KeptValue {
+    Copy(SmallVec<[u8; KEPT_INLINE]>),
+    Shared(Bytes),
+}
+
+/// Values up to this size are kept by copying.
+const KEPT_INLINE: usize = 128;
+
+impl KeptValue {
+    pub(crate) fn of(value: &Bytes) -> KeptValue {
+        if value.len() <= KEPT_INLINE {
+            KeptValue::Copy(SmallVec::from_slice(value))
+        } else {
+            KeptValue::Shared(value.clone())
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> EventBytes<'_> {
+        match self {
+            KeptValue::Copy(b) => EventBytes::Copied(b),
+            KeptValue::Shared(b) => EventBytes::Stored(b),
+        }
+    }
+}
+
+/// One event to publish, borrowed from the publishing call.
+pub(crate) struct Published<'a> {
+    pub(crate) kind: EventKind,
+    pub(crate) cause: Cause,
+    pub(crate) key: &'a str,
+    pub(crate) value: Option<EventBytes<'a>>,
+    pub(crate) previous: Option<EventBytes<'a>>,
+    pub(crate) time: Millis,
+    pub(crate) entry_hook: Option<HookFn>,
+}
+
+/// The events of one lane not yet taken by its worker.
+#[derive(Default)]
+pub(crate) struct EventLog {
+    bytes: Vec<u8>,
+    beside: VecDeque<Beside>,
+    /// Records in `bytes`, the dropped ones at the front included.
+    records: usize,
+    /// Records at the front dropped by the `DropOldest` policy and not yet cut off.
+    dropped_front: usize,
+}
+
+/// An event and the entry hook that goes with it, if any.
+pub(crate) struct Job {
+    pub(crate) event: Event,
+    pub(crate) entry_hook: Option<HookFn>,
+}
+
+impl EventLog {
+    /// Events queued (dropped ones not counted).
+    pub(crate) fn len(&self) -> usize {
+        self.records - self.dropped_front
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends one event.
+    pub(crate) fn push(&mut self, event: Published<'_>) {
+        let mut flags = 0;
+        for (v, has, beside) in [
+            (event.value, HAS_VALUE, VALUE_BESIDE),
+            (event.previous, HAS_PREVIOUS, PREVIOUS_BESIDE),
+        ] {
+            if let Some(v) = v {
+                flags |= has;
+                if v.len() > INLINE_MAX {
+                    flags |= beside;
+                }
+            }
+        }
+        if event.entry_hook.is_some() {
+            flags |= HAS_ENTRY_HOOK;
+        }
+        let out = &mut self.bytes;
+        out.push(kind_code(event.kind));
+        out.push(cause_code(event.cause));
+        out.push(flags);
+        out.extend_from_slice(&event.time.to_le_bytes());
+        put_bytes(out, event.key.as_bytes());
+        for v in [event.value, event.previous].into_iter().flatten() {
+            if v.len() > INLINE_MAX {
+                self.beside.push_back(Beside::Value(v.to_bytes()));
+            } else {
+                put_bytes(&mut self.bytes, v.as_slice());
+            }
+        }
+        if let Some(hook) = event.entry_hook {
+            self.beside.push_back(Beside::Hook(hook));
+        }
+        self.records += 1;
+    }
+
+    /// Drops the oldest queued event (`DropOldest`). Dropped records are cut off the front once
+    /// they are as many as the live ones, so that a stuck worker cannot make the log grow.
+    pub(crate) fn drop_oldest(&mut self) {
+        if self.is_empty() {
+            return;
+        }
+        self.dropped_front += 1;
+        if self.dropped_front >= self.len() {
+            let mut reader = Reader {
+                bytes: &self.bytes,
+                at: 0,
+                beside: &mut self.beside,
+            };
+            for _ in 0..self.dropped_front {
+                if reader.skip_record().is_none() {
+                    break;
+                }
+            }
+            let cut = reader.at;
+            self.bytes.drain(..cut);
+            self.records -= self.dropped_front;
+            self.dropped_front = 0;
+        }
+    }
+
+    /// Takes every queued event out, leaving the log empty; `spare` is an empty buffer to keep
+    /// (its allocation is reused).
+    pub(crate) fn take(&mut self, spare: Vec<u8>) -> EventLog {
+        debug_assert!(spare.is_empty());
+        EventLog {
+            bytes: std::mem::replace(&mut self.bytes, spare),
+            beside: std::mem::take(&mut self.beside),
+            records: std::mem::take(&mut self.records),
+            dropped_front: std::mem::take(&mut self.dropped_front),
+        }
+    }
+
+    /// Rebuilds the events of a taken log, in order, into `jobs`; returns the emptied buffer.
+    pub(crate) fn unpack(mut self, sealer: Option<&Sealer>, jobs: &mut VecDeque<Job>) -> Vec<u8> {
+        let mut reader = Reader {
+            bytes: &self.bytes,
+            at: 0,
+            beside: &mut self.beside,
+        };
+        for _ in 0..self.dropped_front {
+            if reader.skip_record().is_none() {
+                break;
+            }
+        }
+        for _ in self.dropped_front..self.records {
+            match reader.record(sealer) {
+                Some(job) => jobs.push_back(job),
+                None => {
+                    // Only this module writes the log; a record it cannot read is a bug.
+                    tracing::error!(
+                        "livedict: unreadable event record; the rest of the batch is lost"
+                    );
+                    break;
+                }
+            }
+        }
+        self.bytes.clear();
+        self.bytes
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn kind_code(kind: EventKind) -> u8 {
+    kind.bit()
+}
+
+fn kind_of(code: u8) -> Option<EventKind> {
+    EventKind::ALL.into_iter().find(|k| k.bit() == code)
+}
+
+fn cause_code(cause: Cause) -> u8 {
+    match cause {
+        Cause::Explicit => 0,
+        Cause::Expired => 1,
+        Cause::Inactive => 2,
+        Cause::Cleared => 3,
+    }
+}
+
+fn cause_of(code: u8) -> Option<Cause> {
+    Some(match code {
+        0 => Cause::Explicit,
+        1 => Cause::Expired,
+        2 => Cause::Inactive,
+        3 => Cause::Cleared,
+        _ => return None,
+    })
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    beside: &'a mut VecDeque<Beside>,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let b = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(b)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn slice(&mut self) -> Option<&[u8]> {
+        let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+        self.take(len)
+    }
+
+    fn value(&mut self, flags: u8, has: u8, beside: u8) -> Option<Option<Bytes>> {
+        if flags & has == 0 {
+            return Some(None);
+        }
+        if flags & beside != 0 {
+            match self.beside.pop_front()? {
+                Beside::Value(v) => Some(Some(v)),
+                Beside::Hook(_) => None,
+            }
+        } else {
+            self.slice().map(|b| Some(Bytes::copy_from_slice(b)))
+        }
+    }
+
+    fn hook(&mut self, flags: u8) -> Option<Option<HookFn>> {
+        if flags & HAS_ENTRY_HOOK == 0 {
+            return Some(None);
+        }
+        match self.beside.pop_front()? {
+            Beside::Hook(h) => Some(Some(h)),
+            Beside::Value(_) => None,
+        }
+    }
+
+    fn record(&mut self, sealer: Option<&Sealer>) -> Option<Job> {
+        let kind = kind_of(self.byte()?)?;
+        let cause = cause_of(self.byte()?)?;
+        let flags = self.byte()?;
+        let time = Millis::from_le_bytes(self.take(8)?.try_into().ok()?);
+        let key = CompactString::from_utf8(self.slice()?).ok()?;
+        let value = self.value(flags, HAS_VALUE, VALUE_BESIDE)?;
+        let previous = self.value(flags, HAS_PREVIOUS, PREVIOUS_BESIDE)?;
+        let entry_hook = self.hook(flags)?;
+        Some(Job {
+            event: Event {
+                kind,
+                cause,
+                key,
+                value,
+                previous,
+                time,
+                sealer: sealer.cloned(),
+            },
+            entry_hook,
+        })
+    }
+
+    /// Passes over one record (and what it has beside the log).
+    fn skip_record(&mut self) -> Option<()> {
+        self.take(2)?;
+        let flags = self.byte()?;
+        self.take(8)?;
+        self.slice()?;
+        for (has, beside) in [(HAS_VALUE, VALUE_BESIDE), (HAS_PREVIOUS, PREVIOUS_BESIDE)] {
+            if flags & has != 0 {
+                if flags & beside != 0 {
+                    self.beside.pop_front()?;
+                } else {
+                    self.slice()?;
+                }
+            }
+        }
+        if flags & HAS_ENTRY_HOOK != 0 {
+            self.beside.pop_front()?;
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn published<'a>(
+        key: &'a str,
+        value: Option<&'a Bytes>,
+        previous: Option<&'a Bytes>,
+    ) -> Published<'a> {
+        Published {
+            kind: EventKind::Set,
+            cause: Cause::Explicit,
+            key,
+            value: value.map(EventBytes::Stored),
+            previous: previous.map(EventBytes::Stored),
+            time: 1_700_000_000_123,
+            entry_hook: None,
+        }
+    }
+
+    fn unpack(log: &mut EventLog) -> Vec<Job> {
+        let mut jobs = VecDeque::new();
+        let spare = log.take(Vec::new()).unpack(None, &mut jobs);
+        assert!(spare.is_empty());
+        jobs.into()
+    }
+
+    #[test]
+    fn events_come_back_as_pushed_in_order() {
+        let small = Bytes::from_static(b"small");
+        let large = Bytes::from(vec![7u8; INLINE_MAX + 1]);
+        let mut log = EventLog::default();
+        log.push(published("a", Some(&small), None));
+        log.push(Published {
+            kind: EventKind::Expire,
+            cause: Cause::Expired,
+            entry_hook: Some(Arc::new(|_| Ok(()))),
+            ..published("ключ", Some(&large), Some(&small))
+        });
+        log.push(Published {
+            kind: EventKind::Clear,
+            cause: Cause::Cleared,
+            ..published("", None, Some(&large))
+        });
+        assert_eq!(log.len(), 3);
+        let jobs = unpack(&mut log);
+        assert!(log.is_empty());
+        assert_eq!(jobs.len(), 3);
+        let e = &jobs[0].event;
+        assert_eq!(
+            (e.kind, e.cause, e.key(), e.time),
+            (EventKind::Set, Cause::Explicit, "a", 1_700_000_000_123)
+        );
+        assert_eq!(
+            (e.value.as_ref(), e.previous.as_ref()),
+            (Some(&small), None)
+        );
+        assert!(jobs[0].entry_hook.is_none());
+        let e = &jobs[1].event;
+        assert_eq!(
+            (e.kind, e.cause, e.key()),
+            (EventKind::Expire, Cause::Expired, "ключ")
+        );
+        assert_eq!(
+            (e.value.as_ref(), e.previous.as_ref()),
+            (Some(&large), Some(&small))
+        );
+        assert!(jobs[1].entry_hook.is_some());
+        let e = &jobs[2].event;
+        assert_eq!(
+            (e.kind, e.key(), e.value.as_ref(), e.previous.as_ref()),
+            (EventKind::Clear, "", None, Some(&large))
+        );
+    }
+
+    #[test]
+    fn dropping_the_oldest_keeps_the_rest_in_order_and_bounded() {
+        let large = Bytes::from(vec![1u8; INLINE_MAX + 10]);
+        let mut log = EventLog::default();
+        let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let hook: Option<HookFn> = (i % 3 == 0).then(|| Arc::new(|_: &Event| Ok(())) as HookFn);
+            log.push(Published {
+                entry_hook: hook,
+                ..published(k, (i % 2 == 0).then_some(&large), None)
+            });
+            if log.len() > 10 {
+                log.drop_oldest();
+            }
+            // Dropped records are cut off before they outnumber the live ones.
+            assert!(log.records <= 2 * 10 + 2);
+        }
+        assert_eq!(log.len(), 10);
+        let jobs = unpack(&mut log);
+        let got: Vec<&str> = jobs.iter().map(|j| j.event.key()).collect();
+        let want: Vec<&str> = keys[990..].iter().map(String::as_str).collect();
+        assert_eq!(got, want);
+        for (j, i) in jobs.iter().zip(990..) {
+            assert_eq!(j.entry_hook.is_some(), i % 3 == 0, "hook of k{i}");
+            assert_eq!(j.event.value.is_some(), i % 2 == 0, "value of k{i}");
+        }
+    }
+}
