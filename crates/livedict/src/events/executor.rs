@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex};
+use smallvec::SmallVec;
 use spin::mutex::SpinMutex;
 
 use super::queue::{EventLog, Job, Published};
@@ -135,10 +136,14 @@ struct Current {
     /// Shared with the running hook call (the watchdog may hand the event to a new worker while
     /// an abandoned call still reads it).
     event: Arc<Event>,
-    calls: VecDeque<(HookFn, Duration)>,
+    /// In reverse order: the next call is the last.
+    calls: Calls,
     /// When the running call must have returned; `None` between calls.
     deadline: Option<Instant>,
 }
+
+/// The hook calls of an event, with their timeouts.
+type Calls = SmallVec<[(HookFn, Duration); 4]>;
 
 /// What a lane's worker has taken from the queue: shared with the watchdog, which hands it to a
 /// replacement worker if the worker gets stuck.
@@ -263,6 +268,8 @@ impl std::fmt::Debug for Executor {
 /// How long an idle worker spins, watching its queue, before it blocks (and publishers must wake
 /// it with a system call).
 const SPIN: Duration = Duration::from_micros(50);
+/// A publisher updates the queued count the worker polls every this many events.
+const QUEUED_EVERY: usize = 16;
 /// Events a worker takes at once without waiting for more.
 const TAKE_BATCH: usize = 64;
 /// How long a worker lets a queue that stopped growing rest before it takes what is there.
@@ -315,7 +322,14 @@ impl Executor {
             s.counters.dropped.fetch_add(1, Relaxed);
             return;
         }
-        let lane = &s.lanes[(s.hasher.hash_one(event.key) as usize) % s.lanes.len()];
+        let lane = match &*s.lanes {
+            [only] => only,
+            lanes => {
+                // The hash's high bits mapped onto the lanes (no division).
+                let hash = s.hasher.hash_one(event.key);
+                &lanes[((u128::from(hash) * lanes.len() as u128) >> 64) as usize]
+            }
+        };
         let mut q = lane.queue.lock();
         if q.len() >= s.lane_capacity && !in_worker() && !s.closing.load(SeqCst) {
             match s.settings.when_full {
@@ -355,7 +369,12 @@ impl Executor {
             }
         }
         q.push(event);
-        lane.queued.store(q.len(), Relaxed);
+        // The worker polls this count to decide when to take a batch; storing it every few events
+        // (and on the first) is enough for that, and spares the line's round trip on the others.
+        let queued = q.len();
+        if queued == 1 || queued.is_multiple_of(QUEUED_EVERY) {
+            lane.queued.store(queued, Relaxed);
+        }
         let wake = lane.sleeping.load(Relaxed);
         if wake {
             lane.sleeping.store(false, Relaxed);
@@ -447,17 +466,20 @@ fn leave(s: &Shared) {
     s.live_cv.notify_all();
 }
 
-/// Spins until the lane's queue holds a batch worth taking: [`TAKE_BATCH`] events, or events
-/// the queue has stopped growing for [`SETTLE`], or [`SPIN`] passes with nothing queued (the
-/// caller then blocks). Taking fewer events more often would take the queue's lock from the
-/// publishers' core every few events.
+/// Spins until the lane's queue holds a batch worth taking, or [`SPIN`] passes with nothing
+/// queued (the caller then blocks). A worker that found the queue empty takes the first event at
+/// once (low latency when events are sparse); one that came back from a batch to a queue already
+/// filling waits for [`TAKE_BATCH`] events, or for the queue to stop growing for [`SETTLE`]:
+/// taking a few events at a time would take the queue's lock from the publishers' core every few
+/// events.
 fn wait_for_batch(s: &Shared, lane: &Lane) {
+    let was_idle = lane.queued.load(Relaxed) == 0;
     let mut since = Instant::now();
     let mut seen = 0;
     let mut spins = 0u32;
     loop {
         let queued = lane.queued.load(Relaxed);
-        if queued >= TAKE_BATCH || s.stopping.load(Relaxed) {
+        if queued >= TAKE_BATCH || (was_idle && queued > 0) || s.stopping.load(Relaxed) {
             return;
         }
         spins += 1;
@@ -532,10 +554,8 @@ fn worker(s: &Shared, lane_index: usize, generation: u64) -> bool {
     let mut hooks = HookListCache::default();
     loop {
         // Finish what the lane's work list holds (a stuck predecessor's leftovers first).
-        match run_work(s, lane, generation, &mut hooks) {
-            Some(true) => continue,
-            Some(false) => {}
-            None => return false,
+        if run_work(s, lane, generation, &mut hooks).is_none() {
+            return false;
         }
         if !refill(s, lane, generation, &mut spare) {
             return lane.generation.load(SeqCst) == generation;
@@ -543,82 +563,46 @@ fn worker(s: &Shared, lane_index: usize, generation: u64) -> bool {
     }
 }
 
-/// Runs one event of the lane's work list: Some(true) if there was one, Some(false) if the list
-/// is empty, None if this worker was abandoned meanwhile.
-fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache) -> Option<bool> {
-    {
-        let mut work = lane.work.lock();
-        if lane.generation.load(SeqCst) != generation {
-            return None;
-        }
-        if work.current.is_none() {
-            let Some(job) = work.rest.pop_front() else {
-                return Some(false);
-            };
-            // Every hook call of this event, decided now (hooks registered later do not see it).
-            let mut calls: VecDeque<(HookFn, Duration)> = s
-                .registry
-                .current(hooks)
-                .iter()
-                .filter(|r| {
-                    r.enabled.load(Relaxed) && r.hook.accepts(job.event.kind, job.event.key())
-                })
-                .map(|r| {
-                    (
-                        r.hook.f.clone(),
-                        r.hook.timeout.unwrap_or(s.settings.hook_timeout),
-                    )
-                })
-                .collect();
-            if let Some(f) = job.entry_hook {
-                calls.push_back((f, s.settings.hook_timeout));
-            }
-            work.current = Some(Current {
-                event: Arc::new(job.event),
-                calls,
-                deadline: None,
-            });
-        }
-    }
-    run_current(s, lane, generation).then_some(true)
-}
-
-/// Runs the calls left of the lane's current event. False if this worker was abandoned meanwhile
-/// (it must then exit without touching the lane).
-fn run_current(s: &Shared, lane: &Lane, generation: u64) -> bool {
+/// Delivers the lane's work list, the event in progress (a stuck predecessor's leftovers) first.
+/// Some(()) when the list is empty, None if this worker was abandoned meanwhile (it must then
+/// exit without touching the lane). The lane's work lock is taken once per hook call: to note
+/// the end of the last call, move on (events no hook accepts included), and start the next.
+fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache) -> Option<()> {
+    let mut returned_from_call = false;
     loop {
         let (f, event) = {
             let mut work = lane.work.lock();
             if lane.generation.load(SeqCst) != generation {
-                return false;
+                if returned_from_call {
+                    // The watchdog gave up on that call and counted it; this thread is abandoned.
+                    drop(work);
+                    s.abandoned.fetch_sub(1, SeqCst);
+                }
+                return None;
             }
-            let Some(current) = work.current.as_mut() else {
-                return true;
-            };
-            let Some((f, timeout)) = current.calls.pop_front() else {
-                let finished = work.current.take();
-                drop(work);
-                drop(finished);
-                return true;
-            };
-            current.deadline = Some(Instant::now() + timeout);
-            (f, Arc::clone(&current.event))
+            loop {
+                if work.current.is_none() {
+                    let Some(job) = work.rest.pop_front() else {
+                        return Some(());
+                    };
+                    work.current = Some(start_event(s, hooks, job));
+                }
+                let Some(current) = work.current.as_mut() else {
+                    continue;
+                };
+                current.deadline = None;
+                if let Some((f, timeout)) = current.calls.pop() {
+                    current.deadline = Some(Instant::now() + timeout);
+                    break (f, Arc::clone(&current.event));
+                }
+                work.current = None;
+            }
         };
         if s.watchdog_deep.load(Relaxed) {
             wake_watchdog(s);
         }
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(&event)));
-        let mut work = lane.work.lock();
-        if lane.generation.load(SeqCst) != generation {
-            // The watchdog gave up on this call and counted it; this thread is abandoned.
-            drop(work);
-            s.abandoned.fetch_sub(1, SeqCst);
-            return false;
-        }
-        if let Some(current) = work.current.as_mut() {
-            current.deadline = None;
-        }
-        drop(work);
+        returned_from_call = true;
         match outcome {
             Ok(Ok(())) => {
                 s.counters.delivered.fetch_add(1, Relaxed);
@@ -637,6 +621,33 @@ fn run_current(s: &Shared, lane: &Lane, generation: u64) -> bool {
                 tracing::warn!(key = event.key(), kind = ?event.kind, panic = %msg, "livedict: hook panicked");
             }
         }
+    }
+}
+
+/// An event about to be delivered, with every hook call it gets, decided now (hooks registered
+/// later do not see it).
+fn start_event(s: &Shared, hooks: &mut HookListCache, job: Job) -> Current {
+    let mut calls: Calls = s
+        .registry
+        .current(hooks)
+        .iter()
+        .filter(|r| r.enabled.load(Relaxed) && r.hook.accepts(job.event.kind, job.event.key()))
+        .map(|r| {
+            (
+                r.hook.f.clone(),
+                r.hook.timeout.unwrap_or(s.settings.hook_timeout),
+            )
+        })
+        .collect();
+    if let Some(f) = job.entry_hook {
+        calls.push((f, s.settings.hook_timeout));
+    }
+    // Taken from the back.
+    calls.reverse();
+    Current {
+        event: Arc::new(job.event),
+        calls,
+        deadline: None,
     }
 }
 

@@ -28,6 +28,9 @@ const VALUE_BESIDE: u8 = 2;
 const HAS_PREVIOUS: u8 = 4;
 const PREVIOUS_BESIDE: u8 = 8;
 const HAS_ENTRY_HOOK: u8 = 16;
+/// A record's fixed header: kind, cause, flags, time (8), and the lengths (4 each) of the key, of
+/// the value and of the previous value as copied into the log (0 when absent or beside).
+const HEADER: usize = 23;
 
 /// What travels beside the log, in the order of the records that refer to it.
 pub(crate) enum Beside {
@@ -42,15 +45,15 @@ pub(crate) enum EventBytes<'a> {
     Copied(&'a [u8]),
 }
 
-impl EventBytes<'_> {
-    fn as_slice(&self) -> &[u8] {
+impl<'a> EventBytes<'a> {
+    fn as_slice(self) -> &'a [u8] {
         match self {
             EventBytes::Stored(b) => b,
             EventBytes::Copied(b) => b,
         }
     }
 
-    fn len(&self) -> usize {
+    fn len(self) -> usize {
         self.as_slice().len()
     }
 
@@ -128,39 +131,50 @@ impl EventLog {
         self.len() == 0
     }
 
-    /// Appends one event.
+    /// Appends one event: a fixed header (kind, cause, flags, time, and the lengths of the key
+    /// and of the values copied in), then the key and those values.
+    #[inline]
     pub(crate) fn push(&mut self, event: Published<'_>) {
         let mut flags = 0;
-        for (v, has, beside) in [
+        let mut lens = [0u32; 2];
+        let mut inline: [&[u8]; 2] = [&[], &[]];
+        for (i, (v, has, beside)) in [
             (event.value, HAS_VALUE, VALUE_BESIDE),
             (event.previous, HAS_PREVIOUS, PREVIOUS_BESIDE),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             if let Some(v) = v {
                 flags |= has;
                 if v.len() > INLINE_MAX {
                     flags |= beside;
+                    self.beside.push_back(Beside::Value(v.to_bytes()));
+                } else {
+                    inline[i] = v.as_slice();
+                    lens[i] = v.len() as u32;
                 }
             }
         }
-        if event.entry_hook.is_some() {
-            flags |= HAS_ENTRY_HOOK;
-        }
-        let out = &mut self.bytes;
-        out.push(kind_code(event.kind));
-        out.push(cause_code(event.cause));
-        out.push(flags);
-        out.extend_from_slice(&event.time.to_le_bytes());
-        put_bytes(out, event.key.as_bytes());
-        for v in [event.value, event.previous].into_iter().flatten() {
-            if v.len() > INLINE_MAX {
-                self.beside.push_back(Beside::Value(v.to_bytes()));
-            } else {
-                put_bytes(&mut self.bytes, v.as_slice());
-            }
-        }
         if let Some(hook) = event.entry_hook {
+            flags |= HAS_ENTRY_HOOK;
             self.beside.push_back(Beside::Hook(hook));
         }
+        let key = event.key.as_bytes();
+        let mut header = [0u8; HEADER];
+        header[0] = kind_code(event.kind);
+        header[1] = cause_code(event.cause);
+        header[2] = flags;
+        header[3..11].copy_from_slice(&event.time.to_le_bytes());
+        header[11..15].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        header[15..19].copy_from_slice(&lens[0].to_le_bytes());
+        header[19..23].copy_from_slice(&lens[1].to_le_bytes());
+        self.bytes
+            .reserve(HEADER + key.len() + inline[0].len() + inline[1].len());
+        self.bytes.extend_from_slice(&header);
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(inline[0]);
+        self.bytes.extend_from_slice(inline[1]);
         self.records += 1;
     }
 
@@ -230,11 +244,6 @@ impl EventLog {
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
 fn kind_code(kind: EventKind) -> u8 {
     kind.bit()
 }
@@ -268,6 +277,16 @@ struct Reader<'a> {
     beside: &'a mut VecDeque<Beside>,
 }
 
+/// A record's header, read.
+struct Header {
+    kind: u8,
+    cause: u8,
+    flags: u8,
+    time: Millis,
+    key_len: usize,
+    lens: [usize; 2],
+}
+
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Option<&[u8]> {
         let b = self.bytes.get(self.at..self.at.checked_add(n)?)?;
@@ -275,26 +294,35 @@ impl Reader<'_> {
         Some(b)
     }
 
-    fn byte(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
+    fn header(&mut self) -> Option<Header> {
+        let h = self.take(HEADER)?;
+        let u32_at = |i: usize| -> Option<usize> {
+            Some(u32::from_le_bytes(h.get(i..i + 4)?.try_into().ok()?) as usize)
+        };
+        Some(Header {
+            kind: h[0],
+            cause: h[1],
+            flags: h[2],
+            time: Millis::from_le_bytes(h.get(3..11)?.try_into().ok()?),
+            key_len: u32_at(11)?,
+            lens: [u32_at(15)?, u32_at(19)?],
+        })
     }
 
-    fn slice(&mut self) -> Option<&[u8]> {
-        let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
-        self.take(len)
-    }
-
-    fn value(&mut self, flags: u8, has: u8, beside: u8) -> Option<Option<Bytes>> {
-        if flags & has == 0 {
+    /// The value `i` (0: value, 1: previous) of the record whose header is `h`.
+    fn value(&mut self, h: &Header, i: usize) -> Option<Option<Bytes>> {
+        let (has, beside) = [(HAS_VALUE, VALUE_BESIDE), (HAS_PREVIOUS, PREVIOUS_BESIDE)][i];
+        if h.flags & has == 0 {
             return Some(None);
         }
-        if flags & beside != 0 {
+        if h.flags & beside != 0 {
             match self.beside.pop_front()? {
                 Beside::Value(v) => Some(Some(v)),
                 Beside::Hook(_) => None,
             }
         } else {
-            self.slice().map(|b| Some(Bytes::copy_from_slice(b)))
+            self.take(h.lens[i])
+                .map(|b| Some(Bytes::copy_from_slice(b)))
         }
     }
 
@@ -309,14 +337,13 @@ impl Reader<'_> {
     }
 
     fn record(&mut self, sealer: Option<&Sealer>) -> Option<Job> {
-        let kind = kind_of(self.byte()?)?;
-        let cause = cause_of(self.byte()?)?;
-        let flags = self.byte()?;
-        let time = Millis::from_le_bytes(self.take(8)?.try_into().ok()?);
-        let key = CompactString::from_utf8(self.slice()?).ok()?;
-        let value = self.value(flags, HAS_VALUE, VALUE_BESIDE)?;
-        let previous = self.value(flags, HAS_PREVIOUS, PREVIOUS_BESIDE)?;
-        let entry_hook = self.hook(flags)?;
+        let h = self.header()?;
+        let kind = kind_of(h.kind)?;
+        let cause = cause_of(h.cause)?;
+        let key = CompactString::from_utf8(self.take(h.key_len)?).ok()?;
+        let value = self.value(&h, 0)?;
+        let previous = self.value(&h, 1)?;
+        let entry_hook = self.hook(h.flags)?;
         Some(Job {
             event: Event {
                 kind,
@@ -324,7 +351,7 @@ impl Reader<'_> {
                 key,
                 value,
                 previous,
-                time,
+                time: h.time,
                 sealer: sealer.cloned(),
             },
             entry_hook,
@@ -333,22 +360,12 @@ impl Reader<'_> {
 
     /// Passes over one record (and what it has beside the log).
     fn skip_record(&mut self) -> Option<()> {
-        self.take(2)?;
-        let flags = self.byte()?;
-        self.take(8)?;
-        self.slice()?;
-        for (has, beside) in [(HAS_VALUE, VALUE_BESIDE), (HAS_PREVIOUS, PREVIOUS_BESIDE)] {
-            if flags & has != 0 {
-                if flags & beside != 0 {
-                    self.beside.pop_front()?;
-                } else {
-                    self.slice()?;
-                }
-            }
+        let h = self.header()?;
+        self.take(h.key_len)?;
+        for i in 0..2 {
+            self.value(&h, i)?;
         }
-        if flags & HAS_ENTRY_HOOK != 0 {
-            self.beside.pop_front()?;
-        }
+        self.hook(h.flags)?;
         Some(())
     }
 }
@@ -455,6 +472,96 @@ mod tests {
         for (j, i) in jobs.iter().zip(990..) {
             assert_eq!(j.entry_hook.is_some(), i % 3 == 0, "hook of k{i}");
             assert_eq!(j.event.value.is_some(), i % 2 == 0, "value of k{i}");
+        }
+    }
+
+    /// One step of the model test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push {
+            key: String,
+            value: Option<usize>,
+            previous: Option<usize>,
+            hook: bool,
+        },
+        DropOldest,
+        Take,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let len = prop_oneof![0..40usize, (INLINE_MAX - 2)..(INLINE_MAX + 3)];
+        prop_oneof![
+            6 => ("[a-zé:]{0,12}", proptest::option::of(len.clone()), proptest::option::of(len), any::<bool>())
+                .prop_map(|(key, value, previous, hook)| Op::Push { key, value, previous, hook }),
+            2 => Just(Op::DropOldest),
+            1 => Just(Op::Take),
+        ]
+    }
+
+    /// What one pushed event should come back as.
+    #[derive(Debug, PartialEq)]
+    struct Expected {
+        key: String,
+        value: Option<Vec<u8>>,
+        previous: Option<Vec<u8>>,
+        hook: bool,
+    }
+
+    fn bytes_of(len: usize, seed: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + seed) as u8).collect()
+    }
+
+    proptest::proptest! {
+        /// Any sequence of pushes, drops of the oldest and takes gives back exactly the events a
+        /// plain queue would hold, in order, with their values and entry hooks.
+        #[test]
+        fn the_log_behaves_like_a_queue(ops in proptest::collection::vec(op(), 0..200)) {
+            let mut log = EventLog::default();
+            let mut model: VecDeque<Expected> = VecDeque::new();
+            let mut spare = Vec::new();
+            let check = |log: &mut EventLog, model: &mut VecDeque<Expected>, spare: &mut Vec<u8>| {
+                let mut jobs = VecDeque::new();
+                *spare = log.take(std::mem::take(spare)).unpack(None, &mut jobs);
+                let got: Vec<Expected> = jobs
+                    .into_iter()
+                    .map(|j| Expected {
+                        key: j.event.key().to_owned(),
+                        value: j.event.value.map(|b| b.to_vec()),
+                        previous: j.event.previous.map(|b| b.to_vec()),
+                        hook: j.entry_hook.is_some(),
+                    })
+                    .collect();
+                let want: Vec<Expected> = model.drain(..).collect();
+                proptest::prop_assert_eq!(got, want);
+                proptest::prop_assert!(log.is_empty());
+                Ok(())
+            };
+            for (n, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Push { key, value, previous, hook } => {
+                        let value = value.map(|l| Bytes::from(bytes_of(l, n)));
+                        let previous = previous.map(|l| Bytes::from(bytes_of(l, n + 7)));
+                        log.push(Published {
+                            entry_hook: hook.then(|| Arc::new(|_: &Event| Ok(())) as HookFn),
+                            ..published(&key, value.as_ref(), previous.as_ref())
+                        });
+                        model.push_back(Expected {
+                            key,
+                            value: value.map(|b| b.to_vec()),
+                            previous: previous.map(|b| b.to_vec()),
+                            hook,
+                        });
+                    }
+                    Op::DropOldest => {
+                        log.drop_oldest();
+                        model.pop_front();
+                    }
+                    Op::Take => check(&mut log, &mut model, &mut spare)?,
+                }
+                proptest::prop_assert_eq!(log.len(), model.len());
+            }
+            check(&mut log, &mut model, &mut spare)?;
         }
     }
 }
