@@ -1,6 +1,7 @@
 //! The cost of one call on the memory backend, for instruction counting: `get_bytes` of keys that
-//! exist (`hit`), of a key that does not (`miss`), or `set_bytes` overwrites (`set`), N times
-//! over 10,000 keys of 64 bytes (a third argument sets another key count).
+//! exist (`hit`), of a key that does not (`miss`), `set_bytes` overwrites (`set`), or the same
+//! with one trivial store-wide `Set` hook registered (`set-hooked`), N times over 10,000 keys of 64
+//! bytes (a third argument sets another key count).
 //!
 //! ```text
 //! cargo build --release -p livedict --example call_cost
@@ -11,6 +12,10 @@
 //! lets the store's clock thread run under valgrind; without it the cached clock never ticks and
 //! every call also pays for reading the system clock (a few hundred more instructions). The wall time
 //! it prints is for a rough look only; the benchmarks are `livedict-bench`.
+//!
+//! `set-hooked` runs a hook worker thread too; to count the caller's thread alone, use
+//! `valgrind --tool=callgrind --fair-sched=yes --separate-threads=yes` and read the totals of the
+//! output file ending in `-01` (the main thread), for both counts.
 
 use std::hint::black_box;
 
@@ -29,6 +34,11 @@ fn main() {
     for k in &keys {
         store.set_bytes(k, &value).expect("fill");
     }
+    if mode == "set-hooked" {
+        store
+            .on(livedict::EventKind::Set, |_| Ok(()))
+            .expect("register a hook");
+    }
     let start = std::time::Instant::now();
     let mut hits = 0;
     for i in 0..n {
@@ -38,8 +48,8 @@ fn main() {
             "miss" => {
                 hits += usize::from(black_box(store.get_bytes("absent").expect("get")).is_some())
             }
-            "set" => store.set_bytes(key, &value).expect("set"),
-            other => panic!("unknown mode {other:?}: hit, miss or set"),
+            "set" | "set-hooked" => store.set_bytes(key, &value).expect("set"),
+            other => panic!("unknown mode {other:?}: hit, miss, set or set-hooked"),
         }
     }
     let per_call = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
