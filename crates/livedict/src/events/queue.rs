@@ -186,21 +186,27 @@ impl EventLog {
         }
         self.dropped_front += 1;
         if self.dropped_front >= self.len() {
-            let mut reader = Reader {
-                bytes: &self.bytes,
-                at: 0,
-                beside: &mut self.beside,
-            };
-            for _ in 0..self.dropped_front {
-                if reader.skip_record().is_none() {
-                    break;
-                }
-            }
-            let cut = reader.at;
+            let cut = self.past_dropped().at;
             self.bytes.drain(..cut);
             self.records -= self.dropped_front;
             self.dropped_front = 0;
         }
+    }
+
+    /// A reader placed after the dropped records at the front (what they had beside the log
+    /// consumed with them).
+    fn past_dropped(&mut self) -> Reader<'_> {
+        let mut reader = Reader {
+            bytes: &self.bytes,
+            at: 0,
+            beside: &mut self.beside,
+        };
+        for _ in 0..self.dropped_front {
+            if reader.skip_record().is_none() {
+                break;
+            }
+        }
+        reader
     }
 
     /// Takes every queued event out, leaving the log empty; `spare` is an empty buffer to keep
@@ -217,17 +223,9 @@ impl EventLog {
 
     /// Rebuilds the events of a taken log, in order, into `jobs`; returns the emptied buffer.
     pub(crate) fn unpack(mut self, sealer: Option<&Sealer>, jobs: &mut VecDeque<Job>) -> Vec<u8> {
-        let mut reader = Reader {
-            bytes: &self.bytes,
-            at: 0,
-            beside: &mut self.beside,
-        };
-        for _ in 0..self.dropped_front {
-            if reader.skip_record().is_none() {
-                break;
-            }
-        }
-        for _ in self.dropped_front..self.records {
+        let live = self.dropped_front..self.records;
+        let mut reader = self.past_dropped();
+        for _ in live {
             match reader.record(sealer) {
                 Some(job) => jobs.push_back(job),
                 None => {
