@@ -250,12 +250,11 @@ fn set_path(
     check_stats(&case, &store);
 }
 
-/// `set_with_1_filtered_hook`: one `Set` hook with a prefix no measured key has. The filter is
-/// applied on the worker, not on the caller's thread: every set still publishes its event (the
-/// store only knows that some `Set` hook exists) and a worker pops it and finds no hook accepts it.
-/// So this costs the caller what one matching hook does, minus the hook calls' CPU.
+/// `set_with_1_filtered_hook`: one `Set` hook with a prefix no measured key has. The caller's
+/// thread checks the key against the filters of the kind's hooks (when no hook of the kind takes
+/// every key) and queues nothing for keys no hook accepts, so this measures that check.
 ///
-/// A filtered event counts nowhere, so the round is drained with sentinels: after the timed sets,
+/// The round is still drained with sentinels, in case events were queued: after the timed sets,
 /// [`SENTINELS`] keys with the hook's prefix are set and the round waits until their hook calls are
 /// delivered. Lanes are first in, first out, and with 64 keys spread by hash every lane gets one
 /// (all but certainly), so every event of the round has been handled by then.

@@ -31,7 +31,7 @@ use crate::batch::Batch;
 use crate::clock::{Millis, Now};
 use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
-use crate::events::{Cause, EntryHooks, EntryLock, EventKind};
+use crate::events::{Cause, EntryHooks, EntryLock};
 use crate::namespace::{Key, KeyKind, Namespace, Scope};
 use crate::transfer::Exported;
 use crate::ttl::{self, TtlPolicy, WriteOptions};
@@ -389,7 +389,7 @@ impl<'s, P: Port> Dict<'s, P> {
             hooks,
         } = w;
         let key = &*key;
-        let event_value = engine.events.copy_for(EventKind::Set, &value);
+        let event_value = engine.events.copy_for_set(key, &value);
         let lock = self.entry_lock(key, &hooks).await?;
         let written = if engine.secrets_stick() && !secret {
             // Look at the value being replaced: a write over a secret stays secret.

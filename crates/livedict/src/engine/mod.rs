@@ -463,7 +463,7 @@ impl Engine {
             .map(|op| match op {
                 BatchOp::Set { key, value, expiry } => PlannedOp {
                     key: key.clone(),
-                    set: Some((*expiry, self.events.copy_for(EventKind::Set, value))),
+                    set: Some((*expiry, self.events.copy_for_set(key, value))),
                 },
                 BatchOp::Delete { key } => PlannedOp {
                     key: key.clone(),

@@ -68,10 +68,12 @@ impl EventHub {
         self.registry.wants(kind)
     }
 
-    /// What a write keeps of `value` for its event of `kind`, if anyone listens.
+    /// What a write of `key` keeps of `value` for its `Set` event, if a hook accepts it.
     #[inline]
-    pub(crate) fn copy_for(&self, kind: EventKind, value: &Bytes) -> Option<KeptValue> {
-        self.wants(kind).then(|| KeptValue::of(value))
+    pub(crate) fn copy_for_set(&self, key: &str, value: &Bytes) -> Option<KeptValue> {
+        self.registry
+            .store_wide_for(EventKind::Set, key)
+            .then(|| KeptValue::of(value))
     }
 
     /// Whether a call on `key` must hold the key's entry-hook stripe (the write attaches hooks,
@@ -97,7 +99,7 @@ impl EventHub {
         time: Millis,
         entry_hook: Option<HookFn>,
     ) {
-        if !self.registry.store_wide(kind) && entry_hook.is_none() {
+        if entry_hook.is_none() && !self.registry.store_wide_for(kind, key) {
             return;
         }
         let Some(executor) = self.executor.get() else {
@@ -114,7 +116,8 @@ impl EventHub {
         });
     }
 
-    /// Publishes the `Set` event of a write that kept `value`.
+    /// Publishes the `Set` event of a write that kept `value` (so a hook accepted it when the
+    /// write began; the workers check again when they deliver it).
     #[inline]
     pub(crate) fn publish_set(
         &self,
@@ -123,9 +126,6 @@ impl EventHub {
         previous: Option<&Bytes>,
         time: Millis,
     ) {
-        if !self.registry.store_wide(EventKind::Set) {
-            return;
-        }
         if let Some(executor) = self.executor.get() {
             executor.publish(Published {
                 kind: EventKind::Set,

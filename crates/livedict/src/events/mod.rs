@@ -413,6 +413,14 @@ impl Hook {
     pub(crate) fn accepts(&self, kind: EventKind, key: &str) -> bool {
         self.kinds & kind.bit() != 0 && (kind == EventKind::Clear || self.filter.matches(key))
     }
+
+    /// The kinds for which this hook accepts every key.
+    pub(crate) fn unfiltered_kinds(&self) -> u8 {
+        match self.filter {
+            KeyFilter::All => self.kinds,
+            _ => self.kinds & EventKind::Clear.bit(),
+        }
+    }
 }
 
 impl IntoIterator for EventKind {

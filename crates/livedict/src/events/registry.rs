@@ -26,6 +26,9 @@ pub(crate) struct Registry {
     /// call, written only when hooks change: on its own cache line, so that the workers taking
     /// the list's lock never pull it away from the publishers' cores.
     mask: CachePadded<AtomicU8>,
+    /// The kinds with an enabled store-wide hook that accepts every key (next to `mask`, written
+    /// with it).
+    unfiltered: AtomicU8,
     /// Copy-on-write list: readers clone the `Arc`, writers replace it.
     hooks: RwLock<Arc<Vec<Arc<Registered>>>>,
     /// Bumped whenever the list is replaced, so workers re-read it only when it changed.
@@ -51,6 +54,7 @@ impl Default for Registry {
         Registry {
             hooks: RwLock::new(Arc::new(Vec::new())),
             mask: CachePadded::new(AtomicU8::new(0)),
+            unfiltered: AtomicU8::new(0),
             version: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             entries: EntryHookTable::default(),
@@ -77,6 +81,25 @@ impl Registry {
     #[inline]
     pub(crate) fn store_wide(&self, kind: EventKind) -> bool {
         self.mask.load(Ordering::Acquire) & kind.bit() != 0
+    }
+
+    /// Whether a store-wide hook accepts an event of `kind` on `key`: two atomic loads when some
+    /// hook of the kind takes every key (or none listens), else the key is checked against the
+    /// filters of the kind's hooks, so that a store whose hooks watch one prefix does not queue
+    /// an event for every other key.
+    #[inline]
+    pub(crate) fn store_wide_for(&self, kind: EventKind, key: &str) -> bool {
+        let bit = kind.bit();
+        if self.mask.load(Ordering::Acquire) & bit == 0 {
+            return false;
+        }
+        if self.unfiltered.load(Ordering::Acquire) & bit != 0 {
+            return true;
+        }
+        self.hooks
+            .read()
+            .iter()
+            .any(|r| r.enabled.load(Ordering::Acquire) && r.hook.accepts(kind, key))
     }
 
     pub(crate) fn register(&self, hook: Hook) -> HookId {
@@ -116,10 +139,10 @@ impl Registry {
     }
 
     fn refresh_mask(&self, hooks: &[Arc<Registered>]) {
-        let mask = hooks
-            .iter()
-            .filter(|r| r.enabled.load(Ordering::Acquire))
-            .fold(0, |m, r| m | r.hook.kinds);
+        let enabled = || hooks.iter().filter(|r| r.enabled.load(Ordering::Acquire));
+        let unfiltered = enabled().fold(0, |m, r| m | r.hook.unfiltered_kinds());
+        self.unfiltered.store(unfiltered, Ordering::Release);
+        let mask = enabled().fold(0, |m, r| m | r.hook.kinds);
         self.mask.store(mask, Ordering::Release);
     }
 

@@ -447,6 +447,48 @@ pub fn full_queue_drops_newest(h: &Harness) -> Result<()> {
     Ok(())
 }
 
+/// Events no hook accepts (a prefix hook, other keys) are never queued: with the only worker held
+/// by a matching event and room for 10 more, 100 writes of other keys drop nothing, and the
+/// matching events after them are all delivered.
+pub fn events_no_hook_accepts_take_no_room(h: &Harness) -> Result<()> {
+    let store = h.build(|b| {
+        b.events(
+            EventSettings::default()
+                .workers(1)
+                .queue_capacity(10)
+                .when_full(QueueFullPolicy::DropNewest)
+                .hook_timeout(secs(60)),
+        )
+    });
+    let gate = Gate::new();
+    let c = Collector::new();
+    let (g, hook) = (gate.clone(), c.hook());
+    store.hook(
+        store
+            .new_hook(EventKind::Set, move |e| {
+                g.pass();
+                hook(e)
+            })
+            .prefix("watched:"),
+    )?;
+    store.set("watched:0", &0)?;
+    assert!(eventually(WAIT, || gate.waiting() == 1)); // the worker is held
+    for i in 0..100 {
+        store.set(&format!("other:{i}"), &i)?;
+    }
+    for i in 1..=10 {
+        store.set(&format!("watched:{i}"), &i)?;
+    }
+    assert_eq!(store.stats().events_dropped, 0);
+    gate.open();
+    let keys: Vec<_> = c.wait(11).into_iter().map(|s| s.key).collect();
+    assert_eq!(
+        keys,
+        (0..=10).map(|i| format!("watched:{i}")).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
 pub fn full_queue_drops_oldest(h: &Harness) -> Result<()> {
     let (store, gate, c) = gated_store(h, QueueFullPolicy::DropOldest);
     store.set("k", &0)?;

@@ -261,6 +261,7 @@ macro_rules! conformance_suite {
             overrunning_hook_times_out_and_others_go_on,
             full_queue_drops_newest,
             full_queue_drops_oldest,
+            events_no_hook_accepts_take_no_room,
             full_queue_blocks_publisher_and_loses_nothing,
             entry_hooks_on_access_and_on_expire,
             hooks_may_use_the_store,
