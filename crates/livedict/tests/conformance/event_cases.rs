@@ -489,6 +489,46 @@ pub fn events_no_hook_accepts_take_no_room(h: &Harness) -> Result<()> {
     Ok(())
 }
 
+/// A batch that writes, deletes and rewrites keys leaves exactly the last write's deadline in the
+/// expiry bookkeeping: each surviving key expires once, at its last deadline, with its last
+/// value, and the deleted one never.
+pub fn batch_rewrites_keep_expiry_exact(h: &Harness) -> Result<()> {
+    let (store, clock) = h.manual();
+    let c = Collector::new();
+    store.on(EventKind::Expire, c.hook())?;
+    let mut b = store.batch();
+    b.set_with("a", &1, secs(5))?
+        .delete("a")?
+        .set_with("b", &1, secs(5))?
+        .set_with("b", &2, secs(9))?
+        .delete("never")?
+        .set_with("c", &3, secs(5))?
+        .delete("c")?
+        .set_with("c", &4, secs(7))?;
+    store.apply(b)?;
+    assert_eq!(store.len()?, 2);
+    assert!(!store.contains("a")?);
+    assert_eq!(store.ttl("b")?, livedict::KeyTtl::Remaining(secs(9)));
+    assert_eq!(store.ttl("c")?, livedict::KeyTtl::Remaining(secs(7)));
+    clock.advance(secs(7));
+    let seen = c.wait(1);
+    assert_eq!(
+        (seen[0].key.as_str(), seen[0].value.clone()),
+        ("c", Some(serde_json::json!(4)))
+    );
+    assert!(store.contains("b")?);
+    clock.advance(secs(2));
+    let seen = c.wait(2);
+    assert_eq!(
+        (seen[1].key.as_str(), seen[1].value.clone()),
+        ("b", Some(serde_json::json!(2)))
+    );
+    assert_eq!(store.len()?, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(c.now().len(), 2, "no other expiry: {:?}", c.now());
+    Ok(())
+}
+
 pub fn full_queue_drops_oldest(h: &Harness) -> Result<()> {
     let (store, gate, c) = gated_store(h, QueueFullPolicy::DropOldest);
     store.set("k", &0)?;

@@ -262,6 +262,7 @@ macro_rules! conformance_suite {
             full_queue_drops_newest,
             full_queue_drops_oldest,
             events_no_hook_accepts_take_no_room,
+            batch_rewrites_keep_expiry_exact,
             full_queue_blocks_publisher_and_loses_nothing,
             entry_hooks_on_access_and_on_expire,
             hooks_may_use_the_store,

@@ -88,13 +88,47 @@ local function batch_locked(lock)
   return holder and string.sub(holder, 1, 2) == 'b:'
 end
 
+-- Index updates a batch defers to its end: index -> member -> score, false for a member removed
+-- since (nil outside a batch, where each update is made at once).
+local deferred = nil
+
+local function index_add(index, score, m)
+  if deferred then
+    deferred[index] = deferred[index] or {}
+    deferred[index][m] = score
+  else
+    redis.call('ZADD', index, score, m)
+  end
+end
+
+-- Makes the deferred index updates, a few hundred members per command.
+local function flush_deferred()
+  for index, members in pairs(deferred) do
+    local args = {}
+    for m, score in pairs(members) do
+      if score then
+        args[#args + 1] = score
+        args[#args + 1] = m
+        if #args >= 1000 then
+          redis.call('ZADD', index, unpack(args))
+          args = {}
+        end
+      end
+    end
+    if #args > 0 then
+      redis.call('ZADD', index, unpack(args))
+    end
+  end
+  deferred = nil
+end
+
 -- Stores an entry over old (the entry under k before, or nil).
 local function put(k, index, m, v, d, s, old)
   if d then
     redis.call('HSET', k, 'v', v, 'a', fmt(now), 'd', fmt(d), 's', fmt(s or 0))
     redis.call('PEXPIRE', k, fmt(math.max(d - now, 1) + grace))
     if not (old and old.d == d) then
-      redis.call('ZADD', index, fmt(d), m)
+      index_add(index, fmt(d), m)
     end
   else
     redis.call('HSET', k, 'v', v, 'a', fmt(now))
@@ -103,7 +137,7 @@ local function put(k, index, m, v, d, s, old)
       redis.call('PERSIST', k)
     end
     if not old or old.d then
-      redis.call('ZADD', index, '+inf', m)
+      index_add(index, '+inf', m)
     end
   end
 end
@@ -111,6 +145,9 @@ end
 local function remove(k, index, m)
   redis.call('DEL', k)
   redis.call('ZREM', index, m)
+  if deferred and deferred[index] then
+    deferred[index][m] = false
+  end
 end
 
 -- A write over e (the entry under k, loaded by the caller): returns written (0/1), the live
@@ -146,6 +183,9 @@ local function delete(k, index, m)
   local e = load(k)
   if not e then
     redis.call('ZREM', index, m)
+    if deferred and deferred[index] then
+      deferred[index][m] = false
+    end
     return false, false
   end
   remove(k, index, m)
@@ -301,17 +341,27 @@ elseif op == 'batch' then
   -- refused as a whole while another holds a lock on any key. Releases the batch's locks.
   local n = #KEYS / 3
   local token = ARGV[4]
+  -- The locks, read a few hundred at a time.
+  for first = 0, n - 1, 500 do
+    local locks = {}
+    for i = first, math.min(first + 499, n - 1) do
+      locks[#locks + 1] = KEYS[3 * i + 3]
+    end
+    for _, holder in ipairs(redis.call('MGET', unpack(locks))) do
+      if holder and holder ~= token then
+        return { -1 }
+      end
+    end
+  end
   local entries, repeated, seen = {}, {}, {}
   for i = 0, n - 1 do
-    if locked(KEYS[3 * i + 3], token) then
-      return { -1 }
-    end
     local k = KEYS[3 * i + 1]
     entries[i] = load(k) or false
     repeated[i] = seen[k] ~= nil
     seen[k] = true
   end
   local out = { 1 }
+  deferred = {}
   for i = 0, n - 1 do
     local a = 4 + 6 * i
     local k, index, m = KEYS[3 * i + 1], KEYS[3 * i + 2], ARGV[a + 2]
@@ -329,6 +379,7 @@ elseif op == 'batch' then
     out[#out + 1] = p
     out[#out + 1] = x
   end
+  flush_deferred()
   if token ~= '' then
     for i = 0, n - 1 do
       if redis.call('GET', KEYS[3 * i + 3]) == token then
