@@ -28,9 +28,16 @@ end
 local grace = tonumber(ARGV[3])
 local ACCESS_GRANULARITY = 1000
 
--- Integers as decimal text (Lua numbers are doubles: exact below 2^53).
+-- Integers as decimal text (Lua numbers are doubles: exact below 2^53), remembered for the call:
+-- a batch formats the same time and deadlines for every key, and string.format dominated it.
+local formatted = {}
 local function fmt(n)
-  return string.format('%.0f', n)
+  local text = formatted[n]
+  if not text then
+    text = string.format('%.0f', n)
+    formatted[n] = text
+  end
+  return text
 end
 
 local function bad(k, why)
