@@ -61,3 +61,72 @@ fn system_clock_deadlines_are_exact_near_the_deadline() -> livedict::Result<()> 
     }
     Ok(())
 }
+
+/// Many threads publishing through a small queue into two workers: the `Block` policy's waits for
+/// room, the workers' batching, sleeps and wake-ups lose no event, keep each key's events in order
+/// (each key is written by one thread here) and never hang.
+#[test]
+fn many_publishers_through_a_small_queue_lose_nothing() -> livedict::Result<()> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use livedict::{EventKind, EventSettings, LiveDict, QueueFullPolicy};
+
+    const THREADS: usize = 16;
+    const SETS: i64 = 2_000;
+    let store = LiveDict::builder()
+        .events(
+            EventSettings::default()
+                .workers(2)
+                .queue_capacity(16)
+                .when_full(QueueFullPolicy::Block),
+        )
+        .build()?;
+    let last: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+    let out_of_order = Arc::new(Mutex::new(Vec::new()));
+    let (l, o) = (last.clone(), out_of_order.clone());
+    store.on(EventKind::Set, move |e| {
+        let v: i64 = e.value()?.ok_or("a set event without a value")?;
+        let mut last = l.lock().unwrap();
+        let before = last.insert(e.key().to_owned(), v);
+        if before.is_some_and(|b| b >= v) {
+            o.lock().unwrap().push((e.key().to_owned(), before, v));
+        }
+        Ok(())
+    })?;
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || -> livedict::Result<()> {
+                for i in 0..SETS {
+                    store.set(&format!("t{t}:{}", i % 8), &i)?;
+                    if i % 500 == 499 {
+                        // Let the workers run dry and go to sleep now and then.
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap()?;
+    }
+    let want = THREADS as u64 * SETS as u64;
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while store.stats().hooks_delivered < want && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stats = store.stats();
+    assert_eq!(stats.hooks_delivered, want);
+    assert_eq!(stats.events_dropped, 0);
+    assert_eq!(stats.hooks_failed, 0);
+    assert!(
+        out_of_order.lock().unwrap().is_empty(),
+        "{:?}",
+        out_of_order.lock().unwrap()
+    );
+    assert_eq!(last.lock().unwrap().len(), THREADS * 8);
+    Ok(())
+}
