@@ -268,6 +268,9 @@ impl std::fmt::Debug for Executor {
 /// How long an idle worker spins, watching its queue, before it blocks (and publishers must wake
 /// it with a system call).
 const SPIN: Duration = Duration::from_micros(50);
+/// The largest emptied log buffer a worker keeps for reuse (bytes); a larger one, left by a
+/// backlog, is freed.
+const SPARE_MAX: usize = 1 << 22;
 /// A publisher updates the queued count the worker polls every this many events.
 const QUEUED_EVERY: usize = 16;
 /// Events a worker takes at once without waiting for more.
@@ -523,7 +526,15 @@ fn refill(s: &Shared, lane: &Lane, generation: u64, spare: &mut Vec<u8>) -> bool
             // The work list is empty here: this worker finished it, and the watchdog takes work
             // only from a running hook call.
             let mut rest = std::mem::take(&mut lane.work.lock().rest);
+            if rest.capacity() > SPARE_MAX / 64 {
+                // A backlog's work list: not kept once it is done.
+                rest = VecDeque::new();
+            }
             *spare = batch.unpack(s.sealer.as_ref(), &mut rest);
+            if spare.capacity() > SPARE_MAX {
+                // A backlog's buffer: not kept once it is drained.
+                *spare = Vec::new();
+            }
             lane.work.lock().rest = rest;
             return true;
         }
