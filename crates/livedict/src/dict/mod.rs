@@ -857,7 +857,8 @@ impl<'s, P: Port> Dict<'s, P> {
         timeout: Duration,
         predicate: &mut (dyn FnMut(&T) -> bool + Send),
     ) -> Result<Option<T>> {
-        let give_up = Instant::now() + timeout;
+        // A timeout too long to add to the clock means: wait as long as it takes.
+        let give_up = Instant::now().checked_add(timeout);
         let poll = if self.port.is_shared() {
             SHARED_WAIT_POLL
         } else {
@@ -871,7 +872,7 @@ impl<'s, P: Port> Dict<'s, P> {
             {
                 return Ok(Some(v));
             }
-            let left = give_up.saturating_duration_since(Instant::now());
+            let left = time_left(give_up);
             if left.is_zero() {
                 return Ok(None);
             }
@@ -892,14 +893,14 @@ impl<'s, P: Port> Dict<'s, P> {
         let name = self.allowed(Operation::Lock, key)?.into_owned();
         let lease = ttl::to_millis(lease)?;
         let owner = lock_owner();
-        let give_up = Instant::now() + timeout;
+        let give_up = Instant::now().checked_add(timeout);
         let mut pause = LOCK_BACKOFF_MIN;
         loop {
             let now = self.engine.begin_key(&name)?;
             if let Some(fence) = self.port.try_lock(&name, &owner, lease, now).await? {
                 return Ok(Some(HeldLock { name, owner, fence }));
             }
-            let left = give_up.saturating_duration_since(Instant::now());
+            let left = time_left(give_up);
             if left.is_zero() {
                 return Ok(None);
             }
@@ -1091,4 +1092,11 @@ impl<'s, P: Port> Dict<'s, P> {
         self.apply(batch).await?;
         Ok(n)
     }
+}
+
+/// What is left until `give_up` (`None`: no end).
+fn time_left(give_up: Option<Instant>) -> Duration {
+    give_up.map_or(Duration::MAX, |at| {
+        at.saturating_duration_since(Instant::now())
+    })
 }

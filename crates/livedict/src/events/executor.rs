@@ -231,6 +231,9 @@ struct Shared {
     /// Handed to events, which decrypt their values on demand.
     sealer: Option<Sealer>,
     stopping: AtomicBool,
+    /// The shutdown's grace period is over: workers drop (and count) the events they hold instead
+    /// of delivering them.
+    gave_up: AtomicBool,
     /// The store is closing: publishers no longer wait for room (the bound may be exceeded), so
     /// that closing never waits on a full queue.
     closing: AtomicBool,
@@ -299,6 +302,7 @@ impl Executor {
             counters,
             sealer,
             stopping: AtomicBool::new(false),
+            gave_up: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             live: Mutex::new(0),
             live_cv: Condvar::new(),
@@ -371,6 +375,11 @@ impl Executor {
                 }
             }
         }
+        if s.stopping.load(Relaxed) {
+            // The shutdown may have drained this lane already: nobody would deliver the event.
+            s.counters.dropped.fetch_add(1, Relaxed);
+            return;
+        }
         q.push(event);
         // The worker polls this count to decide when to take a batch; storing it every few events
         // (and on the first) is enough for that, and spares the line's round trip on the others.
@@ -410,18 +419,27 @@ impl Executor {
         }
         wake_watchdog(s);
         if !in_worker() {
-            let give_up = Instant::now() + s.settings.shutdown_grace;
+            // A grace too long to add to the clock means: wait for every event.
+            let give_up = Instant::now().checked_add(s.settings.shutdown_grace);
             let mut live = s.live.lock();
             while *live > 0 {
-                if s.live_cv.wait_until(&mut live, give_up).timed_out() {
-                    break;
+                match give_up {
+                    Some(at) => {
+                        if s.live_cv.wait_until(&mut live, at).timed_out() {
+                            break;
+                        }
+                    }
+                    None => s.live_cv.wait(&mut live),
                 }
             }
         }
-        // Whatever is still queued will not be delivered.
+        // Whatever is still queued, or taken by a worker but not begun, will not be delivered:
+        // workers check this flag before each event and drop (and count) what they hold.
+        s.gave_up.store(true, SeqCst);
         for lane in s.lanes.iter() {
             let n = lane.queue.lock().take(Vec::new()).len();
-            s.counters.dropped.fetch_add(n as u64, Relaxed);
+            let rest = std::mem::take(&mut lane.work.lock().rest).len();
+            s.counters.dropped.fetch_add((n + rest) as u64, Relaxed);
         }
     }
 }
@@ -593,6 +611,11 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
             }
             loop {
                 if work.current.is_none() {
+                    if s.gave_up.load(Relaxed) {
+                        let n = std::mem::take(&mut work.rest).len();
+                        s.counters.dropped.fetch_add(n as u64, Relaxed);
+                        return Some(());
+                    }
                     let Some(job) = work.rest.pop_front() else {
                         return Some(());
                     };
@@ -603,13 +626,17 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
                 };
                 current.deadline = None;
                 if let Some((f, timeout)) = current.calls.pop() {
-                    current.deadline = Some(Instant::now() + timeout);
+                    // A timeout too long to add to the clock means: no timeout.
+                    current.deadline = Instant::now().checked_add(timeout);
                     break (f, Arc::clone(&current.event));
                 }
                 work.current = None;
             }
         };
-        if s.watchdog_deep.load(Relaxed) {
+        // SeqCst, after the work lock is released: the watchdog sets the flag (SeqCst) and then
+        // looks at the lanes once more before it sleeps long, so either it sees this call's
+        // deadline or this load sees the flag.
+        if s.watchdog_deep.load(SeqCst) {
             wake_watchdog(s);
         }
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(&event)));
@@ -662,6 +689,17 @@ fn start_event(s: &Shared, hooks: &mut HookListCache, job: Job) -> Current {
     }
 }
 
+/// Whether some lane runs a hook call with a deadline.
+fn any_call_timed(s: &Shared) -> bool {
+    s.lanes.iter().any(|lane| {
+        lane.work
+            .lock()
+            .current
+            .as_ref()
+            .is_some_and(|c| c.deadline.is_some())
+    })
+}
+
 fn watchdog(s: &Arc<Shared>) {
     let mut quiet_ticks = 0u32;
     loop {
@@ -693,13 +731,15 @@ fn watchdog(s: &Arc<Shared>) {
             // Hand the rest of the event, and of the batch, to a fresh worker; the stuck one exits
             // when (if) its hook returns.
             let resume = std::mem::take(&mut *work);
+            s.abandoned.fetch_add(1, SeqCst);
             let generation = lane.generation.fetch_add(1, SeqCst) + 1;
             drop(work);
-            s.abandoned.fetch_add(1, SeqCst);
-            leave(s);
+            // The new worker joins the live count before the stuck one leaves it, so a shutdown
+            // waiting for the count to reach zero never sees it there in between.
             if let Err(e) = spawn_worker(s, i, generation, Some(resume)) {
                 tracing::error!(error = %e, "livedict: cannot start a hook worker");
             }
+            leave(s);
         }
         if s.stopping.load(SeqCst) && *s.live.lock() == 0 {
             return;
@@ -708,7 +748,10 @@ fn watchdog(s: &Arc<Shared>) {
         let mut g = s.watchdog_lock.lock();
         if quiet_ticks > 100 && !s.stopping.load(SeqCst) {
             s.watchdog_deep.store(true, SeqCst);
-            s.watchdog_cv.wait_for(&mut g, Duration::from_secs(1));
+            // A call may have begun since the lanes were looked at, before it could see the flag.
+            if !any_call_timed(s) {
+                s.watchdog_cv.wait_for(&mut g, Duration::from_secs(1));
+            }
             s.watchdog_deep.store(false, SeqCst);
         } else {
             s.watchdog_cv.wait_for(&mut g, WATCHDOG_TICK);

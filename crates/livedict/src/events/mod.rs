@@ -387,7 +387,7 @@ impl Hook {
         let command = Arc::new(command);
         let mut hook = Hook::new(kinds, move |e: &Event| command.run(e));
         // The program is killed at its own timeout; give the executor's watchdog a little more.
-        hook.timeout = Some(timeout + Duration::from_secs(1));
+        hook.timeout = Some(timeout.saturating_add(Duration::from_secs(1)));
         hook
     }
 

@@ -712,6 +712,75 @@ pub fn close_delivers_queued_events_and_never_hangs(h: &Harness) -> Result<()> {
     Ok(())
 }
 
+/// When the grace period of a close runs out, the events not yet delivered (queued, or taken by a
+/// worker but not begun) are dropped and counted, and no hook call begins after `close` returns
+/// but the one running.
+pub fn close_drops_and_counts_what_its_grace_period_did_not_deliver(h: &Harness) -> Result<()> {
+    let store = h.build(|b| {
+        b.events(
+            EventSettings::default()
+                .workers(1)
+                .shutdown_grace(Duration::from_millis(100)),
+        )
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    store.on(EventKind::Set, move |_| {
+        std::thread::sleep(Duration::from_millis(5));
+        c.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    })?;
+    let n = 300;
+    for i in 0..n {
+        store.set(&format!("k{i}"), &i)?;
+    }
+    let stats = store.clone();
+    store.close();
+    let at_close = calls.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = calls.load(Ordering::SeqCst);
+    assert!(
+        after <= at_close + 1,
+        "{} hook calls ran after close",
+        after - at_close
+    );
+    assert!(after < n, "the grace period was too long for this test");
+    let st = stats.stats();
+    assert_eq!(st.hooks_delivered + st.events_dropped, n as u64, "{st:?}");
+    Ok(())
+}
+
+/// Durations too long to add to the clock mean "no limit", never a panic: a hook timeout, a
+/// close's grace period, `wait_for` and `lock`.
+pub fn unbounded_durations_mean_no_limit(h: &Harness) -> Result<()> {
+    let store = h.build(|b| {
+        b.events(
+            EventSettings::default()
+                .hook_timeout(Duration::MAX)
+                .shutdown_grace(Duration::MAX),
+        )
+    });
+    let c = Collector::new();
+    store.on(EventKind::Set, c.hook())?;
+    store.hook(
+        store
+            .new_hook(EventKind::Set, c.hook())
+            .timeout(Duration::MAX),
+    )?;
+    store.set("k", &1)?;
+    assert_eq!(c.wait(2).len(), 2);
+    assert_eq!(
+        store.wait_for("k", Duration::MAX, |v: &i32| *v == 1)?,
+        Some(1)
+    );
+    let lock = store.lock("k", Duration::MAX)?;
+    assert!(lock.is_some());
+    drop(lock);
+    store.close();
+    assert_eq!(store.stats().hooks_delivered, 2);
+    Ok(())
+}
+
 pub fn slow_expire_hook_never_delays_other_expirations(h: &Harness) -> Result<()> {
     let (store, clock) = h.manual_with(|b| b.events(EventSettings::default().workers(1)));
     let c = Collector::new();

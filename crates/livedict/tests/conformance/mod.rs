@@ -268,6 +268,8 @@ macro_rules! conformance_suite {
             hooks_may_use_the_store,
             clear_update_and_inactive_events,
             close_delivers_queued_events_and_never_hangs,
+            close_drops_and_counts_what_its_grace_period_did_not_deliver,
+            unbounded_durations_mean_no_limit,
             slow_expire_hook_never_delays_other_expirations,
             // SPEC 5: encryption, secrets, passwords
             encrypted_values_round_trip_through_every_path,

@@ -124,21 +124,22 @@ enum Outcome {
 /// The waits between the attempts of a command refused because its key is locked: growing
 /// pauses, until the lock's lease (and a timeout) has surely passed.
 struct Backoff {
-    give_up: Instant,
+    /// `None`: a lease and timeout too long to add to the clock, so no end.
+    give_up: Option<Instant>,
     pause: Duration,
 }
 
 impl Backoff {
     fn new(store: &Store) -> Self {
         Backoff {
-            give_up: Instant::now() + store.lease + store.timeout,
+            give_up: Instant::now().checked_add(store.lease.saturating_add(store.timeout)),
             pause: Duration::from_micros(50),
         }
     }
 
     /// Waits before the next attempt, or fails when `key` has been locked for too long.
     async fn pause<T: Transport>(&mut self, io: &T, key: &str) -> Result<()> {
-        if Instant::now() >= self.give_up {
+        if self.give_up.is_some_and(|at| Instant::now() >= at) {
             return Err(Error::Backend(
                 format!("key {key:?} stayed locked by an update for longer than its lease").into(),
             ));
