@@ -331,3 +331,38 @@ fn a_writer_killed_mid_stream_loses_no_acknowledged_write() -> Result<()> {
     assert_eq!(check, "ok");
     Ok(())
 }
+
+/// Several openers of one new file at the same instant (processes started together on a fresh
+/// store) all get the store: turning the file to WAL, which SQLite answers "busy" without waiting
+/// for while another connection has the file open, is retried within the busy timeout.
+#[test]
+fn openers_racing_on_a_new_file_all_succeed() -> Result<()> {
+    const OPENERS: usize = 8;
+    for round in 0..20 {
+        let path = fresh_path();
+        let barrier = Arc::new(std::sync::Barrier::new(OPENERS));
+        let threads: Vec<_> = (0..OPENERS)
+            .map(|i| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || -> Result<()> {
+                    barrier.wait();
+                    let store = LiveDict::builder()
+                        .backend(SqliteBackend::open(&path)?)
+                        .build()?;
+                    store.set(&format!("opener{i}"), &i)?;
+                    Ok(())
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().map_err(|e| {
+                Error::Backend(format!("round {round}: an opener failed: {e}").into())
+            })?;
+        }
+        let store = LiveDict::builder()
+            .backend(SqliteBackend::open(&path)?)
+            .build()?;
+        assert_eq!(store.len()?, OPENERS, "round {round}");
+    }
+    Ok(())
+}

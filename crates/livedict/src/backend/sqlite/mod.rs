@@ -322,7 +322,7 @@ impl SqliteBackend {
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let mut writer = Self::connect(&path, &options)?;
-        schema::check_or_create(&mut writer)?;
+        schema::check_or_create(&mut writer, options.busy_timeout)?;
         Self::configure(&writer, &options)?;
         Ok(SqliteBackend {
             path,

@@ -14,7 +14,9 @@
 //!     WHERE deadline IS NOT NULL;
 //! ```
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::db_error;
 use crate::error::{Error, Result};
@@ -53,7 +55,9 @@ CREATE TABLE IF NOT EXISTS livedict_locks (
 /// Checks that `conn` is a livedict store of a format this build reads, creating the schema in an
 /// empty database. Reads before it writes, so a file that is not a livedict store (or is of a
 /// newer format) is refused with [`Error::Format`] and left exactly as it was.
-pub(crate) fn check_or_create(conn: &mut Connection) -> Result<()> {
+///
+/// `patience` bounds how long it retries while other processes hold the file (see [`use_wal`]).
+pub(crate) fn check_or_create(conn: &mut Connection, patience: Duration) -> Result<()> {
     let tables: Vec<String> = {
         let mut stmt = conn
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
@@ -66,8 +70,7 @@ pub(crate) fn check_or_create(conn: &mut Connection) -> Result<()> {
     };
     if tables.is_empty() {
         // An empty database: make it a livedict store (WAL is a property of the file).
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_error)?;
+        use_wal(conn, patience)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_error)?;
@@ -87,12 +90,30 @@ pub(crate) fn check_or_create(conn: &mut Connection) -> Result<()> {
             "the livedict store has no livedict_entries table".into(),
         ));
     }
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(db_error)?;
+    use_wal(conn, patience)?;
     if !tables.iter().any(|t| t == "livedict_locks") {
         conn.execute_batch(CREATE_LOCKS).map_err(db_error)?;
     }
     Ok(())
+}
+
+/// Puts the file in WAL mode. Turning a new file to WAL needs it alone for a moment, and SQLite
+/// answers "busy" at once, without waiting, when another process is opening the same new store
+/// at the same time (several processes started together on a fresh file): retried every few
+/// milliseconds for up to `patience`.
+fn use_wal(conn: &Connection, patience: Duration) -> Result<()> {
+    let give_up = Instant::now().checked_add(patience);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e)
+                if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                    && give_up.is_none_or(|at| Instant::now() < at) =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other.map_err(db_error),
+        }
+    }
 }
 
 fn check_format(conn: &Connection) -> Result<()> {
