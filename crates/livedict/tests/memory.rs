@@ -130,3 +130,47 @@ fn many_publishers_through_a_small_queue_lose_nothing() -> livedict::Result<()> 
     assert_eq!(last.lock().unwrap().len(), THREADS * 8);
     Ok(())
 }
+
+/// A call that overruns its timeout while no more stuck threads may be abandoned is waited for
+/// and counted once, as timed out, not again as delivered when it returns.
+#[test]
+fn an_overrun_waited_for_is_counted_once() -> livedict::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use livedict::{EventKind, EventSettings, LiveDict};
+
+    let store = LiveDict::builder()
+        .events(
+            EventSettings::default()
+                .workers(1)
+                .max_abandoned(0)
+                .hook_timeout(Duration::from_millis(30)),
+        )
+        .build()?;
+    let returned = Arc::new(AtomicUsize::new(0));
+    let r = returned.clone();
+    store.on(EventKind::Set, move |e| {
+        if e.key() == "slow" {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        r.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    })?;
+    store.set("slow", &1)?;
+    store.set("fast", &2)?;
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while returned.load(Ordering::SeqCst) < 2 && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The second call's count lands when the worker next looks at its (now empty) work list.
+    while store.stats().hooks_delivered < 1 && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let st = store.stats();
+    assert_eq!(
+        (st.hooks_timed_out, st.hooks_delivered, st.hooks_failed),
+        (1, 1, 0)
+    );
+    Ok(())
+}

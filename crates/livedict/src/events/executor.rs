@@ -138,8 +138,11 @@ struct Current {
     event: Arc<Event>,
     /// In reverse order: the next call is the last.
     calls: Calls,
-    /// When the running call must have returned; `None` between calls.
+    /// When the running call must have returned; `None` between calls (and for no timeout).
     deadline: Option<Instant>,
+    /// The watchdog counted the running call as timed out but left its worker to it (too many
+    /// stuck threads): the call is not counted again when it returns.
+    overran: bool,
 }
 
 /// The hook calls of an event, with their timeouts.
@@ -583,7 +586,7 @@ fn worker(s: &Shared, lane_index: usize, generation: u64) -> bool {
     let mut hooks = HookListCache::default();
     loop {
         // Finish what the lane's work list holds (a stuck predecessor's leftovers first).
-        if run_work(s, lane, generation, &mut hooks).is_none() {
+        if run_work(s, lane, generation, &mut hooks) == WorkEnd::Abandoned {
             return false;
         }
         if !refill(s, lane, generation, &mut spare) {
@@ -592,46 +595,40 @@ fn worker(s: &Shared, lane_index: usize, generation: u64) -> bool {
     }
 }
 
-/// Delivers the lane's work list, the event in progress (a stuck predecessor's leftovers) first.
-/// Some(()) when the list is empty, None if this worker was abandoned meanwhile (it must then
-/// exit without touching the lane). The lane's work lock is taken once per hook call: to note
-/// the end of the last call, move on (events no hook accepts included), and start the next.
-fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache) -> Option<()> {
-    let mut returned_from_call = false;
+/// Delivers the lane's work list, the event in progress (a stuck predecessor's leftovers) first,
+/// until it is empty or this worker was abandoned meanwhile. The lane's work lock is taken once
+/// per hook call: to count the last call, move on (events no hook accepts included), and start
+/// the next.
+fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache) -> WorkEnd {
+    // The call that just returned, counted at the next look at the work list (where the
+    // watchdog's verdict on it can be read).
+    let mut returned: Option<Returned> = None;
     loop {
-        let (f, event) = {
+        let (next, count_returned) = {
             let mut work = lane.work.lock();
             if lane.generation.load(SeqCst) != generation {
-                if returned_from_call {
+                if returned.is_some() {
                     // The watchdog gave up on that call and counted it; this thread is abandoned.
                     drop(work);
                     s.abandoned.fetch_sub(1, SeqCst);
                 }
-                return None;
+                return WorkEnd::Abandoned;
             }
-            loop {
-                if work.current.is_none() {
-                    if s.gave_up.load(Relaxed) {
-                        let n = std::mem::take(&mut work.rest).len();
-                        s.counters.dropped.fetch_add(n as u64, Relaxed);
-                        return Some(());
-                    }
-                    let Some(job) = work.rest.pop_front() else {
-                        return Some(());
-                    };
-                    work.current = Some(start_event(s, hooks, job));
-                }
-                let Some(current) = work.current.as_mut() else {
-                    continue;
-                };
-                current.deadline = None;
-                if let Some((f, timeout)) = current.calls.pop() {
-                    // A timeout too long to add to the clock means: no timeout.
-                    current.deadline = Instant::now().checked_add(timeout);
-                    break (f, Arc::clone(&current.event));
-                }
-                work.current = None;
-            }
+            // A call the watchdog counted as timed out without abandoning its worker (too many
+            // were stuck already) is not counted again.
+            let count_returned = !work
+                .current
+                .as_mut()
+                .is_some_and(|c| std::mem::take(&mut c.overran));
+            (next_call(s, &mut work, hooks), count_returned)
+        };
+        if let Some(r) = returned.take()
+            && count_returned
+        {
+            r.count(s);
+        }
+        let Some((f, event)) = next else {
+            return WorkEnd::Empty;
         };
         // SeqCst, after the work lock is released: the watchdog sets the flag (SeqCst) and then
         // looks at the lanes once more before it sleeps long, so either it sees this call's
@@ -640,25 +637,77 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
             wake_watchdog(s);
         }
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(&event)));
-        returned_from_call = true;
-        match outcome {
+        returned = Some(Returned { outcome, event });
+    }
+}
+
+/// How [`run_work`] ended.
+#[derive(PartialEq, Eq)]
+enum WorkEnd {
+    /// The work list is empty.
+    Empty,
+    /// The watchdog gave this worker up: it must exit without touching the lane.
+    Abandoned,
+}
+
+/// The next hook call of the lane's work list (its deadline set), moving on from finished events
+/// and starting new ones; `None` when the list is empty, or dropped (and counted) because the
+/// shutdown's grace period is over. The work lock is held.
+fn next_call(
+    s: &Shared,
+    work: &mut Work,
+    hooks: &mut HookListCache,
+) -> Option<(HookFn, Arc<Event>)> {
+    loop {
+        if work.current.is_none() {
+            if s.gave_up.load(Relaxed) {
+                let n = std::mem::take(&mut work.rest).len();
+                s.counters.dropped.fetch_add(n as u64, Relaxed);
+                return None;
+            }
+            let job = work.rest.pop_front()?;
+            work.current = Some(start_event(s, hooks, job));
+        }
+        let current = work.current.as_mut()?;
+        current.deadline = None;
+        if let Some((f, timeout)) = current.calls.pop() {
+            // A timeout too long to add to the clock means: no timeout.
+            current.deadline = Instant::now().checked_add(timeout);
+            return Some((f, Arc::clone(&current.event)));
+        }
+        work.current = None;
+    }
+}
+
+/// How a hook call ended.
+struct Returned {
+    outcome: std::thread::Result<crate::events::HookResult>,
+    event: Arc<Event>,
+}
+
+impl Returned {
+    /// Counts the call as delivered or failed, and logs a failure (the hook's error or panic
+    /// message is formatted under `catch_unwind` too: it is the application's code).
+    fn count(self, s: &Shared) {
+        let event = &self.event;
+        let why = match self.outcome {
             Ok(Ok(())) => {
                 s.counters.delivered.fetch_add(1, Relaxed);
+                return;
             }
-            Ok(Err(e)) => {
-                s.counters.failed.fetch_add(1, Relaxed);
-                tracing::warn!(key = event.key(), kind = ?event.kind, error = %e, "livedict: hook failed");
-            }
+            Ok(Err(e)) => std::panic::catch_unwind(AssertUnwindSafe(|| e.to_string()))
+                .unwrap_or_else(|_| "an error whose message panicked".into()),
             Err(panic) => {
-                s.counters.failed.fetch_add(1, Relaxed);
                 let msg = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic".into());
-                tracing::warn!(key = event.key(), kind = ?event.kind, panic = %msg, "livedict: hook panicked");
+                format!("panicked: {msg}")
             }
-        }
+        };
+        s.counters.failed.fetch_add(1, Relaxed);
+        tracing::warn!(key = event.key(), kind = ?event.kind, error = %why, "livedict: hook failed");
     }
 }
 
@@ -686,6 +735,7 @@ fn start_event(s: &Shared, hooks: &mut HookListCache, job: Job) -> Current {
         event: Arc::new(job.event),
         calls,
         deadline: None,
+        overran: false,
     }
 }
 
@@ -722,6 +772,7 @@ fn watchdog(s: &Arc<Shared>) {
             tracing::warn!(key = current.event.key(), kind = ?current.event.kind,
                 "livedict: hook timed out; its worker is abandoned");
             if s.abandoned.load(SeqCst) >= s.settings.max_abandoned {
+                current.overran = true;
                 tracing::error!(
                     "livedict: {} hook threads are stuck; lane {i} waits for its hook",
                     s.settings.max_abandoned
