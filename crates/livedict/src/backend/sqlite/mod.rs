@@ -385,11 +385,15 @@ impl SqliteBackend {
 
     /// Writes the pending last-access times in one transaction.
     fn flush_access(&self) -> Result<()> {
-        let pending = std::mem::take(&mut *self.pending_access.lock());
-        if pending.is_empty() {
+        if self.pending_access.lock().is_empty() {
             return Ok(());
         }
         self.write(|c| {
+            // Taken under the writer's lock, so that a flush in progress on another thread (the
+            // expiry driver's) is committed before any other write, `cleanup_inactive`'s
+            // included, can look at the times: taken earlier, they were invisible to it for a
+            // moment, and an entry just read could be removed as idle.
+            let pending = std::mem::take(&mut *self.pending_access.lock());
             let mut stmt = c
                 .prepare_cached(
                     "UPDATE livedict_entries SET last_access = max(last_access, ?2) WHERE key = ?1",
