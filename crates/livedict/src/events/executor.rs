@@ -328,10 +328,6 @@ impl Executor {
     /// shared out evenly between the lanes.
     pub(crate) fn publish(&self, event: Published<'_>) {
         let s = &*self.shared;
-        if s.stopping.load(Relaxed) {
-            s.counters.dropped.fetch_add(1, Relaxed);
-            return;
-        }
         let lane = match &*s.lanes {
             [only] => only,
             lanes => {
@@ -341,6 +337,12 @@ impl Executor {
             }
         };
         let mut q = lane.queue.lock();
+        if s.stopping.load(Relaxed) {
+            // Read under the lane's lock: the shutdown may have drained this lane already, and
+            // nobody would deliver the event.
+            s.counters.dropped.fetch_add(1, Relaxed);
+            return;
+        }
         if q.len() >= s.lane_capacity && !in_worker() && !s.closing.load(SeqCst) {
             match s.settings.when_full {
                 QueueFullPolicy::DropNewest => {
@@ -377,11 +379,6 @@ impl Executor {
                     }
                 }
             }
-        }
-        if s.stopping.load(Relaxed) {
-            // The shutdown may have drained this lane already: nobody would deliver the event.
-            s.counters.dropped.fetch_add(1, Relaxed);
-            return;
         }
         q.push(event);
         // The worker polls this count to decide when to take a batch; storing it every few events

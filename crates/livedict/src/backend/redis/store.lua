@@ -149,12 +149,17 @@ local function put(k, index, m, v, d, s, old)
   end
 end
 
-local function remove(k, index, m)
-  redis.call('DEL', k)
+-- Takes m out of the index (and out of a batch's deferred updates).
+local function index_remove(index, m)
   redis.call('ZREM', index, m)
   if deferred and deferred[index] then
     deferred[index][m] = false
   end
+end
+
+local function remove(k, index, m)
+  redis.call('DEL', k)
+  index_remove(index, m)
 end
 
 -- A write over e (the entry under k, loaded by the caller): returns written (0/1), the live
@@ -189,10 +194,7 @@ end
 local function delete(k, index, m)
   local e = load(k)
   if not e then
-    redis.call('ZREM', index, m)
-    if deferred and deferred[index] then
-      deferred[index][m] = false
-    end
+    index_remove(index, m)
     return false, false
   end
   remove(k, index, m)
