@@ -3,7 +3,7 @@
 //!
 //! Both Rust sides work on a file of their own in one temporary directory (deleted afterwards),
 //! with the same schema (livedict's `livedict_entries` table, WITHOUT ROWID, and the partial index
-//! on `deadline`), `journal_mode = WAL`, `synchronous = NORMAL`, a 10 s busy timeout, a writer
+//! on `sweep_at`), `journal_mode = WAL`, `synchronous = NORMAL`, a 10 s busy timeout, a writer
 //! connection and a reader connection, and prepared (cached) statements. One thread. Values are
 //! 64 bytes (livedict stores them behind its 3-byte header), TTL 3600 s. The raw peer does what
 //! livedict's backend does:
@@ -13,7 +13,8 @@
 //!   (untimed), so that on livedict's side no key's last access is a second old during the run and
 //!   a get is that one SELECT (see `get_idle`).
 //! - `set`: `BEGIN IMMEDIATE`; the SELECT of the row; `INSERT ... ON CONFLICT (key) DO UPDATE`
-//!   of value, deadline, sliding and last access; `COMMIT`. Overwrites of existing keys.
+//!   of value, deadline, sliding and last access (and of `sweep_at` only when the row's is later
+//!   than the new deadline); `COMMIT`. Overwrites of existing keys.
 //! - `delete`: `BEGIN IMMEDIATE`; `DELETE ... RETURNING value, deadline`; `COMMIT`. Every key is
 //!   deleted once per run; both sides write them all back (one transaction) before each run,
 //!   untimed.
@@ -39,7 +40,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use livedict::{LiveDict, SqliteBackend};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use crate::harness::{Config, Run, XorShift, compare, expect_count, timed};
+use crate::harness::{
+    Config, Run, XorShift, compare, expect_count, median, ops_per_sec, print_figure, timed,
+};
 
 const SUITE: &str = "sqlite";
 const VALUE_LEN: usize = 64;
@@ -107,19 +110,29 @@ CREATE TABLE livedict_entries (
     value BLOB NOT NULL,
     deadline INTEGER,
     sliding INTEGER NOT NULL,
-    last_access INTEGER NOT NULL
+    last_access INTEGER NOT NULL,
+    sweep_at INTEGER
 ) WITHOUT ROWID;
-CREATE INDEX livedict_entries_deadline ON livedict_entries (deadline) WHERE deadline IS NOT NULL;
+CREATE INDEX livedict_entries_sweep ON livedict_entries (sweep_at) WHERE sweep_at IS NOT NULL;
 ";
 const SELECT: &str =
-    "SELECT value, deadline, sliding, last_access FROM livedict_entries WHERE key = ?1";
-const UPSERT: &str = "INSERT INTO livedict_entries (key, value, deadline, sliding, last_access)
-     VALUES (?1, ?2, ?3, ?4, ?5)
+    "SELECT value, deadline, sliding, last_access, sweep_at FROM livedict_entries WHERE key = ?1";
+/// The upsert of a row whose sweep time is no later than its new deadline (it stays)...
+const UPSERT_KEEP: &str =
+    "INSERT INTO livedict_entries (key, value, deadline, sliding, last_access, sweep_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?3)
      ON CONFLICT (key) DO UPDATE SET value = excluded.value, deadline = excluded.deadline,
          sliding = excluded.sliding, last_access = excluded.last_access";
+/// ... and of any other (the sweep time becomes the deadline).
+const UPSERT_MOVE: &str =
+    "INSERT INTO livedict_entries (key, value, deadline, sliding, last_access, sweep_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?3)
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value, deadline = excluded.deadline,
+         sliding = excluded.sliding, last_access = excluded.last_access,
+         sweep_at = excluded.sweep_at";
 const DELETE: &str = "DELETE FROM livedict_entries WHERE key = ?1 RETURNING value, deadline";
 
-type RawRow = (Vec<u8>, Option<i64>, i64, i64);
+type RawRow = (Vec<u8>, Option<i64>, i64, i64, Option<i64>);
 
 /// Raw rusqlite on a file like livedict's: a writer and a reader connection.
 struct Raw {
@@ -143,15 +156,22 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 
 fn select(conn: &Connection, key: &str) -> rusqlite::Result<Option<RawRow>> {
     conn.prepare_cached(SELECT)?
-        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row([key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()
 }
 
 /// The set step livedict's backend runs inside its transaction: read the row, write the new one.
 fn set_step(conn: &Connection, key: &str, value: &[u8], now: i64) -> rusqlite::Result<()> {
-    black_box(select(conn, key)?);
+    let sweep_at = black_box(select(conn, key)?).and_then(|row| row.4);
     let deadline = now + TTL.as_millis() as i64;
-    conn.prepare_cached(UPSERT)?
+    let upsert = if sweep_at.is_some_and(|s| s <= deadline) {
+        UPSERT_KEEP
+    } else {
+        UPSERT_MOVE
+    };
+    conn.prepare_cached(upsert)?
         .execute(params![key, value, deadline, 0i64, now])?;
     Ok(())
 }
@@ -166,7 +186,7 @@ impl Raw {
     }
 
     fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let (value, deadline, _, _) = select(&self.reader, key).expect("rusqlite get")?;
+        let (value, deadline, ..) = select(&self.reader, key).expect("rusqlite get")?;
         deadline.is_none_or(|d| d > now_ms()).then_some(value)
     }
 
@@ -619,4 +639,107 @@ fn diskcache(cfg: &Config, store: &LiveDict, keys: &[String], value: &[u8], tmp:
         || py("set", order.len(), 7),
         expect_count(ops),
     );
+
+    floor_vs_diskcache(cfg, &tmp.join("floor.db"), keys, value, &py);
+}
+
+// ---- what SQLite itself allows -------------------------------------------------------------------
+
+/// The fastest a store that reads through SQLite and commits each write can go on this machine:
+/// a bare two-column table (`key TEXT PRIMARY KEY, value BLOB`, WITHOUT ROWID, no index), WAL,
+/// `synchronous = NORMAL` (livedict's weakest durability), one prepared statement per operation
+/// in autocommit: `SELECT value ... WHERE key = ?` for a get, `INSERT OR REPLACE` for a set. No
+/// deadline, no previous value, no transaction around the statement. Timed interleaved with
+/// diskcache doing the same operations; printed as figures (this is not livedict), with the ratio
+/// the floor reaches over diskcache: the most any SQLite-backed store could show in the
+/// `*_vs_diskcache` lines. A third figure, `sqlite_floor_probe`, is the cheapest way SQLite offers
+/// to learn whether another connection has committed since (`PRAGMA data_version`, which starts
+/// a read transaction like a SELECT, but reads no row): the ceiling of any in-process read cache
+/// that must see other processes' writes at once (SPEC 8), set against diskcache's gets.
+fn floor_vs_diskcache(
+    cfg: &Config,
+    path: &Path,
+    keys: &[String],
+    value: &[u8],
+    py: &dyn Fn(&str, usize, u64) -> Run,
+) {
+    if !cfg.wants(SUITE, "sqlite_floor") {
+        return;
+    }
+    let conn = connect(path).expect("open the floor's SQLite file");
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("floor: WAL");
+    conn.execute_batch(
+        "CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
+    )
+    .expect("floor: schema");
+    // Each write stores a different value: SQLite leaves a page clean when a row is rewritten
+    // with the bytes it holds, and a store's writes change at least the deadline.
+    let writes = std::cell::Cell::new(0u64);
+    let put = |key: &str| {
+        writes.set(writes.get() + 1);
+        let mut value = value.to_vec();
+        value[..8].copy_from_slice(&writes.get().to_le_bytes());
+        conn.prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![key, value]))
+            .expect("floor: set");
+    };
+    conn.execute_batch("BEGIN").expect("floor: begin");
+    keys.iter().for_each(|k| put(k));
+    conn.execute_batch("COMMIT").expect("floor: commit");
+    let get = |key: &str| -> Option<Vec<u8>> {
+        conn.prepare_cached("SELECT value FROM kv WHERE key = ?1")
+            .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+            .expect("floor: get")
+    };
+
+    let probe = || -> i64 {
+        conn.prepare_cached("PRAGMA data_version")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .expect("floor: data_version")
+    };
+
+    let n = keys.len();
+    let gets = XorShift::new(6).indices(GET_PASSES * n, n);
+    let sets = XorShift::new(7).indices(n, n);
+    // (case, diskcache's operation, key order, its seed, the floor's run of that order)
+    type FloorRun<'a> = &'a dyn Fn(&[u32]) -> u64;
+    let cases: [(&str, &str, &[u32], u64, FloorRun<'_>); 3] = [
+        ("get", "get", &gets, 6, &|order| {
+            order
+                .iter()
+                .filter(|&&i| black_box(get(&keys[i as usize])).is_some())
+                .count() as u64
+        }),
+        ("set", "set", &sets, 7, &|order| {
+            order.iter().for_each(|&i| put(&keys[i as usize]));
+            order.len() as u64
+        }),
+        ("probe", "get", &gets, 6, &|order| {
+            order.iter().for_each(|_| {
+                black_box(probe());
+            });
+            order.len() as u64
+        }),
+    ];
+    for (case, op, order, seed, floor_run) in cases {
+        let ops = order.len() as u64;
+        let (mut floor, mut peer) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.rounds {
+            let run = timed(|| floor_run(order));
+            if run.count != ops {
+                println!(
+                    "# warning: {SUITE}/sqlite_floor_{case}: count {}, expected {ops}",
+                    run.count
+                );
+            }
+            floor.push(ops_per_sec(ops, run.elapsed));
+            peer.push(ops_per_sec(ops, py(op, order.len(), seed).elapsed));
+        }
+        let (floor, peer) = (median(&mut floor), median(&mut peer));
+        let case = format!("sqlite_floor_{case}");
+        print_figure(SUITE, &case, "bare_sqlite", format!("{floor:.0}"), "ops/s");
+        print_figure(SUITE, &case, "diskcache", format!("{peer:.0}"), "ops/s");
+        print_figure(SUITE, &case, "ratio", format!("{:.2}", floor / peer), "x");
+    }
 }

@@ -126,6 +126,146 @@ fn a_file_that_is_not_a_store_is_refused_and_left_alone() -> Result<()> {
     Ok(())
 }
 
+/// A store with a manual clock at `start` ms and no background expiry: sweeps run when the test
+/// says.
+fn open_manual(path: &Path, start: u64) -> Result<(LiveDict, livedict::ManualClock)> {
+    let clock = livedict::ManualClock::starting_at(start);
+    let store = LiveDict::builder()
+        .backend(SqliteBackend::open(path)?)
+        .clock(livedict::Clock::Manual(clock.clone()))
+        .active_expiry(false)
+        .build()?;
+    Ok((store, clock))
+}
+
+/// `(deadline, sweep_at)` of `key`'s row, read with plain rusqlite.
+fn sweep_columns(path: &Path, key: &str) -> (Option<i64>, Option<i64>) {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(
+            "SELECT deadline, sweep_at FROM livedict_entries WHERE key = ?1",
+            [key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_later_deadline_leaves_the_sweep_index_alone_and_expiry_stays_exact() -> Result<()> {
+    let path = fresh_path();
+    let start = 1_000_000_000;
+    let (store, clock) = open_manual(&path, start)?;
+    store.set_with("k", &1, Duration::from_secs(10))?;
+    assert_eq!(
+        sweep_columns(&path, "k"),
+        (Some(start as i64 + 10_000), Some(start as i64 + 10_000))
+    );
+    // An overwrite with a later deadline keeps the earlier sweep time (no index write).
+    store.set_with("k", &2, Duration::from_secs(20))?;
+    assert_eq!(
+        sweep_columns(&path, "k"),
+        (Some(start as i64 + 20_000), Some(start as i64 + 10_000))
+    );
+    // The sweep reaches it early, removes nothing, and moves it to its real deadline.
+    clock.advance(Duration::from_secs(15));
+    assert_eq!(store.sweep_expired()?, 0);
+    assert_eq!(store.get::<i32>("k")?, Some(2));
+    assert_eq!(
+        sweep_columns(&path, "k"),
+        (Some(start as i64 + 20_000), Some(start as i64 + 20_000))
+    );
+    // An earlier deadline (expire) moves the sweep time down with it.
+    store.expire("k", Duration::from_secs(1))?;
+    assert_eq!(
+        sweep_columns(&path, "k"),
+        (Some(start as i64 + 16_000), Some(start as i64 + 16_000))
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(store.sweep_expired()?, 1);
+    assert_eq!(store.get::<i32>("k")?, None);
+    // No TTL after a TTL: the stale sweep time is cleared by the sweep, and nothing expires.
+    store.set_with("n", &3, Duration::from_secs(5))?;
+    store.set("n", &4)?;
+    assert_eq!(
+        sweep_columns(&path, "n"),
+        (None, Some(start as i64 + 21_000))
+    );
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(store.sweep_expired()?, 0);
+    assert_eq!(sweep_columns(&path, "n"), (None, None));
+    assert_eq!(store.get::<i32>("n")?, Some(4));
+    // Persist clears it at once.
+    store.set_with("p", &5, Duration::from_secs(5))?;
+    store.persist("p")?;
+    assert_eq!(sweep_columns(&path, "p"), (None, None));
+    Ok(())
+}
+
+#[test]
+fn a_format_1_store_is_upgraded_when_opened() -> Result<()> {
+    let path = fresh_path();
+    let start: i64 = 1_000_000_000;
+    {
+        // The schema livedict 0.1's format 1 wrote, with three entries.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE livedict_meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+             INSERT INTO livedict_meta VALUES ('format', '1');
+             CREATE TABLE livedict_entries (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL,
+                 deadline INTEGER, sliding INTEGER NOT NULL, last_access INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE INDEX livedict_entries_deadline ON livedict_entries (deadline) WHERE deadline IS NOT NULL;",
+        )
+        .unwrap();
+        let json = |v: &str| [&[0xD7u8, 1, 1][..], v.as_bytes()].concat();
+        for (key, value, deadline) in [
+            ("forever", "1", None),
+            ("soon", "2", Some(start + 5_000)),
+            ("later", "3", Some(start + 60_000)),
+        ] {
+            c.execute(
+                "INSERT INTO livedict_entries VALUES (?1, ?2, ?3, 0, ?4)",
+                rusqlite::params![key, json(value), deadline, start],
+            )
+            .unwrap();
+        }
+    }
+    let (store, clock) = open_manual(&path, start as u64)?;
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let format: String = c
+        .query_row(
+            "SELECT value FROM livedict_meta WHERE name = 'format'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(format, "2");
+    let indexes: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'livedict_entries' AND sql IS NOT NULL")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(indexes, ["livedict_entries_sweep"]);
+    assert_eq!(
+        sweep_columns(&path, "soon"),
+        (Some(start + 5_000), Some(start + 5_000))
+    );
+    assert_eq!(sweep_columns(&path, "forever"), (None, None));
+    assert_eq!(store.get::<i32>("forever")?, Some(1));
+    assert_eq!(store.get::<i32>("later")?, Some(3));
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(store.sweep_expired()?, 1);
+    assert_eq!(store.get::<i32>("soon")?, None);
+    assert_eq!(store.len()?, 2);
+    drop(store);
+    // Opening it again finds it upgraded already.
+    let (store, _) = open_manual(&path, start as u64)?;
+    assert_eq!(store.get::<i32>("later")?, Some(3));
+    Ok(())
+}
+
 #[test]
 fn the_file_is_a_plain_sqlite_database() -> Result<()> {
     let path = fresh_path();

@@ -5,24 +5,30 @@
 //! threads and processes. Reads use a pool of reader connections and, in WAL mode, run in parallel
 //! with each other and with the writer; a read writes only to renew a sliding deadline (last-access
 //! times of reads are recorded in memory and written in batches). Expiry removal is one
-//! `DELETE ... RETURNING` on the indexed deadline column, so each expired entry is returned to
+//! `DELETE ... RETURNING` on the indexed `sweep_at` column, so each expired entry is returned to
 //! exactly one sweeping process.
 //!
 //! The file is a plain SQLite database:
 //!
 //! ```sql
 //! CREATE TABLE livedict_meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
-//! -- ('format', '1')
+//! -- ('format', '2')
 //! CREATE TABLE livedict_entries (
 //!     key         TEXT PRIMARY KEY NOT NULL,  -- the key, as given
 //!     value       BLOB NOT NULL,              -- livedict header + payload
 //!     deadline    INTEGER,                    -- ms since the Unix epoch; NULL: never expires
 //!     sliding     INTEGER NOT NULL,           -- sliding TTL in ms; 0: a fixed deadline
-//!     last_access INTEGER NOT NULL            -- ms since the Unix epoch (to about a second)
+//!     last_access INTEGER NOT NULL,           -- ms since the Unix epoch (to about a second)
+//!     sweep_at    INTEGER                     -- when the expiry sweep looks at the row next
 //! ) WITHOUT ROWID;
-//! CREATE INDEX livedict_entries_deadline ON livedict_entries (deadline)
-//!     WHERE deadline IS NOT NULL;
+//! CREATE INDEX livedict_entries_sweep ON livedict_entries (sweep_at)
+//!     WHERE sweep_at IS NOT NULL;
 //! ```
+//!
+//! `sweep_at` is never later than `deadline`, and may be earlier: a write that moves a deadline
+//! later (an overwrite with a TTL, a sliding renewal) leaves it and so does not touch the index
+//! (an overwrite then dirties one B-tree page instead of three); the sweep moves such a row to
+//! its real deadline when it reaches it.
 //!
 //! Crash safety: a write that returned `Ok` is committed to the WAL; a process killed at any point
 //! loses none of them. [`Durability::Full`] also syncs the WAL on every commit, so that an
@@ -163,6 +169,7 @@ struct Row {
     deadline: Option<i64>,
     sliding: i64,
     last_access: i64,
+    sweep_at: Option<i64>,
 }
 
 impl Row {
@@ -173,7 +180,8 @@ impl Row {
 
 fn load(conn: &Connection, key: &str) -> Result<Option<Row>> {
     conn.prepare_cached(
-        "SELECT value, deadline, sliding, last_access FROM livedict_entries WHERE key = ?1",
+        "SELECT value, deadline, sliding, last_access, sweep_at FROM livedict_entries
+         WHERE key = ?1",
     )
     .map_err(db_error)?
     .query_row([key], |r| {
@@ -182,12 +190,16 @@ fn load(conn: &Connection, key: &str) -> Result<Option<Row>> {
             deadline: r.get(1)?,
             sliding: r.get(2)?,
             last_access: r.get(3)?,
+            sweep_at: r.get(4)?,
         })
     })
     .optional()
     .map_err(db_error)
 }
 
+/// Writes the row of `key`. `sweep_at` is the row's current `sweep_at` (`None` for a new row):
+/// kept when it is no later than the new deadline (or there is none), which leaves the sweep's
+/// index untouched; otherwise set to the new deadline.
 fn upsert(
     conn: &Connection,
     key: &str,
@@ -195,22 +207,26 @@ fn upsert(
     deadline: Option<Millis>,
     sliding: Millis,
     now: Millis,
+    sweep_at: Option<i64>,
 ) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO livedict_entries (key, value, deadline, sliding, last_access)
-         VALUES (?1, ?2, ?3, ?4, ?5)
+    let deadline = deadline.map(|d| d as i64);
+    let keep_sweep_at = sweep_at.is_some_and(|s| deadline.is_none_or(|d| s <= d));
+    let sql = if keep_sweep_at {
+        "INSERT INTO livedict_entries (key, value, deadline, sliding, last_access, sweep_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?3)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value, deadline = excluded.deadline,
-             sliding = excluded.sliding, last_access = excluded.last_access",
-    )
-    .map_err(db_error)?
-    .execute(params![
-        key,
-        value,
-        deadline.map(|d| d as i64),
-        sliding as i64,
-        now as i64
-    ])
-    .map_err(db_error)?;
+             sliding = excluded.sliding, last_access = excluded.last_access"
+    } else {
+        "INSERT INTO livedict_entries (key, value, deadline, sliding, last_access, sweep_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?3)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, deadline = excluded.deadline,
+             sliding = excluded.sliding, last_access = excluded.last_access,
+             sweep_at = excluded.sweep_at"
+    };
+    conn.prepare_cached(sql)
+        .map_err(db_error)?
+        .execute(params![key, value, deadline, sliding as i64, now as i64])
+        .map_err(db_error)?;
     Ok(())
 }
 
@@ -264,7 +280,8 @@ fn write_entry(
         ),
         _ => expiry.expiry.deadline_at(now),
     };
-    upsert(conn, key, value, deadline, sliding, now)?;
+    let sweep_at = existing.as_ref().and_then(|r| r.sweep_at);
+    upsert(conn, key, value, deadline, sliding, now, sweep_at)?;
     let old = existing.map(|r| Bytes::from(r.value));
     Ok(if live {
         Written {
@@ -583,7 +600,8 @@ impl Backend for SqliteBackend {
         self.write(|c| {
             let changed = c
                 .prepare_cached(
-                    "UPDATE livedict_entries SET deadline = ?2, sliding = ?3
+                    "UPDATE livedict_entries SET deadline = ?2, sliding = ?3,
+                         sweep_at = CASE WHEN sweep_at <= ?2 THEN sweep_at ELSE ?2 END
                      WHERE key = ?1 AND (deadline IS NULL OR deadline > ?4)",
                 )
                 .map_err(db_error)?
@@ -685,7 +703,7 @@ impl Backend for SqliteBackend {
         self.flush_access()?;
         // Look before taking the write lock: most polls find nothing due.
         let due = self.read(|c| {
-            c.prepare_cached("SELECT 1 FROM livedict_entries WHERE deadline <= ?1 LIMIT 1")
+            c.prepare_cached("SELECT 1 FROM livedict_entries WHERE sweep_at <= ?1 LIMIT 1")
                 .map_err(db_error)?
                 .exists([now as i64])
                 .map_err(db_error)
@@ -700,11 +718,13 @@ impl Backend for SqliteBackend {
 
     fn next_deadline(&self) -> Result<Option<Millis>> {
         self.read(|c| {
-            c.prepare_cached("SELECT min(deadline) FROM livedict_entries")
-                .map_err(db_error)?
-                .query_row([], |r| r.get::<_, Option<i64>>(0))
-                .map(|d| d.map(|d| d as u64))
-                .map_err(db_error)
+            c.prepare_cached(
+                "SELECT min(sweep_at) FROM livedict_entries WHERE sweep_at IS NOT NULL",
+            )
+            .map_err(db_error)?
+            .query_row([], |r| r.get::<_, Option<i64>>(0))
+            .map(|d| d.map(|d| d as u64))
+            .map_err(db_error)
         })
     }
 
@@ -746,12 +766,24 @@ impl Backend for SqliteBackend {
 }
 
 /// Deletes up to `limit` entries due at `now`, earliest first, and returns them: one statement,
-/// so each is returned to exactly one caller, whatever the number of sweeping processes.
+/// so each is returned to exactly one caller, whatever the number of sweeping processes. First
+/// moves rows the sweep reached early (their deadline moved later, or went) to their deadline.
 fn take_expired(c: &Connection, now: Millis, limit: i64) -> Result<Vec<ExpiredEntry>> {
+    c.prepare_cached(
+        "UPDATE livedict_entries SET sweep_at = deadline
+         WHERE key IN (SELECT key FROM livedict_entries
+                       WHERE sweep_at <= ?1 ORDER BY sweep_at LIMIT ?2)
+           AND (deadline IS NULL OR deadline > ?1)",
+    )
+    .map_err(db_error)?
+    .execute(params![now as i64, limit])
+    .map_err(db_error)?;
     let mut stmt = c
         .prepare_cached(
-            "DELETE FROM livedict_entries WHERE key IN (
-                 SELECT key FROM livedict_entries WHERE deadline <= ?1 ORDER BY deadline LIMIT ?2)
+            "DELETE FROM livedict_entries
+             WHERE key IN (SELECT key FROM livedict_entries
+                           WHERE sweep_at <= ?1 ORDER BY sweep_at LIMIT ?2)
+               AND deadline <= ?1
              RETURNING key, value, deadline",
         )
         .map_err(db_error)?;

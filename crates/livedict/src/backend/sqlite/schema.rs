@@ -2,17 +2,24 @@
 //!
 //! ```sql
 //! CREATE TABLE livedict_meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
-//! -- ('format', '1')
+//! -- ('format', '2')
 //! CREATE TABLE livedict_entries (
 //!     key         TEXT PRIMARY KEY NOT NULL,  -- the key, as given
 //!     value       BLOB NOT NULL,              -- livedict header + payload
 //!     deadline    INTEGER,                    -- ms since the Unix epoch; NULL: never expires
 //!     sliding     INTEGER NOT NULL,           -- sliding TTL in ms; 0: a fixed deadline
-//!     last_access INTEGER NOT NULL            -- ms since the Unix epoch (to about a second)
+//!     last_access INTEGER NOT NULL,           -- ms since the Unix epoch (to about a second)
+//!     sweep_at    INTEGER                     -- when the expiry sweep looks at the row next
 //! ) WITHOUT ROWID;
-//! CREATE INDEX livedict_entries_deadline ON livedict_entries (deadline)
-//!     WHERE deadline IS NOT NULL;
+//! CREATE INDEX livedict_entries_sweep ON livedict_entries (sweep_at)
+//!     WHERE sweep_at IS NOT NULL;
 //! ```
+//!
+//! `sweep_at` is never later than `deadline` (it may be earlier, or set while `deadline` is NULL):
+//! a write that moves a deadline later leaves it, and so leaves the index alone, which halves the
+//! pages a typical overwrite dirties; the sweep moves such a row to its real deadline when it
+//! meets it. Format 1 (before `sweep_at`, with an index on `deadline`) is upgraded when a store is
+//! opened.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +29,7 @@ use super::db_error;
 use crate::error::{Error, Result};
 
 /// The format version this build writes and the newest it opens.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS livedict_meta (
@@ -34,11 +41,21 @@ CREATE TABLE IF NOT EXISTS livedict_entries (
     value BLOB NOT NULL,
     deadline INTEGER,
     sliding INTEGER NOT NULL,
-    last_access INTEGER NOT NULL
+    last_access INTEGER NOT NULL,
+    sweep_at INTEGER
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS livedict_entries_deadline
-    ON livedict_entries (deadline) WHERE deadline IS NOT NULL;
-INSERT OR IGNORE INTO livedict_meta (name, value) VALUES ('format', '1');
+CREATE INDEX IF NOT EXISTS livedict_entries_sweep
+    ON livedict_entries (sweep_at) WHERE sweep_at IS NOT NULL;
+INSERT OR IGNORE INTO livedict_meta (name, value) VALUES ('format', '2');
+";
+
+/// Format 1 to 2: the sweep's own column and index replace the index on `deadline`.
+const UPGRADE_1_TO_2: &str = "
+ALTER TABLE livedict_entries ADD COLUMN sweep_at INTEGER;
+UPDATE livedict_entries SET sweep_at = deadline WHERE deadline IS NOT NULL;
+CREATE INDEX livedict_entries_sweep ON livedict_entries (sweep_at) WHERE sweep_at IS NOT NULL;
+DROP INDEX IF EXISTS livedict_entries_deadline;
+UPDATE livedict_meta SET value = '2' WHERE name = 'format';
 ";
 
 /// Named locks (`Backend::try_lock`): a row per lock name ever taken, kept after release so its
@@ -94,7 +111,22 @@ pub(crate) fn check_or_create(conn: &mut Connection, patience: Duration) -> Resu
     if !tables.iter().any(|t| t == "livedict_locks") {
         conn.execute_batch(CREATE_LOCKS).map_err(db_error)?;
     }
+    if read_format(conn)? == Some(1) {
+        upgrade(conn)?;
+    }
     Ok(())
+}
+
+/// Upgrades a format-1 store, once: the format is read again under the write lock, so that of
+/// several processes opening the old file together, one upgrades and the others find it done.
+fn upgrade(conn: &mut Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_error)?;
+    if read_format(&tx)? == Some(1) {
+        tx.execute_batch(UPGRADE_1_TO_2).map_err(db_error)?;
+    }
+    tx.commit().map_err(db_error)
 }
 
 /// Puts the file in WAL mode. Turning a new file to WAL needs it alone for a moment, and SQLite
@@ -116,7 +148,8 @@ fn use_wal(conn: &Connection, patience: Duration) -> Result<()> {
     }
 }
 
-fn check_format(conn: &Connection) -> Result<()> {
+/// The store's format version, if the meta table holds a readable one.
+fn read_format(conn: &Connection) -> Result<Option<u32>> {
     let format: Option<String> = conn
         .query_row(
             "SELECT value FROM livedict_meta WHERE name = 'format'",
@@ -125,13 +158,17 @@ fn check_format(conn: &Connection) -> Result<()> {
         )
         .optional()
         .map_err(db_error)?;
-    match format.as_deref().map(str::parse::<u32>) {
-        Some(Ok(v)) if v >= 1 && v <= FORMAT_VERSION => Ok(()),
-        Some(Ok(v)) => Err(Error::Format(format!(
+    Ok(format.and_then(|f| f.parse().ok()))
+}
+
+fn check_format(conn: &Connection) -> Result<()> {
+    match read_format(conn)? {
+        Some(v) if (1..=FORMAT_VERSION).contains(&v) => Ok(()),
+        Some(v) => Err(Error::Format(format!(
             "the store has format {v}; this build reads 1..={FORMAT_VERSION}"
         ))),
-        _ => Err(Error::Format(format!(
-            "the store's format version is missing or unreadable ({format:?})"
-        ))),
+        None => Err(Error::Format(
+            "the store's format version is missing or unreadable".into(),
+        )),
     }
 }
