@@ -6,6 +6,7 @@
 //! the per-round ops/s, and the ratio is livedict's median divided by the peer's.
 
 use std::fmt::Display;
+use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -131,11 +132,22 @@ pub fn print_figure(suite: &str, case: &str, name: &str, value: impl Display, un
     println!("{suite}/{case}: {name} {value} {unit}");
 }
 
+/// Makes the allocator settle what earlier runs freed, before a timed part: one allocation of
+/// 64 KiB (below glibc's mmap threshold, above its small-chunk sizes), freed at once. glibc merges
+/// every freed small chunk of the thread's arena on the first such request ("consolidation"):
+/// after a run that dropped a store of 100,000 entries, that is tens of milliseconds, which would
+/// otherwise fall on the first growth of a hash table in the next timed run, whichever side's.
+pub fn settle_allocator() {
+    drop(black_box(vec![0u8; 64 << 10]));
+}
+
 /// Runs `work(thread_index)` on `threads` threads released together by a barrier (inline on the
 /// calling thread when `threads == 1`). The elapsed time is from the first thread's start to the
-/// last thread's end, so spawning is not counted; the counts are summed.
+/// last thread's end, so spawning is not counted; the counts are summed. Each thread settles the
+/// allocator first ([`settle_allocator`]), untimed.
 pub fn timed_threads(threads: usize, work: impl Fn(usize) -> u64 + Sync) -> Run {
     if threads == 1 {
+        settle_allocator();
         let start = Instant::now();
         let count = work(0);
         return Run {
@@ -149,6 +161,7 @@ pub fn timed_threads(threads: usize, work: impl Fn(usize) -> u64 + Sync) -> Run 
             .map(|t| {
                 let (barrier, work) = (&barrier, &work);
                 s.spawn(move || {
+                    settle_allocator();
                     barrier.wait();
                     let start = Instant::now();
                     let count = work(t);

@@ -178,8 +178,9 @@ pub(crate) fn to_millis(ttl: Duration) -> Result<Millis> {
             reason: "a TTL longer than livedict::MAX_TTL",
         });
     }
-    // Round sub-millisecond remainders up so a non-zero TTL never becomes zero.
-    Ok(ttl.as_micros().div_ceil(1000) as Millis)
+    // Round sub-millisecond remainders up so a non-zero TTL never becomes zero (in 64-bit
+    // arithmetic: `as_micros` is a u128, and its division a slow library call on every write).
+    Ok(ttl.as_secs() * 1000 + Millis::from(ttl.subsec_nanos().div_ceil(1_000_000)))
 }
 
 /// A store's TTL defaults, and the resolution of a write's options against them.
@@ -238,7 +239,11 @@ mod tests {
             to_millis(Duration::ZERO),
             Err(Error::InvalidTtl { .. })
         ));
+        assert_eq!(to_millis(Duration::from_nanos(1)).unwrap(), 1);
+        assert_eq!(to_millis(Duration::from_nanos(999)).unwrap(), 1);
         assert_eq!(to_millis(Duration::from_micros(1)).unwrap(), 1);
+        assert_eq!(to_millis(Duration::from_millis(1)).unwrap(), 1);
+        assert_eq!(to_millis(Duration::new(3, 1)).unwrap(), 3001);
         assert_eq!(to_millis(Duration::from_micros(1001)).unwrap(), 2);
         assert_eq!(to_millis(Duration::from_secs(2)).unwrap(), 2000);
         assert!(to_millis(MAX_TTL).is_ok());
