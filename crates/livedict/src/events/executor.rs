@@ -11,8 +11,8 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
@@ -315,7 +315,7 @@ impl Executor {
             watchdog_deep: AtomicBool::new(false),
         });
         for lane in 0..shared.lanes.len() {
-            spawn_worker(&shared, lane, 0, None)?;
+            spawn_worker(&shared, lane, WorkerStart::Fresh)?;
         }
         let s = shared.clone();
         std::thread::Builder::new()
@@ -455,21 +455,39 @@ fn wake_watchdog(s: &Shared) {
     s.watchdog_cv.notify_all();
 }
 
-fn spawn_worker(
-    shared: &Arc<Shared>,
-    lane: usize,
-    generation: u64,
-    resume: Option<Work>,
-) -> std::io::Result<()> {
+/// How a new worker begins.
+enum WorkerStart {
+    /// At once: one of the lane's first workers.
+    Fresh,
+    /// Replacing a stuck worker: once the watchdog, having seen this thread start, hands it the
+    /// lane's new generation and the stuck worker's work (the rest of its event and batch).
+    HandOver(mpsc::Receiver<(u64, Work)>),
+}
+
+fn spawn_worker(shared: &Arc<Shared>, lane: usize, start: WorkerStart) -> std::io::Result<()> {
+    #[cfg(test)]
+    if matches!(start, WorkerStart::HandOver(_)) && tests::take_injected_spawn_failure() {
+        return Err(std::io::Error::other("a spawn failure injected by a test"));
+    }
     *shared.live.lock() += 1;
     let s = shared.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("livedict-hooks-{lane}"))
         .spawn(move || {
             IN_WORKER.set(true);
-            if let Some(work) = resume {
-                *s.lanes[lane].work.lock() = work;
-            }
+            let generation = match start {
+                WorkerStart::Fresh => 0,
+                WorkerStart::HandOver(handed) => match handed.recv() {
+                    Ok((generation, work)) => {
+                        *s.lanes[lane].work.lock() = work;
+                        generation
+                    }
+                    Err(_) => {
+                        leave(&s);
+                        return;
+                    }
+                },
+            };
             if worker(&s, lane, generation) {
                 leave(&s);
             }
@@ -777,15 +795,24 @@ fn watchdog(s: &Arc<Shared>) {
                 continue;
             }
             // Hand the rest of the event, and of the batch, to a fresh worker; the stuck one exits
-            // when (if) its hook returns.
+            // when (if) its hook returns. The new worker is started first: if no thread can be
+            // had, nothing is handed over and the lane waits for its hook, losing no event.
+            let (hand, handed) = mpsc::sync_channel(1);
+            if let Err(e) = spawn_worker(s, i, WorkerStart::HandOver(handed)) {
+                tracing::error!(error = %e,
+                    "livedict: cannot start a hook worker; lane {i} waits for its hook");
+                current.overran = true;
+                continue;
+            }
             let resume = std::mem::take(&mut *work);
             s.abandoned.fetch_add(1, SeqCst);
             let generation = lane.generation.fetch_add(1, SeqCst) + 1;
             drop(work);
-            // The new worker joins the live count before the stuck one leaves it, so a shutdown
+            // The new worker joined the live count before the stuck one leaves it, so a shutdown
             // waiting for the count to reach zero never sees it there in between.
-            if let Err(e) = spawn_worker(s, i, generation, Some(resume)) {
-                tracing::error!(error = %e, "livedict: cannot start a hook worker");
+            // The receiver lives in the new thread until it has received (it does nothing before).
+            if hand.send((generation, resume)).is_err() {
+                tracing::error!("livedict: a new hook worker was gone before its hand-over");
             }
             leave(s);
         }
@@ -808,5 +835,83 @@ fn watchdog(s: &Arc<Shared>) {
         if s.stopping.load(SeqCst) && *s.live.lock() == 0 {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::{Arc, mpsc};
+    use std::time::{Duration, Instant};
+
+    use crate::{EventKind, EventSettings, LiveDict};
+
+    /// Replacements of stuck workers that fail to start, as if no thread could be had.
+    static FAILING_SPAWNS: AtomicUsize = AtomicUsize::new(0);
+
+    pub(super) fn take_injected_spawn_failure() -> bool {
+        FAILING_SPAWNS
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// When no thread can be had to replace a stuck worker, the lane waits for its hook: the
+    /// events behind the stuck one are delivered late, none is lost, and the overrun is counted
+    /// once. (Before, the batch handed to the thread that never started was dropped, uncounted,
+    /// and the lane had no worker left.)
+    #[test]
+    fn a_worker_that_cannot_be_replaced_loses_no_event() -> crate::Result<()> {
+        let store = LiveDict::builder()
+            .events(
+                EventSettings::default()
+                    .workers(1)
+                    .hook_timeout(Duration::from_millis(20)),
+            )
+            .build()?;
+        let (release, released) = mpsc::channel::<()>();
+        let released = std::sync::Mutex::new(released);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        store.on(EventKind::Set, move |e| {
+            if e.key() == "stuck" {
+                released.lock().unwrap().recv().ok();
+            }
+            s.lock().unwrap().push(e.key().to_owned());
+            Ok(())
+        })?;
+        FAILING_SPAWNS.store(1, SeqCst);
+        store.set("stuck", &0)?;
+        for i in 0..5 {
+            store.set(&format!("after:{i}"), &i)?;
+        }
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while store.stats().hooks_timed_out == 0 && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(store.stats().hooks_timed_out, 1);
+        assert_eq!(
+            FAILING_SPAWNS.load(SeqCst),
+            0,
+            "the replacement was attempted"
+        );
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "the lane waits for its hook"
+        );
+        release.send(()).unwrap();
+        while seen.lock().unwrap().len() < 6 && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let expected: Vec<String> = std::iter::once("stuck".to_owned())
+            .chain((0..5).map(|i| format!("after:{i}")))
+            .collect();
+        assert_eq!(*seen.lock().unwrap(), expected);
+        store.close();
+        let st = store.stats();
+        assert_eq!(
+            (st.hooks_timed_out, st.hooks_delivered, st.events_dropped),
+            (1, 5, 0)
+        );
+        Ok(())
     }
 }
