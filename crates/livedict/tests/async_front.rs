@@ -39,6 +39,7 @@ macro_rules! on_both_runtimes {
 on_both_runtimes!(
     dropping_the_last_handle_with_hooks_and_queued_events_returns_promptly,
     close_delivers_queued_events,
+    a_full_event_queue_parks_the_writing_task_not_its_thread,
     incr_from_64_tasks_loses_nothing_on_memory,
     async_hook_that_sleeps_gets_every_set_of_a_key_in_order,
     update_closure_runs_once_per_call_under_contention_on_memory,
@@ -241,6 +242,57 @@ async fn close_delivers_queued_events() -> Result<()> {
         Err(Error::Closed)
     ));
     store.close().await; // idempotent
+    Ok(())
+}
+
+/// A full event queue under the `Block` policy (the default) parks the writing task, not its
+/// thread: the write waits for room while another future of the same task releases the hook that
+/// holds the queue up. (Before, the write blocked its thread inside the publish, and only a
+/// fallback thread could free it.)
+async fn a_full_event_queue_parks_the_writing_task_not_its_thread() -> Result<()> {
+    let store = LiveDict::builder()
+        .events(
+            EventSettings::default()
+                .workers(1)
+                .queue_capacity(1)
+                .hook_timeout(Duration::from_secs(60)),
+        )
+        .build_async()?;
+    let (started, hook_started) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<&'static str>();
+    let (started, released) = (Mutex::new(started), Mutex::new(released));
+    let freed_by = Arc::new(Mutex::new(None));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (f, s) = (freed_by.clone(), seen.clone());
+    store.on(EventKind::Set, move |e| {
+        if e.key() == "a" {
+            started.lock().unwrap().send(()).ok();
+            *f.lock().unwrap() = released.lock().unwrap().recv().ok();
+        }
+        s.lock().unwrap().push(e.key().to_owned());
+        Ok(())
+    })?;
+    store.set("a", &1).await?;
+    // The worker took "a" and its hook holds the lane; "b" fills the queue (room for one).
+    hook_started
+        .recv_timeout(WAIT)
+        .expect("the hook of \"a\" started");
+    store.set("b", &2).await?;
+    let fallback = release.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(5));
+        fallback.send("a fallback thread").ok();
+    });
+    let (written, ()) = tokio::join!(store.set("c", &3), async {
+        tokio::task::yield_now().await;
+        release.send("the writing task").ok();
+    });
+    written?;
+    assert_eq!(*freed_by.lock().unwrap(), Some("the writing task"));
+    assert!(eventually(|| seen.lock().unwrap().len() == 3).await);
+    assert_eq!(*seen.lock().unwrap(), ["a", "b", "c"]);
+    store.close().await;
+    assert_eq!(store.stats().events_dropped, 0);
     Ok(())
 }
 

@@ -31,7 +31,7 @@ use crate::batch::Batch;
 use crate::clock::{Millis, Now};
 use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
-use crate::events::{Cause, EntryHooks, EntryLock};
+use crate::events::{Cause, EntryHooks, EntryLock, EventKind};
 use crate::namespace::{Key, KeyKind, Namespace, Scope};
 use crate::transfer::Exported;
 use crate::ttl::{self, TtlPolicy, WriteOptions};
@@ -51,6 +51,9 @@ const COMPUTE_LEASE: Duration = Duration::from_secs(30);
 const COMPUTE_LOCK_WAIT: Duration = Duration::from_secs(1);
 /// Keys removed per atomic batch by `clear` on a namespace handle.
 const CLEAR_CHUNK: usize = 1000;
+/// How often a task waiting for room in a full event queue looks again without a wake-up (the
+/// sync publisher's interval too): a safety net, wake-ups come with each take.
+const ROOM_POLL: Duration = Duration::from_millis(50);
 
 /// A store's engine and a port to its backend.
 #[derive(Clone, Copy)]
@@ -209,6 +212,9 @@ impl<'s, P: Port> Dict<'s, P> {
     /// [`ReadMode::Touch`].
     #[inline(always)]
     async fn read_full(&self, key: &str, mode: ReadMode) -> Result<Option<Bytes>> {
+        if P::AWAITS && mode == ReadMode::Touch && self.engine.events.wants(EventKind::Access) {
+            self.room_for_events(Some(key)).await;
+        }
         let now = self.engine.begin_read(key)?;
         let found = self.port.get(key, &now, mode).await?;
         if mode == ReadMode::Touch {
@@ -375,9 +381,23 @@ impl<'s, P: Port> Dict<'s, P> {
         })
     }
 
+    /// Over an async port, waits (parking the task, not its thread) while the event queue that
+    /// `key`'s events go to (any lane, for `None`) is full under the `Block` policy; the write
+    /// after it would otherwise block its runtime thread in the publish. Nothing over the sync
+    /// port, where the publish itself waits.
+    #[inline(always)]
+    async fn room_for_events(&self, key: Option<&str>) {
+        if P::AWAITS {
+            while let Some((listener, _waiter)) = self.engine.events.room_wait(key) {
+                P::wait(listener, ROOM_POLL).await;
+            }
+        }
+    }
+
     /// Applies a prepared write.
     #[inline(always)]
     pub(crate) async fn write(&self, w: PreparedWrite<'_>) -> Result<Written> {
+        self.room_for_events(Some(&w.key)).await;
         let engine = self.engine;
         let PreparedWrite {
             key,
@@ -585,6 +605,7 @@ impl<'s, P: Port> Dict<'s, P> {
             engine.allow(operation, op.key())?;
         }
         let plan = engine.plan_batch(&batch.ops);
+        self.room_for_events(None).await;
         let outcomes = self.port.apply_batch(batch.ops, now).await?;
         // A batch write carries no entry hooks: the hooks of its keys are detached, key by key.
         for (removed, op) in outcomes.into_iter().zip(plan) {
@@ -650,6 +671,7 @@ impl<'s, P: Port> Dict<'s, P> {
         key: &str,
         decide: &mut (dyn FnMut(&Engine, Option<&Bytes>) -> Result<Change> + Send),
     ) -> Result<()> {
+        self.room_for_events(Some(key)).await;
         let engine = self.engine;
         let now = engine.begin_key(key)?;
         engine.allow(Operation::Update, key)?;
@@ -676,6 +698,7 @@ impl<'s, P: Port> Dict<'s, P> {
     }
 
     async fn remove_full(&self, key: &str) -> Result<Option<Bytes>> {
+        self.room_for_events(Some(key)).await;
         let engine = self.engine;
         let now = engine.begin_key(key)?;
         let lock = self.entry_lock(key, &EntryHooks::default()).await?;
@@ -692,6 +715,7 @@ impl<'s, P: Port> Dict<'s, P> {
     pub(crate) async fn popitem<T: DeserializeOwned>(&self) -> Result<Option<(String, T)>> {
         let prefix = self.allowed_prefix(Operation::Delete)?;
         let entry = if prefix.is_empty() {
+            self.room_for_events(None).await;
             let now = self.engine.begin()?;
             let entry = self.port.pop_any(now).await?;
             if let Some(e) = &entry {
@@ -730,6 +754,7 @@ impl<'s, P: Port> Dict<'s, P> {
             return self.clear_prefix().await;
         }
         self.allowed_prefix(Operation::Clear)?;
+        self.room_for_events(None).await;
         let now = self.engine.begin()?;
         let cleared = self.port.clear(now).await?;
         self.expired(&cleared.expired, false).await;
@@ -753,6 +778,7 @@ impl<'s, P: Port> Dict<'s, P> {
                 .map(|key| crate::backend::BatchOp::Delete { key: key.clone() })
                 .collect();
             let plan = self.engine.plan_batch(&ops);
+            self.room_for_events(None).await;
             let outcomes = self.port.apply_batch(ops, now).await?;
             for (outcome, op) in outcomes.into_iter().zip(plan) {
                 removed += usize::from(outcome.previous.is_some());
@@ -789,6 +815,7 @@ impl<'s, P: Port> Dict<'s, P> {
     pub(crate) async fn cleanup_inactive(&self, idle: Duration) -> Result<usize> {
         let prefix = self.allowed_prefix(Operation::Clear)?;
         let idle = ttl::to_millis(idle)?;
+        self.room_for_events(None).await;
         let now = self.engine.begin()?;
         let removed = self
             .port
@@ -831,6 +858,7 @@ impl<'s, P: Port> Dict<'s, P> {
         let engine = self.engine;
         let mut total = 0;
         loop {
+            self.room_for_events(None).await;
             let now = engine.clock.now();
             buffer.clear();
             self.port.sweep(now, SWEEP_BATCH, buffer).await?;

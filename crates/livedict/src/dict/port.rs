@@ -27,6 +27,9 @@ use crate::error::Result;
 /// operation's contract.
 #[allow(missing_docs)]
 pub(crate) trait Port: Send + Sync {
+    /// Whether waits park a task (async) rather than block the thread (sync).
+    const AWAITS: bool;
+
     fn get<'a>(
         &'a self,
         key: &'a str,
@@ -154,6 +157,8 @@ pub(crate) struct SyncPort<'b> {
 
 #[allow(refining_impl_trait)] // callers only see the trait's signature
 impl Port for SyncPort<'_> {
+    const AWAITS: bool = false;
+
     #[inline]
     fn get<'a>(
         &'a self,
@@ -308,6 +313,8 @@ pub(crate) struct AsyncPort<'b> {
 
 #[cfg(feature = "async")]
 impl Port for AsyncPort<'_> {
+    const AWAITS: bool = true;
+
     fn get<'a>(
         &'a self,
         key: &'a str,

@@ -189,6 +189,9 @@ struct Lane {
     takes: AtomicU64,
     space_lock: Mutex<()>,
     space: Condvar,
+    /// The same wake-up for tasks of the async front-end, which await room before they write
+    /// instead of blocking their thread (see [`Executor::room_wait`]).
+    room: event_listener::Event,
     /// Bumped when the worker is abandoned; a worker of an older generation exits.
     generation: AtomicU64,
     work: CachePadded<Mutex<Work>>,
@@ -206,6 +209,7 @@ impl Lane {
             takes: AtomicU64::new(0),
             space_lock: Mutex::new(()),
             space: Condvar::new(),
+            room: event_listener::Event::new(),
             generation: AtomicU64::new(0),
             work: CachePadded::new(Mutex::new(Work::default())),
         }
@@ -219,8 +223,21 @@ impl Lane {
 
     /// Wakes the publishers waiting for room.
     fn wake_space_waiters(&self) {
-        let _g = self.space_lock.lock();
-        self.space.notify_all();
+        {
+            let _g = self.space_lock.lock();
+            self.space.notify_all();
+        }
+        self.room.notify(usize::MAX);
+    }
+}
+
+/// A task's place among a full lane's waiters, given up on drop (the worker wakes waiters only
+/// when there are some).
+pub(crate) struct RoomWaiter<'e>(&'e AtomicUsize);
+
+impl Drop for RoomWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
     }
 }
 
@@ -324,18 +341,57 @@ impl Executor {
         Ok(Executor { shared })
     }
 
+    /// The lane of `key`'s events.
+    #[inline]
+    fn lane_of(&self, key: &str) -> &Lane {
+        let s = &*self.shared;
+        match &*s.lanes {
+            [only] => only,
+            lanes => {
+                // The hash's high bits mapped onto the lanes (no division).
+                let hash = s.hasher.hash_one(key);
+                &lanes[((u128::from(hash) * lanes.len() as u128) >> 64) as usize]
+            }
+        }
+    }
+
+    /// For a task about to publish events of `key` (every lane when `None`): under the `Block`
+    /// policy, while the lane is full, a listener that is notified when a worker takes from it.
+    /// The async front-end awaits it before each write, so that a full queue parks the task, not
+    /// its runtime thread (a write can still find the lane full if others filled it meanwhile,
+    /// and then blocks in [`publish`](Self::publish) until the next take).
+    pub(crate) fn room_wait(
+        &self,
+        key: Option<&str>,
+    ) -> Option<(event_listener::EventListener, RoomWaiter<'_>)> {
+        let s = &*self.shared;
+        if s.settings.when_full != QueueFullPolicy::Block || in_worker() {
+            return None;
+        }
+        let full = |lane: &Lane| {
+            lane.queue.lock().len() >= s.lane_capacity
+                && !s.stopping.load(SeqCst)
+                && !s.closing.load(SeqCst)
+        };
+        let lane = match key {
+            Some(key) => self.lane_of(key),
+            None => s.lanes.iter().find(|lane| full(lane))?,
+        };
+        if !full(lane) {
+            return None;
+        }
+        lane.space_waiters.fetch_add(1, SeqCst);
+        let waiter = RoomWaiter(&lane.space_waiters);
+        let listener = lane.room.listen();
+        // Listening before looking again: a take in between is not missed.
+        full(lane).then_some((listener, waiter))
+    }
+
     /// Queues a copy of `event` for delivery, applying the queue-full policy. The queue bound is
     /// shared out evenly between the lanes.
     pub(crate) fn publish(&self, event: Published<'_>) {
         let s = &*self.shared;
-        let lane = match &*s.lanes {
-            [only] => only,
-            lanes => {
-                // The hash's high bits mapped onto the lanes (no division).
-                let hash = s.hasher.hash_one(event.key);
-                &lanes[((u128::from(hash) * lanes.len() as u128) >> 64) as usize]
-            }
-        };
+        let lane = self.lane_of(event.key);
         let mut q = lane.queue.lock();
         if s.stopping.load(Relaxed) {
             // Read under the lane's lock: the shutdown may have drained this lane already, and

@@ -68,6 +68,19 @@ impl EventHub {
         self.registry.wants(kind)
     }
 
+    /// For the async front-end, before a write of `key` (or a sweep, with `None`): a wait for
+    /// room when the events' queue is full under the `Block` policy (see
+    /// [`Executor::room_wait`]).
+    pub(crate) fn room_wait(
+        &self,
+        key: Option<&str>,
+    ) -> Option<(
+        event_listener::EventListener,
+        super::executor::RoomWaiter<'_>,
+    )> {
+        self.executor.get()?.room_wait(key)
+    }
+
     /// What a write of `key` keeps of `value` for its `Set` event, if a hook accepts it.
     #[inline]
     pub(crate) fn copy_for_set(&self, key: &str, value: &Bytes) -> Option<KeptValue> {
