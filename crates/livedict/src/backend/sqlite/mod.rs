@@ -113,6 +113,26 @@ impl SqliteOptions {
 
 /// The SQLite backend. Several processes may open the same file at once.
 ///
+/// The file is a plain SQLite database (format 2) that any tool can read:
+///
+/// ```sql
+/// CREATE TABLE livedict_meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+/// -- ('format', '2')
+/// CREATE TABLE livedict_entries (
+///     key         TEXT PRIMARY KEY NOT NULL,  -- the key, as given
+///     value       BLOB NOT NULL,              -- livedict header + payload
+///     deadline    INTEGER,                    -- ms since the Unix epoch; NULL: never expires
+///     sliding     INTEGER NOT NULL,           -- sliding TTL in ms; 0: a fixed deadline
+///     last_access INTEGER NOT NULL,           -- ms since the Unix epoch (to about a second)
+///     sweep_at    INTEGER                     -- when the expiry sweep looks at the row next
+/// ) WITHOUT ROWID;
+/// CREATE INDEX livedict_entries_sweep ON livedict_entries (sweep_at)
+///     WHERE sweep_at IS NOT NULL;
+/// ```
+///
+/// A store of format 1 (before `sweep_at`) is upgraded in place when it is opened; earlier
+/// versions of livedict then refuse it with [`Error::Format`].
+///
 /// # Examples
 /// ```
 /// use livedict::{LiveDict, SqliteBackend};
