@@ -40,6 +40,7 @@ on_both_runtimes!(
     dropping_the_last_handle_with_hooks_and_queued_events_returns_promptly,
     close_delivers_queued_events,
     a_full_event_queue_parks_the_writing_task_not_its_thread,
+    a_write_that_waited_for_room_sees_the_clock_of_its_moment,
     incr_from_64_tasks_loses_nothing_on_memory,
     async_hook_that_sleeps_gets_every_set_of_a_key_in_order,
     update_closure_runs_once_per_call_under_contention_on_memory,
@@ -293,6 +294,62 @@ async fn a_full_event_queue_parks_the_writing_task_not_its_thread() -> Result<()
     assert_eq!(*seen.lock().unwrap(), ["a", "b", "c"]);
     store.close().await;
     assert_eq!(store.stats().events_dropped, 0);
+    Ok(())
+}
+
+/// A write that waited for room reads the clock again: an entry whose deadline passed during the
+/// wait is replaced as expired (its `Expire` event fires, with its last value), not as a live one.
+async fn a_write_that_waited_for_room_sees_the_clock_of_its_moment() -> Result<()> {
+    let clock = livedict::ManualClock::new();
+    let store = LiveDict::builder()
+        .clock(livedict::Clock::Manual(clock.clone()))
+        .active_expiry(false)
+        .events(
+            EventSettings::default()
+                .workers(1)
+                .queue_capacity(1)
+                .hook_timeout(Duration::from_secs(60)),
+        )
+        .build_async()?;
+    store.set_with("old", &1, Duration::from_secs(10)).await?;
+    let (started, hook_started) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (started, released) = (Mutex::new(started), Mutex::new(released));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    store.on([EventKind::Set, EventKind::Expire], move |e| {
+        if e.key() == "a" {
+            started.lock().unwrap().send(()).ok();
+            released.lock().unwrap().recv().ok();
+        }
+        let previous = e.previous::<i32>().ok().flatten();
+        let value = e.value::<i32>().ok().flatten();
+        s.lock()
+            .unwrap()
+            .push((e.kind(), e.key().to_owned(), value, previous));
+        Ok(())
+    })?;
+    store.set("a", &0).await?;
+    hook_started
+        .recv_timeout(WAIT)
+        .expect("the hook of \"a\" started");
+    store.set("b", &0).await?;
+    let (written, ()) = tokio::join!(store.set("old", &2), async {
+        tokio::task::yield_now().await;
+        clock.advance(Duration::from_secs(20));
+        release.send(()).ok();
+    });
+    written?;
+    assert!(eventually(|| seen.lock().unwrap().len() == 4).await);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[2..],
+        [
+            (EventKind::Expire, "old".to_owned(), Some(1), None),
+            (EventKind::Set, "old".to_owned(), Some(2), None),
+        ],
+        "{seen:?}"
+    );
     Ok(())
 }
 

@@ -387,11 +387,16 @@ impl<'s, P: Port> Dict<'s, P> {
     /// `if P::AWAITS`: over the sync port, where the publish itself waits, the operation's future
     /// then carries no trace of it (an `await` of even an empty future costs a set ~30
     /// instructions).
+    /// Returns whether it waited: the caller then reads the clock again, so that the write's
+    /// deadlines and its view of which entries have expired are those of the moment it runs.
     #[inline(always)]
-    async fn room_for_events(&self, key: Option<&str>) {
+    async fn room_for_events(&self, key: Option<&str>) -> bool {
+        let mut waited = false;
         while let Some((listener, _waiter)) = self.engine.events.room_wait(key) {
             P::wait(listener, ROOM_POLL).await;
+            waited = true;
         }
+        waited
     }
 
     /// Applies a prepared write.
@@ -400,7 +405,7 @@ impl<'s, P: Port> Dict<'s, P> {
         let engine = self.engine;
         let PreparedWrite {
             key,
-            now,
+            mut now,
             value,
             expiry,
             secret,
@@ -408,8 +413,8 @@ impl<'s, P: Port> Dict<'s, P> {
             hooks,
         } = w;
         let key = &*key;
-        if P::AWAITS {
-            self.room_for_events(Some(key)).await;
+        if P::AWAITS && self.room_for_events(Some(key)).await {
+            now = engine.begin()?;
         }
         let event_value = engine.events.copy_for_set(key, &value);
         let lock = self.entry_lock(key, &hooks).await?;
@@ -595,7 +600,7 @@ impl<'s, P: Port> Dict<'s, P> {
     /// Applies a batch all-or-nothing.
     pub(crate) async fn apply(&self, batch: Batch) -> Result<()> {
         let engine = self.engine;
-        let now = engine.begin()?;
+        let mut now = engine.begin()?;
         if batch.ops.is_empty() {
             return Ok(());
         }
@@ -607,8 +612,8 @@ impl<'s, P: Port> Dict<'s, P> {
             engine.allow(operation, op.key())?;
         }
         let plan = engine.plan_batch(&batch.ops);
-        if P::AWAITS {
-            self.room_for_events(None).await;
+        if P::AWAITS && self.room_for_events(None).await {
+            now = engine.begin()?;
         }
         let outcomes = self.port.apply_batch(batch.ops, now).await?;
         // A batch write carries no entry hooks: the hooks of its keys are detached, key by key.
@@ -784,14 +789,14 @@ impl<'s, P: Port> Dict<'s, P> {
         let keys = self.full_keys(Operation::Clear).await?;
         let mut removed = 0;
         for chunk in keys.chunks(CLEAR_CHUNK) {
-            let now = self.engine.begin()?;
+            let mut now = self.engine.begin()?;
             let ops: Vec<crate::backend::BatchOp> = chunk
                 .iter()
                 .map(|key| crate::backend::BatchOp::Delete { key: key.clone() })
                 .collect();
             let plan = self.engine.plan_batch(&ops);
-            if P::AWAITS {
-                self.room_for_events(None).await;
+            if P::AWAITS && self.room_for_events(None).await {
+                now = self.engine.begin()?;
             }
             let outcomes = self.port.apply_batch(ops, now).await?;
             for (outcome, op) in outcomes.into_iter().zip(plan) {
