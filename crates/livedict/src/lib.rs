@@ -20,12 +20,18 @@
 //!   isolation and per-key order; external programs as hooks, under resource limits.
 //! - **Encryption at rest** with a rotating [`Keyring`] (AES-256-GCM bound to the key name),
 //!   secret values and password keys (argon2id).
+//! - **Sync and async**: [`LiveDict`] and, with the `async` feature, `AsyncLiveDict` (tokio),
+//!   with the same method names; every operation is written once for both.
+//! - **Namespaces and access control**: handles bound to a key prefix with parameters
+//!   ([`Namespace`], typed [`Key`]s), an access policy per operation, locks with fencing tokens
+//!   that hold across processes ([`LockGuard`]), and `get_or_compute` that computes once.
 //! - **Testable time**: give the store a [`ManualClock`] and TTL tests need no sleeps.
 //!
 //! ## Cargo features
-//! - `msgpack`: the MessagePack codec ([`Codec::MessagePack`]).
-//! - `sqlite`: the SQLite backend ([`SqliteBackend`]), SQLite compiled in.
-//! - `redis`: the Redis backend ([`RedisBackend`]), over redis-rs (single server or cluster).
+//! - `msgpack`: the MessagePack codec (`Codec::MessagePack`).
+//! - `sqlite`: the SQLite backend (`SqliteBackend`), SQLite compiled in.
+//! - `redis`: the Redis backend (`RedisBackend`), over redis-rs (single server or cluster).
+//! - `async`: the async front-end (`AsyncLiveDict`, tokio), with native async I/O for Redis.
 //! - `full`: every feature.
 //!
 //! ## Example
