@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use livedict::{LiveDict, RedisBackend, RedisOptions};
 
-use crate::harness::{Config, XorShift, compare, expect_count, print_figure, timed};
+use crate::harness::{
+    Config, XorShift, compare, expect_count, median, ops_per_sec, print_figure, timed,
+};
 
 const SUITE: &str = "redis";
 const VALUE_LEN: usize = 64;
@@ -241,12 +243,137 @@ pub fn run(cfg: &Config) {
         expect_count(ops),
     );
 
+    floors(cfg, &mut raw.borrow_mut(), &raw_keys, &value, &prefix);
     redis_benchmark(cfg, &server.url);
     store.clear().expect("clear the bench store");
     let mut raw = raw.into_inner();
     for chunk in raw_keys.chunks(BATCH) {
         let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(chunk).query(&mut raw);
     }
+}
+
+/// What the server itself allows for a batch of 1,000 writes that is atomic, timed interleaved
+/// with the peer's non-atomic pipeline of `SET ... PX` on the same keys (figures, not livedict):
+///
+/// - `floor_multi_set`: the same `SET`s in `MULTI`/`EXEC`: atomic, nothing read, no index.
+/// - `floor_lua_get_set`: one script that reads each key's old value (`GET`) and writes it
+///   (`SET ... PX`): what returning previous values and exact expiry events needs at the least,
+///   still with no expiry index and no lock check.
+/// - `floor_multi_set_get_zadd`: `MULTI`/`EXEC` of `SET ... PXAT ... GET` (the old values come
+///   back) and one `ZADD ... LT` of the 1,000 deadlines into one index (moved only when earlier):
+///   old values and an index, no lock check.
+///
+/// livedict's batch does all of these and checks each key's update lock.
+fn floors(
+    cfg: &Config,
+    raw: &mut redis::Connection,
+    raw_keys: &[String],
+    value: &[u8],
+    prefix: &str,
+) {
+    const CASES: [&str; 3] = [
+        "floor_multi_set",
+        "floor_lua_get_set",
+        "floor_multi_set_get_zadd",
+    ];
+    if !CASES.iter().any(|case| cfg.wants(SUITE, case)) {
+        return;
+    }
+    let keys: Vec<String> = raw_keys.iter().map(|k| format!("{k}:floor")).collect();
+    let index = format!("{prefix}-floor-index");
+    let ttl_ms = TTL.as_millis() as u64;
+    let get_set = redis::Script::new(
+        "for i, k in ipairs(KEYS) do
+             redis.call('GET', k)
+             redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
+         end
+         return #KEYS",
+    );
+    let pipeline = |raw: &mut redis::Connection, atomic: bool| {
+        for chunk in keys.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            if atomic {
+                pipe.atomic();
+            }
+            for k in chunk {
+                pipe.cmd("SET")
+                    .arg(k)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+            pipe.query::<()>(raw).expect("floor pipeline");
+        }
+        keys.len() as u64
+    };
+    let lua = |raw: &mut redis::Connection| {
+        for chunk in keys.chunks(BATCH) {
+            let mut call = get_set.prepare_invoke();
+            for k in chunk {
+                call.key(k);
+            }
+            call.arg(value).arg(ttl_ms);
+            let _: u64 = call.invoke(raw).expect("floor script");
+        }
+        keys.len() as u64
+    };
+    let multi_get_zadd = |raw: &mut redis::Connection| {
+        let deadline = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            + ttl_ms;
+        for chunk in keys.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for k in chunk {
+                pipe.cmd("SET")
+                    .arg(k)
+                    .arg(value)
+                    .arg("PXAT")
+                    .arg(deadline)
+                    .arg("GET");
+            }
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&index).arg("LT");
+            for k in chunk {
+                zadd.arg(deadline).arg(k);
+            }
+            pipe.add_command(zadd).ignore();
+            let old: Vec<Option<Vec<u8>>> = pipe.query(raw).expect("floor transaction");
+            black_box(old);
+        }
+        keys.len() as u64
+    };
+    pipeline(raw, false);
+    type Floor<'a> = &'a dyn Fn(&mut redis::Connection) -> u64;
+    let floors: [Floor<'_>; 3] = [&|raw| pipeline(raw, true), &lua, &multi_get_zadd];
+    let cases = CASES.into_iter().zip(floors);
+    let ops = keys.len() as u64;
+    for (case, floor) in cases {
+        if !cfg.wants(SUITE, case) {
+            continue;
+        }
+        let (mut atomic, mut peer) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.rounds {
+            atomic.push(ops_per_sec(ops, timed(|| floor(raw)).elapsed));
+            peer.push(ops_per_sec(ops, timed(|| pipeline(raw, false)).elapsed));
+        }
+        let (atomic, peer) = (median(&mut atomic), median(&mut peer));
+        print_figure(SUITE, case, "atomic", format!("{atomic:.0}"), "keys/s");
+        print_figure(
+            SUITE,
+            case,
+            "redis-rs-pipeline",
+            format!("{peer:.0}"),
+            "keys/s",
+        );
+        print_figure(SUITE, case, "ratio", format!("{:.2}", atomic / peer), "x");
+    }
+    for chunk in keys.chunks(BATCH) {
+        let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(chunk).query(raw);
+    }
+    let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&index).query(raw);
 }
 
 /// `redis-benchmark` on the same server, one client: the ceiling of one connection.
