@@ -12,7 +12,8 @@
 //! next deadline and its sleep unseen. A driver over a shared backend does not: there its work
 //! is round trips to a file or a server, writes arrive all the time meanwhile, and kicking on
 //! each kept it from ever sleeping under a stream of writes (on Redis, a sweep and a
-//! next-deadline script per `set`, which made `set` 20 % slower). Such a write is seen by the
+//! next-deadline script per `set`: the redis suite's `set` ran at 0.72x of raw redis-rs before,
+//! 0.76x after, in interleaved runs on one day). Such a write is seen by the
 //! next poll instead, as other processes' writes are.
 
 use std::sync::Arc;

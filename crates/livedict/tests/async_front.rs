@@ -246,12 +246,22 @@ async fn close_delivers_queued_events() -> Result<()> {
     Ok(())
 }
 
-/// A full event queue under the `Block` policy (the default) parks the writing task, not its
-/// thread: the write waits for room while another future of the same task releases the hook that
-/// holds the queue up. (Before, the write blocked its thread inside the publish, and only a
-/// fallback thread could free it.)
-async fn a_full_event_queue_parks_the_writing_task_not_its_thread() -> Result<()> {
-    let store = LiveDict::builder()
+/// What a hook of [`full_queue`] saw: kind, key, value and previous value.
+type Seen = (EventKind, String, Option<i32>, Option<i32>);
+
+/// A store whose one event lane is full (`Block` policy, the default, room for one event): the
+/// hook of `Set` and `Expire` events holds the lane at key "a" until `release` sends who released
+/// it (kept in `freed_by`), and the event of "b" waits in the queue. With `old_ttl`, "old" is
+/// written first (value 1, that TTL).
+struct FullQueue {
+    store: AsyncLiveDict,
+    release: std::sync::mpsc::Sender<&'static str>,
+    freed_by: Arc<Mutex<Option<&'static str>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+async fn full_queue(builder: livedict::Builder, old_ttl: Option<Duration>) -> Result<FullQueue> {
+    let store = builder
         .events(
             EventSettings::default()
                 .workers(1)
@@ -265,35 +275,55 @@ async fn a_full_event_queue_parks_the_writing_task_not_its_thread() -> Result<()
     let freed_by = Arc::new(Mutex::new(None));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (f, s) = (freed_by.clone(), seen.clone());
-    store.on(EventKind::Set, move |e| {
+    store.on([EventKind::Set, EventKind::Expire], move |e| {
         if e.key() == "a" {
             started.lock().unwrap().send(()).ok();
             *f.lock().unwrap() = released.lock().unwrap().recv().ok();
         }
-        s.lock().unwrap().push(e.key().to_owned());
+        let (value, previous) = (e.value().ok().flatten(), e.previous().ok().flatten());
+        s.lock()
+            .unwrap()
+            .push((e.kind(), e.key().to_owned(), value, previous));
         Ok(())
     })?;
-    store.set("a", &1).await?;
-    // The worker took "a" and its hook holds the lane; "b" fills the queue (room for one).
+    if let Some(ttl) = old_ttl {
+        store.set_with("old", &1, ttl).await?;
+    }
+    store.set("a", &0).await?;
+    // The worker took "a" and its hook holds the lane; "b" fills the queue.
     hook_started
         .recv_timeout(WAIT)
         .expect("the hook of \"a\" started");
-    store.set("b", &2).await?;
-    let fallback = release.clone();
+    store.set("b", &0).await?;
+    Ok(FullQueue {
+        store,
+        release,
+        freed_by,
+        seen,
+    })
+}
+
+/// A full event queue parks the writing task, not its thread: the write waits for room while
+/// another future of the same task releases the hook that holds the queue up. (Before, the write
+/// blocked its thread inside the publish, and only a fallback thread could free it.)
+async fn a_full_event_queue_parks_the_writing_task_not_its_thread() -> Result<()> {
+    let q = full_queue(LiveDict::builder(), None).await?;
+    let fallback = q.release.clone();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(5));
         fallback.send("a fallback thread").ok();
     });
-    let (written, ()) = tokio::join!(store.set("c", &3), async {
+    let (written, ()) = tokio::join!(q.store.set("c", &3), async {
         tokio::task::yield_now().await;
-        release.send("the writing task").ok();
+        q.release.send("the writing task").ok();
     });
     written?;
-    assert_eq!(*freed_by.lock().unwrap(), Some("the writing task"));
-    assert!(eventually(|| seen.lock().unwrap().len() == 3).await);
-    assert_eq!(*seen.lock().unwrap(), ["a", "b", "c"]);
-    store.close().await;
-    assert_eq!(store.stats().events_dropped, 0);
+    assert_eq!(*q.freed_by.lock().unwrap(), Some("the writing task"));
+    assert!(eventually(|| q.seen.lock().unwrap().len() == 3).await);
+    let keys: Vec<String> = q.seen.lock().unwrap().iter().map(|s| s.1.clone()).collect();
+    assert_eq!(keys, ["a", "b", "c"]);
+    q.store.close().await;
+    assert_eq!(q.store.stats().events_dropped, 0);
     Ok(())
 }
 
@@ -301,49 +331,21 @@ async fn a_full_event_queue_parks_the_writing_task_not_its_thread() -> Result<()
 /// wait is replaced as expired (its `Expire` event fires, with its last value), not as a live one.
 async fn a_write_that_waited_for_room_sees_the_clock_of_its_moment() -> Result<()> {
     let clock = livedict::ManualClock::new();
-    let store = LiveDict::builder()
+    let builder = LiveDict::builder()
         .clock(livedict::Clock::Manual(clock.clone()))
-        .active_expiry(false)
-        .events(
-            EventSettings::default()
-                .workers(1)
-                .queue_capacity(1)
-                .hook_timeout(Duration::from_secs(60)),
-        )
-        .build_async()?;
-    store.set_with("old", &1, Duration::from_secs(10)).await?;
-    let (started, hook_started) = std::sync::mpsc::channel::<()>();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let (started, released) = (Mutex::new(started), Mutex::new(released));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    store.on([EventKind::Set, EventKind::Expire], move |e| {
-        if e.key() == "a" {
-            started.lock().unwrap().send(()).ok();
-            released.lock().unwrap().recv().ok();
-        }
-        let previous = e.previous::<i32>().ok().flatten();
-        let value = e.value::<i32>().ok().flatten();
-        s.lock()
-            .unwrap()
-            .push((e.kind(), e.key().to_owned(), value, previous));
-        Ok(())
-    })?;
-    store.set("a", &0).await?;
-    hook_started
-        .recv_timeout(WAIT)
-        .expect("the hook of \"a\" started");
-    store.set("b", &0).await?;
-    let (written, ()) = tokio::join!(store.set("old", &2), async {
+        .active_expiry(false);
+    let q = full_queue(builder, Some(Duration::from_secs(10))).await?;
+    let (written, ()) = tokio::join!(q.store.set("old", &2), async {
         tokio::task::yield_now().await;
         clock.advance(Duration::from_secs(20));
-        release.send(()).ok();
+        q.release.send("the writing task").ok();
     });
     written?;
-    assert!(eventually(|| seen.lock().unwrap().len() == 4).await);
-    let seen = seen.lock().unwrap().clone();
+    assert!(eventually(|| q.seen.lock().unwrap().len() == 5).await);
+    let seen = q.seen.lock().unwrap().clone();
+    // Set old, Set a, Set b, then the write that waited:
     assert_eq!(
-        seen[2..],
+        seen[3..],
         [
             (EventKind::Expire, "old".to_owned(), Some(1), None),
             (EventKind::Set, "old".to_owned(), Some(2), None),
