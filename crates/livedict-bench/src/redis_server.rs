@@ -243,6 +243,7 @@ pub fn run(cfg: &Config) {
         expect_count(ops),
     );
 
+    set_floors(cfg, &mut raw.borrow_mut(), &raw_keys, &value, &prefix);
     floors(cfg, &mut raw.borrow_mut(), &raw_keys, &value, &prefix);
     redis_benchmark(cfg, &server.url);
     store.clear().expect("clear the bench store");
@@ -250,6 +251,106 @@ pub fn run(cfg: &Config) {
     for chunk in raw_keys.chunks(BATCH) {
         let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(chunk).query(&mut raw);
     }
+}
+
+/// What the server itself allows for one write judged by its own clock, timed interleaved with
+/// the peer's `SET key value PX ttl` on the same keys, one round trip per key (figures, not
+/// livedict):
+///
+/// - `floor_script_time_set`: a script that reads the server's clock (`TIME`) and writes the
+///   value with its native expiry, returning the old value (`SET ... PXAT ... GET`): the least a
+///   write needs whose deadline the server judges and whose previous value an event carries.
+/// - `floor_script_time_lock_set_zadd`: the same with the update-lock check (`GET`) and the
+///   expiry index (`ZADD`): the commands of livedict's `set` in a layout of string entries, with
+///   no decoding and no conditions.
+///
+/// livedict's `set` script also decodes the old entry and keeps its fields in a hash (`HMGET`,
+/// `HSET`, `PEXPIRE`: six commands in all).
+fn set_floors(
+    cfg: &Config,
+    raw: &mut redis::Connection,
+    raw_keys: &[String],
+    value: &[u8],
+    prefix: &str,
+) {
+    const CASES: [&str; 2] = ["floor_script_time_set", "floor_script_time_lock_set_zadd"];
+    if !CASES.iter().any(|case| cfg.wants(SUITE, case)) {
+        return;
+    }
+    let keys: Vec<String> = raw_keys.iter().map(|k| format!("{k}:floor1")).collect();
+    let locks: Vec<String> = raw_keys.iter().map(|k| format!("{k}:floor1lock")).collect();
+    let index = format!("{prefix}-floor1-index");
+    let ttl_ms = TTL.as_millis() as u64;
+    let time_set = redis::Script::new(
+        "local t = redis.call('TIME')
+         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+         local at = string.format('%.0f', now + tonumber(ARGV[2]))
+         return redis.call('SET', KEYS[1], ARGV[1], 'PXAT', at, 'GET')",
+    );
+    let time_lock_set_zadd = redis::Script::new(
+        "local t = redis.call('TIME')
+         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+         if redis.call('GET', KEYS[2]) then
+           return -1
+         end
+         local at = string.format('%.0f', now + tonumber(ARGV[2]))
+         local old = redis.call('SET', KEYS[1], ARGV[1], 'PXAT', at, 'GET')
+         redis.call('ZADD', KEYS[3], at, ARGV[3])
+         return old",
+    );
+    let order = XorShift::new(4).indices(keys.len(), keys.len());
+    let peer = |raw: &mut redis::Connection| {
+        for &i in &order {
+            redis::cmd("SET")
+                .arg(&keys[i as usize])
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms)
+                .query::<()>(raw)
+                .expect("floor SET");
+        }
+        order.len() as u64
+    };
+    let script = |raw: &mut redis::Connection, with_index: bool| {
+        for &i in &order {
+            let i = i as usize;
+            let old: Option<Vec<u8>> = if with_index {
+                time_lock_set_zadd
+                    .key(&keys[i])
+                    .key(&locks[i])
+                    .key(&index)
+                    .arg(value)
+                    .arg(ttl_ms)
+                    .arg(&raw_keys[i])
+                    .invoke(raw)
+            } else {
+                time_set.key(&keys[i]).arg(value).arg(ttl_ms).invoke(raw)
+            }
+            .expect("floor script");
+            black_box(old);
+        }
+        order.len() as u64
+    };
+    peer(raw);
+    let ops = order.len() as u64;
+    for (case, with_index) in CASES.into_iter().zip([false, true]) {
+        if !cfg.wants(SUITE, case) {
+            continue;
+        }
+        let (mut scripted, mut plain) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.rounds {
+            scripted.push(ops_per_sec(ops, timed(|| script(raw, with_index)).elapsed));
+            plain.push(ops_per_sec(ops, timed(|| peer(raw)).elapsed));
+        }
+        let (scripted, plain) = (median(&mut scripted), median(&mut plain));
+        print_figure(SUITE, case, "script", format!("{scripted:.0}"), "ops/s");
+        print_figure(SUITE, case, "redis-rs", format!("{plain:.0}"), "ops/s");
+        print_figure(SUITE, case, "ratio", format!("{:.2}", scripted / plain), "x");
+    }
+    for chunk in keys.chunks(BATCH) {
+        let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(chunk).query(raw);
+    }
+    let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&index).query(raw);
 }
 
 /// What the server itself allows for a batch of 1,000 writes that is atomic, timed interleaved
