@@ -345,7 +345,13 @@ fn set_floors(
         let (scripted, plain) = (median(&mut scripted), median(&mut plain));
         print_figure(SUITE, case, "script", format!("{scripted:.0}"), "ops/s");
         print_figure(SUITE, case, "redis-rs", format!("{plain:.0}"), "ops/s");
-        print_figure(SUITE, case, "ratio", format!("{:.2}", scripted / plain), "x");
+        print_figure(
+            SUITE,
+            case,
+            "ratio",
+            format!("{:.2}", scripted / plain),
+            "x",
+        );
     }
     for chunk in keys.chunks(BATCH) {
         let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(chunk).query(raw);

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use livedict::{Backend, Error, KeyTtl, LiveDict, RedisBackend, RedisOptions, Result};
+use livedict::{
+    Backend, Error, KeyTtl, LiveDict, RedisBackend, RedisOptions, Result, WriteOptions,
+};
 use redis_servers::{cluster_urls, fresh_prefix, server_url};
 
 /// Options of the conformance runs: the store's (manual) clock judges deadlines.
@@ -178,6 +180,140 @@ fn deadlines_follow_the_server_clock_not_the_process_clock() -> Result<()> {
         matches!(store.ttl("k")?, KeyTtl::Remaining(d) if d > Duration::from_secs(3590)),
         "the server's clock has not moved an hour"
     );
+    Ok(())
+}
+
+/// The expiry index's score of `member` in the single bucket of a store opened with one bucket.
+fn index_score(conn: &mut redis::Connection, prefix: &str, member: &str) -> Option<u64> {
+    redis::cmd("ZSCORE")
+        .arg(format!("{prefix}:{{0}}:index"))
+        .arg(member)
+        .query(conn)
+        .unwrap()
+}
+
+#[test]
+fn a_later_deadline_leaves_the_index_alone_and_every_read_stays_exact() -> Result<()> {
+    let prefix = fresh_prefix();
+    let clock = livedict::ManualClock::new();
+    let store = LiveDict::builder()
+        .backend(RedisBackend::open_with(
+            &server_url(),
+            RedisOptions::new()
+                .prefix(&prefix)
+                .buckets(1)
+                .server_clock(false),
+        )?)
+        .clock(livedict::Clock::Manual(clock.clone()))
+        .active_expiry(false)
+        .build()?;
+    let (tx, expired) = std::sync::mpsc::channel();
+    store.on(livedict::EventKind::Expire, move |e| {
+        Ok(tx.send((e.key().to_string(), e.value::<i32>()?))?)
+    })?;
+    let next_expired = || expired.recv_timeout(Duration::from_secs(10)).unwrap();
+    let mut conn = raw();
+    let s = Duration::from_secs(1);
+    let t0 = clock.now();
+
+    // A write that moves the deadline later leaves the score where it was.
+    store.set_with("a", &1, 10 * s)?;
+    assert_eq!(index_score(&mut conn, &prefix, "a"), Some(t0 + 10_000));
+    clock.advance(5 * s);
+    store.set_with("a", &2, 10 * s)?; // deadline t0 + 15 s
+    assert_eq!(index_score(&mut conn, &prefix, "a"), Some(t0 + 10_000));
+    // So does a sliding deadline renewed by a read, and a later expire().
+    store.set_with("b", &3, WriteOptions::ttl(10 * s).sliding(true))?; // t0 + 15 s
+    clock.advance(2 * s);
+    assert_eq!(store.get::<i32>("b")?, Some(3)); // deadline t0 + 17 s
+    assert_eq!(index_score(&mut conn, &prefix, "b"), Some(t0 + 15_000));
+    store.set("c", &4)?; // no deadline
+    store.set_with("d", &5, 20 * s)?; // t0 + 27 s
+    assert!(store.expire("d", 30 * s)?); // t0 + 37 s
+    assert_eq!(index_score(&mut conn, &prefix, "d"), Some(t0 + 27_000));
+    // An earlier deadline moves the score at once.
+    store.set_with("e", &6, 3 * s)?; // t0 + 10 s
+    store.set_with("e", &7, 100 * s)?; // t0 + 107 s: the score stays at t0 + 10 s
+    assert!(store.expire("e", 2 * s)?); // t0 + 9 s
+    assert_eq!(index_score(&mut conn, &prefix, "e"), Some(t0 + 9_000));
+
+    // t0 + 12 s: a's score (t0 + 10 s) has passed, its deadline (t0 + 15 s) has not. Every read
+    // path sees it; e (deadline t0 + 9 s) is gone from all of them.
+    clock.advance(5 * s);
+    assert_eq!(store.get::<i32>("a")?, Some(2));
+    assert!(store.contains("a")?);
+    assert_eq!(store.len()?, 4);
+    let mut keys = store.keys()?;
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "c", "d"]);
+    let mut items = store.items::<i32>()?;
+    items.sort();
+    assert_eq!(
+        items,
+        [
+            ("a".to_string(), 2),
+            ("b".to_string(), 3),
+            ("c".to_string(), 4),
+            ("d".to_string(), 5)
+        ]
+    );
+    assert!(matches!(store.ttl("a")?, KeyTtl::Remaining(d) if d == 3 * s));
+    // The sweep reports e once, moves a's score to its deadline and removes nothing else.
+    assert_eq!(store.sweep_expired()?, 1);
+    assert_eq!(
+        next_expired(),
+        ("e".to_string(), Some(7)),
+        "with its last value"
+    );
+    assert_eq!(index_score(&mut conn, &prefix, "a"), Some(t0 + 15_000));
+    assert_eq!(store.len()?, 4);
+
+    // At its real deadline a expires, once, with its last value.
+    clock.advance(3 * s); // t0 + 15 s
+    assert_eq!(store.get::<i32>("a")?, None);
+    assert_eq!(store.sweep_expired()?, 1);
+    assert_eq!(next_expired(), ("a".to_string(), Some(2)));
+
+    // popitem finds an entry whose score has passed while its deadline has not.
+    store.clear()?;
+    store.set_with("p", &8, 10 * s)?;
+    clock.advance(5 * s);
+    store.set_with("p", &9, 10 * s)?;
+    clock.advance(6 * s); // past p's score, before its deadline
+    assert_eq!(store.popitem::<i32>()?, Some(("p".to_string(), 9)));
+    assert_eq!(store.popitem::<i32>()?, None);
+    // cleanup_inactive, too.
+    store.set_with("q", &10, 10 * s)?;
+    clock.advance(5 * s);
+    store.set_with("q", &11, 10 * s)?;
+    clock.advance(6 * s);
+    assert_eq!(store.cleanup_inactive(5 * s)?, 1);
+    assert_eq!(store.len()?, 0);
+    Ok(())
+}
+
+#[test]
+fn a_format_1_store_is_upgraded_when_opened() -> Result<()> {
+    let prefix = fresh_prefix();
+    let mut conn = raw();
+    let store = open(&prefix)?;
+    store.set("k", &1)?;
+    drop(store);
+    let meta = format!("{prefix}:meta");
+    redis::cmd("HSET")
+        .arg(&meta)
+        .arg("format")
+        .arg("1")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let store = open(&prefix)?;
+    assert_eq!(store.get::<i32>("k")?, Some(1));
+    let format: String = redis::cmd("HGET")
+        .arg(&meta)
+        .arg("format")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(format, "2");
     Ok(())
 }
 

@@ -1,9 +1,10 @@
 //! Where a store's data lives in Redis: the names of its keys, and which bucket a key belongs to.
 //!
 //! ```text
-//! <prefix>:meta                  hash   format = 1, buckets = N
+//! <prefix>:meta                  hash   format = 2, buckets = N
 //! <prefix>:{<b>}:k:<key>         hash   one entry: v (bytes), d (deadline), s (sliding), a (access)
 //! <prefix>:{<b>}:index           zset   the bucket's keys, scored by deadline (+inf: none)
+//!                                        or earlier (format 2; see store.lua)
 //! <prefix>:{<b>}:lock:<key>      string token of the update holding the key (with a lease)
 //! ```
 //!
@@ -15,7 +16,7 @@
 use crate::error::{Error, Result};
 
 /// The format written to `<prefix>:meta`.
-pub(super) const FORMAT: &str = "1";
+pub(super) const FORMAT: &str = "2";
 
 /// The names of one store's keys.
 #[derive(Clone, Debug)]

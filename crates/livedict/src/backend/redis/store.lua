@@ -9,7 +9,10 @@
 --   s  sliding TTL in ms (0 or absent: a fixed deadline)
 --   a  last access, ms since the epoch (refreshed at most once a second by reads)
 -- and a member `<key>` of its bucket's index `<base>index`, a sorted set scored by deadline
--- ('+inf' for none). `<base>lock:<key>` holds the token of an update in progress;
+-- ('+inf' for none). A score is never later than its entry's deadline but may be earlier: a write
+-- that moves a deadline later (the common case: the same TTL, written again) leaves the score
+-- alone, and the sweep, reaching the member early, moves it to the real deadline. So a score
+-- after now proves an entry live; a score that has passed proves nothing, and the entry decides. `<base>lock:<key>` holds the token of an update in progress;
 -- `<base>ulock:<name>` is a named lock (`try_lock`). A key with a
 -- deadline also has a native TTL of (deadline - now + grace), so that Redis removes it even when
 -- no livedict process runs; a running process sweeps it first, at the deadline, with its value.
@@ -129,12 +132,18 @@ local function flush_deferred()
   deferred = nil
 end
 
+-- Whether the index score of an entry whose deadline was old_d (nil: none) stays valid for the
+-- deadline d: it was at most old_d, so it is at most d when old_d <= d.
+local function score_holds(old_d, d)
+  return old_d ~= nil and old_d <= d
+end
+
 -- Stores an entry over old (the entry under k before, or nil).
 local function put(k, index, m, v, d, s, old)
   if d then
     redis.call('HSET', k, 'v', v, 'a', fmt(now), 'd', fmt(d), 's', fmt(s or 0))
     redis.call('PEXPIRE', k, fmt(math.max(d - now, 1) + grace))
-    if not (old and old.d == d) then
+    if not (old and score_holds(old.d, d)) then
       index_add(index, fmt(d), m)
     end
   else
@@ -204,13 +213,29 @@ local function delete(k, index, m)
   return false, e.v
 end
 
+-- The live entries among the members of index whose score has passed (due entries not swept
+-- yet, and entries whose score is earlier than their deadline): calls f(m, e) for each until it
+-- returns true. Usually a handful: the sweep moves them on when their scores pass.
+local function live_among_passed(index, f)
+  local base = base_of(index)
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now))) do
+    local k = base .. 'k:' .. m
+    local e = load(k)
+    if live(e) and f(m, e, k) then
+      return
+    end
+  end
+end
+
 -- A read that counts as an access: renews a sliding deadline and the last-access time.
 local function touch(k, index, m, e)
   if e.s > 0 then
     local d = now + e.s
     redis.call('HSET', k, 'd', fmt(d), 'a', fmt(now))
     redis.call('PEXPIRE', k, fmt(e.s + grace))
-    redis.call('ZADD', index, fmt(d), m)
+    if not score_holds(e.d, d) then
+      redis.call('ZADD', index, fmt(d), m)
+    end
   elseif now >= e.a + ACCESS_GRANULARITY then
     redis.call('HSET', k, 'a', fmt(now))
   end
@@ -218,8 +243,12 @@ end
 
 if op == 'open' then
   -- KEYS: meta. ARGV: format, buckets. Creates the store's metadata unless it exists; returns it.
+  -- A store of format 1 becomes format 2 as it is: format 1 kept every score equal to its
+  -- deadline, which format 2 allows.
   if redis.call('EXISTS', KEYS[1]) == 0 then
     redis.call('HSET', KEYS[1], 'format', ARGV[4], 'buckets', ARGV[5])
+  elseif ARGV[4] == '2' and redis.call('HGET', KEYS[1], 'format') == '1' then
+    redis.call('HSET', KEYS[1], 'format', '2')
   end
   return redis.call('HMGET', KEYS[1], 'format', 'buckets')
 elseif op == 'get' then
@@ -337,7 +366,9 @@ elseif op == 'expire' then
     local s = (ARGV[6] == '1') and ttl or 0
     redis.call('HSET', KEYS[1], 'd', fmt(d), 's', fmt(s))
     redis.call('PEXPIRE', KEYS[1], fmt(ttl + grace))
-    redis.call('ZADD', KEYS[2], fmt(d), ARGV[4])
+    if not score_holds(e.d, d) then
+      redis.call('ZADD', KEYS[2], fmt(d), ARGV[4])
+    end
   else
     redis.call('HDEL', KEYS[1], 'd', 's')
     redis.call('PERSIST', KEYS[1])
@@ -444,6 +475,9 @@ elseif op == 'len' then
   local n = 0
   for _, index in ipairs(KEYS) do
     n = n + redis.call('ZCOUNT', index, '(' .. fmt(now), '+inf')
+    live_among_passed(index, function()
+      n = n + 1
+    end)
   end
   return n
 elseif op == 'next_deadline' then
@@ -515,6 +549,20 @@ elseif op == 'pop' then
       end
     end
   end
+  local popped = false
+  for _, index in ipairs(KEYS) do
+    local base = base_of(index)
+    live_among_passed(index, function(m, e, k)
+      if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
+        remove(k, index, m)
+        popped = { m, e.v }
+        return true
+      end
+    end)
+    if popped then
+      return popped
+    end
+  end
   return false
 elseif op == 'clear' then
   -- KEYS: indexes. ARGV: limit. Removes up to limit entries; returns { live removed, more, then
@@ -560,15 +608,14 @@ elseif op == 'scan' then
   local items = r[2]
   for i = 1, #items, 2 do
     local m = items[i]
-    if tonumber(items[i + 1]) > now then
+    local e = true -- a score after now proves the entry live
+    if ARGV[6] == '1' or tonumber(items[i + 1]) <= now then
+      e = load(base .. 'k:' .. m)
+    end
+    if e == true or live(e) then
+      out[#out + 1] = m
       if ARGV[6] == '1' then
-        local e = load(base .. 'k:' .. m)
-        if live(e) then
-          out[#out + 1] = m
-          out[#out + 1] = e.v
-        end
-      else
-        out[#out + 1] = m
+        out[#out + 1] = e.v
       end
     end
   end
@@ -584,7 +631,7 @@ elseif op == 'remove_inactive' then
   local plan = {}
   for i = 1, #items, 2 do
     local m = items[i]
-    if tonumber(items[i + 1]) > now and redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
+    if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
       local k = base .. 'k:' .. m
       local e = load(k)
       if live(e) and e.a + ACCESS_GRANULARITY <= cutoff then
