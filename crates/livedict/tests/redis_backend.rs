@@ -476,6 +476,84 @@ fn a_killed_connection_fails_one_call_then_the_store_works_again() -> Result<()>
     Ok(())
 }
 
+/// The names of the function libraries on the server.
+fn libraries(conn: &mut redis::Connection) -> Vec<String> {
+    let list: Vec<Vec<redis::Value>> = redis::cmd("FUNCTION").arg("LIST").query(conn).unwrap();
+    list.iter()
+        .filter_map(|library| match &library[..] {
+            [
+                redis::Value::BulkString(field),
+                redis::Value::BulkString(name),
+                ..,
+            ] if field == b"library_name" => Some(String::from_utf8_lossy(name).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// On a server of its own: flushing every function and script would make calls of the tests
+/// beside it load them again (which works, but is not what those tests are about).
+#[test]
+fn a_flushed_library_is_loaded_again_and_a_server_refusing_functions_runs_scripts() -> Result<()> {
+    let _ = server_url(); // requires the test environment like every other test here
+    let server = OwnServer::start();
+    let mut conn = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    let store = LiveDict::builder()
+        .backend(RedisBackend::open_with(&server.url(), RedisOptions::new())?)
+        .active_expiry(false)
+        .build()?;
+    store.set("k", &1)?;
+    let loaded = libraries(&mut conn);
+    assert!(
+        matches!(&loaded[..], [name] if name.starts_with("livedict_")),
+        "{loaded:?}"
+    );
+    // Flushed (as a restart without persistence would): the next call loads it again.
+    redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query::<()>(&mut conn)
+        .unwrap();
+    assert_eq!(store.incr("k", 1)?, 2);
+    assert_eq!(libraries(&mut conn), loaded);
+
+    // A user who may not load or call functions: the store runs its script instead, and loads
+    // it again after SCRIPT FLUSH.
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("no-functions")
+        .arg("on")
+        .arg("nopass")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-function")
+        .arg("-fcall")
+        .arg("-fcall_ro")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let url = format!("redis://no-functions:any@127.0.0.1:{}", server.port);
+    let scripted = LiveDict::builder()
+        .backend(RedisBackend::open_with(&url, RedisOptions::new())?)
+        .active_expiry(false)
+        .build()?;
+    assert_eq!(scripted.get::<i32>("k")?, Some(2));
+    assert_eq!(scripted.incr("k", 1)?, 3);
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query::<()>(&mut conn)
+        .unwrap();
+    scripted.set_with("t", &4, Duration::from_secs(60))?;
+    assert!(matches!(scripted.ttl("t")?, KeyTtl::Remaining(_)));
+    assert_eq!(
+        store.get::<i32>("t")?,
+        Some(4),
+        "both forms share the store"
+    );
+    Ok(())
+}
+
 /// A redis-server of this test's own (so that it can be restarted), with an append-only file
 /// synced on every write.
 struct OwnServer {

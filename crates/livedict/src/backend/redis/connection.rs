@@ -18,6 +18,8 @@
 
 use std::fmt;
 use std::future::{Future, ready};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use async_lock::{Mutex as StripeMutex, MutexGuard as StripeGuard};
@@ -269,53 +271,126 @@ fn warn_detached(e: &RedisError) {
     tracing::warn!(error = %e, "livedict: cannot release an update lock; it expires with its lease");
 }
 
-/// The script of every operation, loaded once per server and run by its SHA1.
+/// Every operation of the store, in one Lua source (`store.lua`), run either as a function of a
+/// library (`FCALL`, Redis 7 and later) or as a script by its SHA1 (`EVALSHA`).
+///
+/// [`load`](Self::load) loads the library when the store is opened. A library stays compiled
+/// between calls, where a script runs its whole chunk again on each call (defining every helper
+/// function anew): `FCALL` takes about a microsecond less of the server's time per operation.
+/// Where the server refuses `FUNCTION LOAD` (an older server, or an ACL user without it), the
+/// store runs the script instead. The library's name carries the source's hash, so processes of
+/// different livedict versions sharing a server each keep their own.
 pub(super) struct StoreScript {
+    /// The script form, and its SHA1.
+    source: String,
     script: redis::Script,
+    /// The library form, and the name of its function (and of the library).
+    library: String,
+    function: String,
+    /// Whether the library is in use (else the script is).
+    functions: AtomicBool,
 }
 
 impl fmt::Debug for StoreScript {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreScript")
             .field("sha1", &self.script.get_hash())
+            .field("function", &self.function)
+            .field("functions", &self.functions.load(Relaxed))
             .finish()
     }
 }
 
-/// The source of the script.
+/// The source of the operations.
 const STORE_LUA: &str = include_str!("store.lua");
 
 impl StoreScript {
-    pub(super) fn new() -> Self {
+    fn new() -> Self {
+        let source = format!("{STORE_LUA}\nreturn run(KEYS, ARGV)\n");
+        let script = redis::Script::new(&source);
+        let function = format!("livedict_{}", &script.get_hash()[..16]);
+        let library = format!(
+            "#!lua name={function}\n{STORE_LUA}\nredis.register_function('{function}', run)\n"
+        );
         StoreScript {
-            script: redis::Script::new(STORE_LUA),
+            source,
+            script,
+            library,
+            function,
+            functions: AtomicBool::new(false),
         }
     }
 
-    /// An `EVALSHA` of the script with `keys` (arguments are added by the caller).
+    /// The operations for a store being opened through `io`: loads the library (`FUNCTION LOAD
+    /// REPLACE`: the same source under the same name, so replacing it changes nothing), or
+    /// settles for the script when the server refuses. A connection failure is an error.
+    pub(super) async fn load<T: Transport>(io: &T) -> Result<Self> {
+        let script = StoreScript::new();
+        match script.load_library(io).await {
+            Ok(()) => script.functions.store(true, Relaxed),
+            Err(e) if e.code().is_some() => {
+                tracing::debug!(error = %e, "livedict: no function library on this Redis server; running scripts");
+            }
+            Err(e) => return Err(redis_error(e)),
+        }
+        Ok(script)
+    }
+
+    async fn load_library<T: Transport>(&self, io: &T) -> RedisResult<()> {
+        let mut load = redis::cmd("FUNCTION");
+        load.arg("LOAD").arg("REPLACE").arg(&self.library);
+        io.query(&load).await.map(drop)
+    }
+
+    /// Whether operations run as a library function (`FCALL`), else as a script (`EVALSHA`).
+    pub(super) fn uses_functions(&self) -> bool {
+        self.functions.load(Relaxed)
+    }
+
+    /// An `FCALL` (or `EVALSHA`) with `keys` (arguments are added by the caller).
     pub(super) fn command<K: AsRef<str>>(&self, keys: &[K]) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash()).arg(keys.len());
+        let mut cmd = if self.uses_functions() {
+            let mut cmd = redis::cmd("FCALL");
+            cmd.arg(&self.function);
+            cmd
+        } else {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.script.get_hash());
+            cmd
+        };
+        cmd.arg(keys.len());
         for k in keys {
             cmd.arg(k.as_ref());
         }
         cmd
     }
 
-    /// Runs `cmd` (from [`command`](Self::command)) through `io`, loading the script first if
-    /// the server has lost it (a restart, `SCRIPT FLUSH`). A `NOSCRIPT` reply means nothing ran.
-    /// In a cluster, `SCRIPT LOAD` goes to every master.
+    /// Runs `cmd` (from [`command`](Self::command)) through `io`, loading the library or the
+    /// script again first if the server has lost it (a restart, `FUNCTION FLUSH`, `SCRIPT
+    /// FLUSH`): a "Function not found" or `NOSCRIPT` reply means nothing ran. In a cluster,
+    /// `FUNCTION LOAD` and `SCRIPT LOAD` go to every master.
     pub(super) async fn run<T: Transport>(&self, io: &T, cmd: &redis::Cmd) -> Result<Value> {
         match io.query(cmd).await {
+            Err(e) if self.uses_functions() && is_function_not_found(&e) => {
+                self.load_library(io).await.map_err(redis_error)?;
+                io.query(cmd).await.map_err(redis_error)
+            }
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 let mut load = redis::cmd("SCRIPT");
-                load.arg("LOAD").arg(STORE_LUA);
+                load.arg("LOAD").arg(&self.source);
                 io.query(&load).await.map_err(redis_error)?;
                 io.query(cmd).await.map_err(redis_error)
             }
             other => other.map_err(redis_error),
         }
     }
+}
+
+/// The server's reply to an `FCALL` of a function it does not have.
+fn is_function_not_found(e: &RedisError) -> bool {
+    e.code() == Some("ERR")
+        && e.detail()
+            .is_some_and(|d| d.starts_with("Function not found"))
 }
 
 /// Maps a redis-rs error: the script's own `LIVEDICT` errors (an entry that does not decode) and

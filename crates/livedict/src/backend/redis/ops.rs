@@ -63,7 +63,7 @@ impl Store {
         buckets: u32,
         settings: Settings,
     ) -> Result<Store> {
-        let script = StoreScript::new();
+        let script = StoreScript::load(io).await?;
         let meta = Layout::meta_key(prefix);
         let mut cmd = script.command(&[&meta]);
         cmd.arg("open").arg("").arg(0).arg(FORMAT).arg(buckets);
@@ -175,7 +175,7 @@ impl<T: Transport> Drop for HeldLock<'_, T> {
 }
 
 impl<T: Transport> Ops<'_, T> {
-    /// An `EVALSHA` of operation `op` over `keys`; the operation's arguments follow.
+    /// An `FCALL` (or `EVALSHA`) of operation `op` over `keys`; the operation's arguments follow.
     fn cmd<K: AsRef<str>>(&self, op: &str, now: Millis, keys: &[K]) -> redis::Cmd {
         let mut cmd = self.store.script.command(keys);
         cmd.arg(op);

@@ -1,5 +1,10 @@
 -- livedict: every operation of the Redis backend, run atomically by the server.
 --
+-- `run(KEYS, ARGV)` at the end does one operation. connection.rs loads this file as a function
+-- library (Redis 7+: `FCALL`), or else as a script ending in `return run(KEYS, ARGV)`
+-- (`EVALSHA`). A library stays loaded between calls, so the state of one call lives in the
+-- variables below, and `run` sets each of them first.
+--
 -- ARGV[1] the operation, ARGV[2] the time in ms since the Unix epoch ('' = the server's clock,
 -- read with TIME), ARGV[3] the native-expiry grace in ms; the operation's own arguments follow.
 --
@@ -12,28 +17,22 @@
 -- ('+inf' for none). A score is never later than its entry's deadline but may be earlier: a write
 -- that moves a deadline later (the common case: the same TTL, written again) leaves the score
 -- alone, and the sweep, reaching the member early, moves it to the real deadline. So a score
--- after now proves an entry live; a score that has passed proves nothing, and the entry decides. `<base>lock:<key>` holds the token of an update in progress;
--- `<base>ulock:<name>` is a named lock (`try_lock`). A key with a
--- deadline also has a native TTL of (deadline - now + grace), so that Redis removes it even when
--- no livedict process runs; a running process sweeps it first, at the deadline, with its value.
+-- after now proves an entry live; a score that has passed proves nothing, and the entry decides.
+-- `<base>lock:<key>` holds the token of an update in progress; `<base>ulock:<name>` is a named
+-- lock (`try_lock`). A key with a deadline also has a native TTL of (deadline - now + grace), so
+-- that Redis removes it even when no livedict process runs; a running process sweeps it first,
+-- at the deadline, with its value.
 --
 -- Nothing is written before every entry an operation reads has been decoded: an entry that does
 -- not decode is an error (the LIVEDICT error code) and is left as it is.
 
-local op = ARGV[1]
-local now
-if ARGV[2] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-else
-  now = tonumber(ARGV[2])
-end
-local grace = tonumber(ARGV[3])
+-- The call's operation, time (ms since the epoch) and native-expiry grace (ms).
+local op, now, grace
 local ACCESS_GRANULARITY = 1000
 
 -- Integers as decimal text (Lua numbers are doubles: exact below 2^53), remembered for the call:
 -- a batch formats the same time and deadlines for every key, and string.format dominated it.
-local formatted = {}
+local formatted
 local function fmt(n)
   local text = formatted[n]
   if not text then
@@ -100,7 +99,7 @@ end
 
 -- Index updates a batch defers to its end: index -> member -> score, false for a member removed
 -- since (nil outside a batch, where each update is made at once).
-local deferred = nil
+local deferred
 
 local function index_add(index, score, m)
   if deferred then
@@ -241,410 +240,423 @@ local function touch(k, index, m, e)
   end
 end
 
-if op == 'open' then
-  -- KEYS: meta. ARGV: format, buckets. Creates the store's metadata unless it exists; returns it.
-  -- A store of format 1 becomes format 2 as it is: format 1 kept every score equal to its
-  -- deadline, which format 2 allows.
-  if redis.call('EXISTS', KEYS[1]) == 0 then
-    redis.call('HSET', KEYS[1], 'format', ARGV[4], 'buckets', ARGV[5])
-  elseif ARGV[4] == '2' and redis.call('HGET', KEYS[1], 'format') == '1' then
-    redis.call('HSET', KEYS[1], 'format', '2')
+-- One operation: KEYS and ARGV as described above.
+local function run(KEYS, ARGV)
+  op = ARGV[1]
+  if ARGV[2] == '' then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  else
+    now = tonumber(ARGV[2])
   end
-  return redis.call('HMGET', KEYS[1], 'format', 'buckets')
-elseif op == 'get' then
-  -- KEYS: data, index, lock (cluster only). ARGV: member, touch. -1: wait for a batch.
-  if batch_locked(KEYS[3]) then
-    return -1
-  end
-  local e = load(KEYS[1])
-  if not live(e) then
-    return false
-  end
-  if ARGV[5] == '1' then
-    touch(KEYS[1], KEYS[2], ARGV[4], e)
-  end
-  return e.v
-elseif op == 'get_many' then
-  -- KEYS: (data, index) or, in a cluster, (data, index, lock) per key. ARGV: touch, stride
-  -- (2 or 3), then the members. -1: wait for a batch.
-  local stride = tonumber(ARGV[5])
-  local n = #KEYS / stride
-  local entries = {}
-  for i = 1, n do
-    if stride == 3 and batch_locked(KEYS[3 * i]) then
+  grace = tonumber(ARGV[3])
+  formatted = {}
+  deferred = nil
+  if op == 'open' then
+    -- KEYS: meta. ARGV: format, buckets. Creates the store's metadata unless it exists; returns it.
+    -- A store of format 1 becomes format 2 as it is: format 1 kept every score equal to its
+    -- deadline, which format 2 allows.
+    if redis.call('EXISTS', KEYS[1]) == 0 then
+      redis.call('HSET', KEYS[1], 'format', ARGV[4], 'buckets', ARGV[5])
+    elseif ARGV[4] == '2' and redis.call('HGET', KEYS[1], 'format') == '1' then
+      redis.call('HSET', KEYS[1], 'format', '2')
+    end
+    return redis.call('HMGET', KEYS[1], 'format', 'buckets')
+  elseif op == 'get' then
+    -- KEYS: data, index, lock (cluster only). ARGV: member, touch. -1: wait for a batch.
+    if batch_locked(KEYS[3]) then
       return -1
     end
-    entries[i] = load(KEYS[stride * (i - 1) + 1]) or false
-  end
-  local out = {}
-  for i = 1, n do
-    local e = entries[i]
-    if e and live(e) then
-      if ARGV[4] == '1' then
-        touch(KEYS[stride * (i - 1) + 1], KEYS[stride * (i - 1) + 2], ARGV[5 + i], e)
-      end
-      out[i] = e.v
-    else
-      out[i] = false
-    end
-  end
-  return out
-elseif op == 'set' then
-  -- KEYS: data, index, lock. ARGV: member, value, condition (a|nx|xx), ttl, sliding, keep.
-  if locked(KEYS[3], '') then
-    return { -1 }
-  end
-  local w, p, x = write(KEYS[1], KEYS[2], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], load(KEYS[1]))
-  return { w, p, x }
-elseif op == 'delete' then
-  -- KEYS: data, index, lock. ARGV: member.
-  if locked(KEYS[3], '') then
-    return { -1 }
-  end
-  local p, x = delete(KEYS[1], KEYS[2], ARGV[4])
-  return { 1, p, x }
-elseif op == 'lock_read' then
-  -- KEYS: data, lock. ARGV: token, lease ms. Takes the key's lock and returns its live value.
-  local e = load(KEYS[1])
-  if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[5]) then
-    return { -1 }
-  end
-  if live(e) then
-    return { 1, e.v }
-  end
-  return { 1, false }
-elseif op == 'commit' then
-  -- KEYS: data, index, lock. ARGV: member, token, change (keep|write|delete|replace), value,
-  -- ttl, sliding, keep. Applies an update's change and releases the lock it holds.
-  if redis.call('GET', KEYS[3]) ~= ARGV[5] then
-    return { -2 }
-  end
-  local change = ARGV[6]
-  local p, x = false, false
-  if change == 'write' then
-    local _
-    _, p, x = write(KEYS[1], KEYS[2], ARGV[4], ARGV[7], 'a', tonumber(ARGV[8]), ARGV[9], ARGV[10], load(KEYS[1]))
-  elseif change == 'delete' then
-    p, x = delete(KEYS[1], KEYS[2], ARGV[4])
-  else
     local e = load(KEYS[1])
+    if not live(e) then
+      return false
+    end
+    if ARGV[5] == '1' then
+      touch(KEYS[1], KEYS[2], ARGV[4], e)
+    end
+    return e.v
+  elseif op == 'get_many' then
+    -- KEYS: (data, index) or, in a cluster, (data, index, lock) per key. ARGV: touch, stride
+    -- (2 or 3), then the members. -1: wait for a batch.
+    local stride = tonumber(ARGV[5])
+    local n = #KEYS / stride
+    local entries = {}
+    for i = 1, n do
+      if stride == 3 and batch_locked(KEYS[3 * i]) then
+        return -1
+      end
+      entries[i] = load(KEYS[stride * (i - 1) + 1]) or false
+    end
+    local out = {}
+    for i = 1, n do
+      local e = entries[i]
+      if e and live(e) then
+        if ARGV[4] == '1' then
+          touch(KEYS[stride * (i - 1) + 1], KEYS[stride * (i - 1) + 2], ARGV[5 + i], e)
+        end
+        out[i] = e.v
+      else
+        out[i] = false
+      end
+    end
+    return out
+  elseif op == 'set' then
+    -- KEYS: data, index, lock. ARGV: member, value, condition (a|nx|xx), ttl, sliding, keep.
+    if locked(KEYS[3], '') then
+      return { -1 }
+    end
+    local w, p, x = write(KEYS[1], KEYS[2], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], load(KEYS[1]))
+    return { w, p, x }
+  elseif op == 'delete' then
+    -- KEYS: data, index, lock. ARGV: member.
+    if locked(KEYS[3], '') then
+      return { -1 }
+    end
+    local p, x = delete(KEYS[1], KEYS[2], ARGV[4])
+    return { 1, p, x }
+  elseif op == 'lock_read' then
+    -- KEYS: data, lock. ARGV: token, lease ms. Takes the key's lock and returns its live value.
+    local e = load(KEYS[1])
+    if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[5]) then
+      return { -1 }
+    end
     if live(e) then
-      p = e.v
-      if change == 'replace' then
-        redis.call('HSET', KEYS[1], 'v', ARGV[7])
-      end
+      return { 1, e.v }
     end
-  end
-  redis.call('DEL', KEYS[3])
-  return { 1, p, x }
-elseif op == 'ttl' then
-  -- KEYS: data, lock (cluster only). Returns -3 (wait for a batch), -2 (no live entry),
-  -- -1 (no deadline) or the remaining ms.
-  if batch_locked(KEYS[2]) then
-    return -3
-  end
-  local e = load(KEYS[1])
-  if not live(e) then
-    return -2
-  end
-  if not e.d then
-    return -1
-  end
-  return e.d - now
-elseif op == 'expire' then
-  -- KEYS: data, index, lock. ARGV: member, ttl (0: never), sliding.
-  if locked(KEYS[3], '') then
-    return -1
-  end
-  local e = load(KEYS[1])
-  if not live(e) then
-    return 0
-  end
-  local ttl = tonumber(ARGV[5])
-  if ttl > 0 then
-    local d = now + ttl
-    local s = (ARGV[6] == '1') and ttl or 0
-    redis.call('HSET', KEYS[1], 'd', fmt(d), 's', fmt(s))
-    redis.call('PEXPIRE', KEYS[1], fmt(ttl + grace))
-    if not score_holds(e.d, d) then
-      redis.call('ZADD', KEYS[2], fmt(d), ARGV[4])
+    return { 1, false }
+  elseif op == 'commit' then
+    -- KEYS: data, index, lock. ARGV: member, token, change (keep|write|delete|replace), value,
+    -- ttl, sliding, keep. Applies an update's change and releases the lock it holds.
+    if redis.call('GET', KEYS[3]) ~= ARGV[5] then
+      return { -2 }
     end
-  else
-    redis.call('HDEL', KEYS[1], 'd', 's')
-    redis.call('PERSIST', KEYS[1])
-    redis.call('ZADD', KEYS[2], '+inf', ARGV[4])
-  end
-  return 1
-elseif op == 'batch' then
-  -- KEYS: (data, index, lock) per operation. ARGV: the batch's lock token ('' if it holds no
-  -- locks), then per operation kind (s|d), member, value, ttl, sliding, keep. All or nothing:
-  -- refused as a whole while another holds a lock on any key. Releases the batch's locks.
-  local n = #KEYS / 3
-  local token = ARGV[4]
-  -- The locks, read a few hundred at a time.
-  for first = 0, n - 1, 500 do
-    local locks = {}
-    for i = first, math.min(first + 499, n - 1) do
-      locks[#locks + 1] = KEYS[3 * i + 3]
-    end
-    for _, holder in ipairs(redis.call('MGET', unpack(locks))) do
-      if holder and holder ~= token then
-        return { -1 }
-      end
-    end
-  end
-  local entries, repeated, seen = {}, {}, {}
-  for i = 0, n - 1 do
-    local k = KEYS[3 * i + 1]
-    entries[i] = load(k) or false
-    repeated[i] = seen[k] ~= nil
-    seen[k] = true
-  end
-  local out = { 1 }
-  deferred = {}
-  for i = 0, n - 1 do
-    local a = 4 + 6 * i
-    local k, index, m = KEYS[3 * i + 1], KEYS[3 * i + 2], ARGV[a + 2]
-    local p, x
-    if ARGV[a + 1] == 's' then
+    local change = ARGV[6]
+    local p, x = false, false
+    if change == 'write' then
       local _
-      local e = entries[i] or nil
-      if repeated[i] then
-        e = load(k) -- written earlier in this batch
-      end
-      _, p, x = write(k, index, m, ARGV[a + 3], 'a', tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6], e)
+      _, p, x = write(KEYS[1], KEYS[2], ARGV[4], ARGV[7], 'a', tonumber(ARGV[8]), ARGV[9], ARGV[10], load(KEYS[1]))
+    elseif change == 'delete' then
+      p, x = delete(KEYS[1], KEYS[2], ARGV[4])
     else
-      p, x = delete(k, index, m)
-    end
-    out[#out + 1] = p
-    out[#out + 1] = x
-  end
-  flush_deferred()
-  if token ~= '' then
-    for i = 0, n - 1 do
-      if redis.call('GET', KEYS[3 * i + 3]) == token then
-        redis.call('DEL', KEYS[3 * i + 3])
+      local e = load(KEYS[1])
+      if live(e) then
+        p = e.v
+        if change == 'replace' then
+          redis.call('HSET', KEYS[1], 'v', ARGV[7])
+        end
       end
     end
-  end
-  return out
-elseif op == 'prepare' then
-  -- KEYS: (data, lock) per key of one bucket. ARGV: token ('b:...'), lease ms. The first phase of
-  -- a batch spanning several cluster slots: locks every key (all or none) after checking that
-  -- each entry decodes. -1: another holds one of the locks.
-  for i = 1, #KEYS, 2 do
-    if locked(KEYS[i + 1], ARGV[4]) then
+    redis.call('DEL', KEYS[3])
+    return { 1, p, x }
+  elseif op == 'ttl' then
+    -- KEYS: data, lock (cluster only). Returns -3 (wait for a batch), -2 (no live entry),
+    -- -1 (no deadline) or the remaining ms.
+    if batch_locked(KEYS[2]) then
+      return -3
+    end
+    local e = load(KEYS[1])
+    if not live(e) then
+      return -2
+    end
+    if not e.d then
       return -1
     end
-    load(KEYS[i])
-  end
-  for i = 2, #KEYS, 2 do
-    redis.call('SET', KEYS[i], ARGV[4], 'PX', ARGV[5])
-  end
-  return 1
-elseif op == 'release' then
-  -- KEYS: locks. ARGV: token. Releases those the token holds.
-  for _, lock in ipairs(KEYS) do
-    if redis.call('GET', lock) == ARGV[4] then
-      redis.call('DEL', lock)
+    return e.d - now
+  elseif op == 'expire' then
+    -- KEYS: data, index, lock. ARGV: member, ttl (0: never), sliding.
+    if locked(KEYS[3], '') then
+      return -1
     end
-  end
-  return 1
-elseif op == 'try_lock' then
-  -- KEYS: the named lock's hash (fields o owner, e lease end, f fencing token; kept after
-  -- release so the token keeps growing). ARGV: owner, lease ms. Returns the new token, or nil
-  -- while another owner's lease runs.
-  local h = redis.call('HMGET', KEYS[1], 'o', 'e', 'f')
-  if h[1] and h[1] ~= '' and (tonumber(h[2]) or 0) > now then
-    return false
-  end
-  local f = (tonumber(h[3]) or 0) + 1
-  redis.call('HSET', KEYS[1], 'o', ARGV[4], 'e', fmt(now + tonumber(ARGV[5])), 'f', fmt(f))
-  return f
-elseif op == 'unlock' then
-  -- KEYS: the named lock's hash. ARGV: owner. 1 if that owner held it (lease running) and it is
-  -- released now, else 0.
-  local h = redis.call('HMGET', KEYS[1], 'o', 'e')
-  if h[1] == ARGV[4] and (tonumber(h[2]) or 0) > now then
-    redis.call('HSET', KEYS[1], 'o', '', 'e', '0')
-    return 1
-  end
-  return 0
-elseif op == 'len' then
-  -- KEYS: indexes.
-  local n = 0
-  for _, index in ipairs(KEYS) do
-    n = n + redis.call('ZCOUNT', index, '(' .. fmt(now), '+inf')
-    live_among_passed(index, function()
-      n = n + 1
-    end)
-  end
-  return n
-elseif op == 'next_deadline' then
-  -- KEYS: indexes. The earliest deadline, or nil.
-  local best = nil
-  for _, index in ipairs(KEYS) do
-    local first = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
-    if first[2] then
-      local d = tonumber(first[2])
-      if d ~= math.huge and (best == nil or d < best) then
-        best = d
+    local e = load(KEYS[1])
+    if not live(e) then
+      return 0
+    end
+    local ttl = tonumber(ARGV[5])
+    if ttl > 0 then
+      local d = now + ttl
+      local s = (ARGV[6] == '1') and ttl or 0
+      redis.call('HSET', KEYS[1], 'd', fmt(d), 's', fmt(s))
+      redis.call('PEXPIRE', KEYS[1], fmt(ttl + grace))
+      if not score_holds(e.d, d) then
+        redis.call('ZADD', KEYS[2], fmt(d), ARGV[4])
       end
-    end
-  end
-  if best then
-    return fmt(best)
-  end
-  return false
-elseif op == 'sweep' then
-  -- KEYS: indexes. ARGV: limit. Removes due entries and returns member, value, deadline triples.
-  -- Entries under a lock wait for the next sweep.
-  local left = tonumber(ARGV[4])
-  local plan = {}
-  for _, index in ipairs(KEYS) do
-    if left <= 0 then
-      break
-    end
-    local base = base_of(index)
-    local due = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now), 'LIMIT', 0, left)
-    for _, m in ipairs(due) do
-      if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
-        local k = base .. 'k:' .. m
-        local e = load(k)
-        plan[#plan + 1] = { index, k, m, e or false }
-        if e and e.d and e.d <= now then
-          left = left - 1
-        end
-      end
-    end
-  end
-  local out = {}
-  for _, p in ipairs(plan) do
-    local index, k, m, e = p[1], p[2], p[3], p[4]
-    if not e then
-      redis.call('ZREM', index, m) -- Redis expired it natively while no process swept
-    elseif e.d and e.d <= now then
-      remove(k, index, m)
-      out[#out + 1] = m
-      out[#out + 1] = e.v
-      out[#out + 1] = fmt(e.d)
     else
-      redis.call('ZADD', index, e.d and fmt(e.d) or '+inf', m)
+      redis.call('HDEL', KEYS[1], 'd', 's')
+      redis.call('PERSIST', KEYS[1])
+      redis.call('ZADD', KEYS[2], '+inf', ARGV[4])
     end
-  end
-  return out
-elseif op == 'pop' then
-  -- KEYS: indexes. Removes some live, unlocked entry and returns { member, value }.
-  for _, index in ipairs(KEYS) do
-    local base = base_of(index)
-    local candidates = redis.call('ZRANGEBYSCORE', index, '(' .. fmt(now), '+inf', 'LIMIT', 0, 16)
-    for _, m in ipairs(candidates) do
-      if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
-        local k = base .. 'k:' .. m
-        local e = load(k)
-        if live(e) then
-          remove(k, index, m)
-          return { m, e.v }
+    return 1
+  elseif op == 'batch' then
+    -- KEYS: (data, index, lock) per operation. ARGV: the batch's lock token ('' if it holds no
+    -- locks), then per operation kind (s|d), member, value, ttl, sliding, keep. All or nothing:
+    -- refused as a whole while another holds a lock on any key. Releases the batch's locks.
+    local n = #KEYS / 3
+    local token = ARGV[4]
+    -- The locks, read a few hundred at a time.
+    for first = 0, n - 1, 500 do
+      local locks = {}
+      for i = first, math.min(first + 499, n - 1) do
+        locks[#locks + 1] = KEYS[3 * i + 3]
+      end
+      for _, holder in ipairs(redis.call('MGET', unpack(locks))) do
+        if holder and holder ~= token then
+          return { -1 }
         end
       end
     end
-  end
-  local popped = false
-  for _, index in ipairs(KEYS) do
-    local base = base_of(index)
-    live_among_passed(index, function(m, e, k)
-      if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
-        remove(k, index, m)
-        popped = { m, e.v }
-        return true
-      end
-    end)
-    if popped then
-      return popped
+    local entries, repeated, seen = {}, {}, {}
+    for i = 0, n - 1 do
+      local k = KEYS[3 * i + 1]
+      entries[i] = load(k) or false
+      repeated[i] = seen[k] ~= nil
+      seen[k] = true
     end
-  end
-  return false
-elseif op == 'clear' then
-  -- KEYS: indexes. ARGV: limit. Removes up to limit entries; returns { live removed, more, then
-  -- member, value, deadline of each dead entry removed }.
-  local left = tonumber(ARGV[4])
-  local plan = {}
-  local more = 0
-  for _, index in ipairs(KEYS) do
-    local base = base_of(index)
-    local members = redis.call('ZRANGE', index, 0, left - 1)
-    for _, m in ipairs(members) do
-      local k = base .. 'k:' .. m
-      plan[#plan + 1] = { index, k, m, load(k) or false }
-    end
-    left = left - #members
-    if left <= 0 then
-      more = 1
-      break
-    end
-  end
-  local removed, out = 0, { 0, more }
-  for _, p in ipairs(plan) do
-    local index, k, m, e = p[1], p[2], p[3], p[4]
-    remove(k, index, m)
-    if e then
-      if live(e) then
-        removed = removed + 1
+    local out = { 1 }
+    deferred = {}
+    for i = 0, n - 1 do
+      local a = 4 + 6 * i
+      local k, index, m = KEYS[3 * i + 1], KEYS[3 * i + 2], ARGV[a + 2]
+      local p, x
+      if ARGV[a + 1] == 's' then
+        local _
+        local e = entries[i] or nil
+        if repeated[i] then
+          e = load(k) -- written earlier in this batch
+        end
+        _, p, x = write(k, index, m, ARGV[a + 3], 'a', tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6], e)
       else
+        p, x = delete(k, index, m)
+      end
+      out[#out + 1] = p
+      out[#out + 1] = x
+    end
+    flush_deferred()
+    if token ~= '' then
+      for i = 0, n - 1 do
+        if redis.call('GET', KEYS[3 * i + 3]) == token then
+          redis.call('DEL', KEYS[3 * i + 3])
+        end
+      end
+    end
+    return out
+  elseif op == 'prepare' then
+    -- KEYS: (data, lock) per key of one bucket. ARGV: token ('b:...'), lease ms. The first phase of
+    -- a batch spanning several cluster slots: locks every key (all or none) after checking that
+    -- each entry decodes. -1: another holds one of the locks.
+    for i = 1, #KEYS, 2 do
+      if locked(KEYS[i + 1], ARGV[4]) then
+        return -1
+      end
+      load(KEYS[i])
+    end
+    for i = 2, #KEYS, 2 do
+      redis.call('SET', KEYS[i], ARGV[4], 'PX', ARGV[5])
+    end
+    return 1
+  elseif op == 'release' then
+    -- KEYS: locks. ARGV: token. Releases those the token holds.
+    for _, lock in ipairs(KEYS) do
+      if redis.call('GET', lock) == ARGV[4] then
+        redis.call('DEL', lock)
+      end
+    end
+    return 1
+  elseif op == 'try_lock' then
+    -- KEYS: the named lock's hash (fields o owner, e lease end, f fencing token; kept after
+    -- release so the token keeps growing). ARGV: owner, lease ms. Returns the new token, or nil
+    -- while another owner's lease runs.
+    local h = redis.call('HMGET', KEYS[1], 'o', 'e', 'f')
+    if h[1] and h[1] ~= '' and (tonumber(h[2]) or 0) > now then
+      return false
+    end
+    local f = (tonumber(h[3]) or 0) + 1
+    redis.call('HSET', KEYS[1], 'o', ARGV[4], 'e', fmt(now + tonumber(ARGV[5])), 'f', fmt(f))
+    return f
+  elseif op == 'unlock' then
+    -- KEYS: the named lock's hash. ARGV: owner. 1 if that owner held it (lease running) and it is
+    -- released now, else 0.
+    local h = redis.call('HMGET', KEYS[1], 'o', 'e')
+    if h[1] == ARGV[4] and (tonumber(h[2]) or 0) > now then
+      redis.call('HSET', KEYS[1], 'o', '', 'e', '0')
+      return 1
+    end
+    return 0
+  elseif op == 'len' then
+    -- KEYS: indexes.
+    local n = 0
+    for _, index in ipairs(KEYS) do
+      n = n + redis.call('ZCOUNT', index, '(' .. fmt(now), '+inf')
+      live_among_passed(index, function()
+        n = n + 1
+      end)
+    end
+    return n
+  elseif op == 'next_deadline' then
+    -- KEYS: indexes. The earliest deadline, or nil.
+    local best = nil
+    for _, index in ipairs(KEYS) do
+      local first = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+      if first[2] then
+        local d = tonumber(first[2])
+        if d ~= math.huge and (best == nil or d < best) then
+          best = d
+        end
+      end
+    end
+    if best then
+      return fmt(best)
+    end
+    return false
+  elseif op == 'sweep' then
+    -- KEYS: indexes. ARGV: limit. Removes due entries and returns member, value, deadline triples.
+    -- Entries under a lock wait for the next sweep.
+    local left = tonumber(ARGV[4])
+    local plan = {}
+    for _, index in ipairs(KEYS) do
+      if left <= 0 then
+        break
+      end
+      local base = base_of(index)
+      local due = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now), 'LIMIT', 0, left)
+      for _, m in ipairs(due) do
+        if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
+          local k = base .. 'k:' .. m
+          local e = load(k)
+          plan[#plan + 1] = { index, k, m, e or false }
+          if e and e.d and e.d <= now then
+            left = left - 1
+          end
+        end
+      end
+    end
+    local out = {}
+    for _, p in ipairs(plan) do
+      local index, k, m, e = p[1], p[2], p[3], p[4]
+      if not e then
+        redis.call('ZREM', index, m) -- Redis expired it natively while no process swept
+      elseif e.d and e.d <= now then
+        remove(k, index, m)
         out[#out + 1] = m
         out[#out + 1] = e.v
         out[#out + 1] = fmt(e.d)
+      else
+        redis.call('ZADD', index, e.d and fmt(e.d) or '+inf', m)
       end
     end
-  end
-  out[1] = removed
-  return out
-elseif op == 'scan' then
-  -- KEYS: index. ARGV: cursor, match pattern, with values, count. Returns { next cursor, then
-  -- members (and values) of live entries }.
-  local r = redis.call('ZSCAN', KEYS[1], ARGV[4], 'MATCH', ARGV[5], 'COUNT', ARGV[7])
-  local base = base_of(KEYS[1])
-  local out = { r[1] }
-  local items = r[2]
-  for i = 1, #items, 2 do
-    local m = items[i]
-    local e = true -- a score after now proves the entry live
-    if ARGV[6] == '1' or tonumber(items[i + 1]) <= now then
-      e = load(base .. 'k:' .. m)
-    end
-    if e == true or live(e) then
-      out[#out + 1] = m
-      if ARGV[6] == '1' then
-        out[#out + 1] = e.v
+    return out
+  elseif op == 'pop' then
+    -- KEYS: indexes. Removes some live, unlocked entry and returns { member, value }.
+    for _, index in ipairs(KEYS) do
+      local base = base_of(index)
+      local candidates = redis.call('ZRANGEBYSCORE', index, '(' .. fmt(now), '+inf', 'LIMIT', 0, 16)
+      for _, m in ipairs(candidates) do
+        if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
+          local k = base .. 'k:' .. m
+          local e = load(k)
+          if live(e) then
+            remove(k, index, m)
+            return { m, e.v }
+          end
+        end
       end
     end
-  end
-  return out
-elseif op == 'remove_inactive' then
-  -- KEYS: index. ARGV: cursor, idle ms, count, match pattern. Removes live, unlocked entries
-  -- matching the pattern not accessed for idle ms; returns { next cursor, then member, value
-  -- pairs }.
-  local r = redis.call('ZSCAN', KEYS[1], ARGV[4], 'MATCH', ARGV[7], 'COUNT', ARGV[6])
-  local base = base_of(KEYS[1])
-  local cutoff = now - tonumber(ARGV[5])
-  local items = r[2]
-  local plan = {}
-  for i = 1, #items, 2 do
-    local m = items[i]
-    if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
-      local k = base .. 'k:' .. m
-      local e = load(k)
-      if live(e) and e.a + ACCESS_GRANULARITY <= cutoff then
-        plan[#plan + 1] = { k, m, e.v }
+    local popped = false
+    for _, index in ipairs(KEYS) do
+      local base = base_of(index)
+      live_among_passed(index, function(m, e, k)
+        if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
+          remove(k, index, m)
+          popped = { m, e.v }
+          return true
+        end
+      end)
+      if popped then
+        return popped
       end
     end
+    return false
+  elseif op == 'clear' then
+    -- KEYS: indexes. ARGV: limit. Removes up to limit entries; returns { live removed, more, then
+    -- member, value, deadline of each dead entry removed }.
+    local left = tonumber(ARGV[4])
+    local plan = {}
+    local more = 0
+    for _, index in ipairs(KEYS) do
+      local base = base_of(index)
+      local members = redis.call('ZRANGE', index, 0, left - 1)
+      for _, m in ipairs(members) do
+        local k = base .. 'k:' .. m
+        plan[#plan + 1] = { index, k, m, load(k) or false }
+      end
+      left = left - #members
+      if left <= 0 then
+        more = 1
+        break
+      end
+    end
+    local removed, out = 0, { 0, more }
+    for _, p in ipairs(plan) do
+      local index, k, m, e = p[1], p[2], p[3], p[4]
+      remove(k, index, m)
+      if e then
+        if live(e) then
+          removed = removed + 1
+        else
+          out[#out + 1] = m
+          out[#out + 1] = e.v
+          out[#out + 1] = fmt(e.d)
+        end
+      end
+    end
+    out[1] = removed
+    return out
+  elseif op == 'scan' then
+    -- KEYS: index. ARGV: cursor, match pattern, with values, count. Returns { next cursor, then
+    -- members (and values) of live entries }.
+    local r = redis.call('ZSCAN', KEYS[1], ARGV[4], 'MATCH', ARGV[5], 'COUNT', ARGV[7])
+    local base = base_of(KEYS[1])
+    local out = { r[1] }
+    local items = r[2]
+    for i = 1, #items, 2 do
+      local m = items[i]
+      local e = true -- a score after now proves the entry live
+      if ARGV[6] == '1' or tonumber(items[i + 1]) <= now then
+        e = load(base .. 'k:' .. m)
+      end
+      if e == true or live(e) then
+        out[#out + 1] = m
+        if ARGV[6] == '1' then
+          out[#out + 1] = e.v
+        end
+      end
+    end
+    return out
+  elseif op == 'remove_inactive' then
+    -- KEYS: index. ARGV: cursor, idle ms, count, match pattern. Removes live, unlocked entries
+    -- matching the pattern not accessed for idle ms; returns { next cursor, then member, value
+    -- pairs }.
+    local r = redis.call('ZSCAN', KEYS[1], ARGV[4], 'MATCH', ARGV[7], 'COUNT', ARGV[6])
+    local base = base_of(KEYS[1])
+    local cutoff = now - tonumber(ARGV[5])
+    local items = r[2]
+    local plan = {}
+    for i = 1, #items, 2 do
+      local m = items[i]
+      if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
+        local k = base .. 'k:' .. m
+        local e = load(k)
+        if live(e) and e.a + ACCESS_GRANULARITY <= cutoff then
+          plan[#plan + 1] = { k, m, e.v }
+        end
+      end
+    end
+    local out = { r[1] }
+    for _, p in ipairs(plan) do
+      remove(p[1], KEYS[1], p[2])
+      out[#out + 1] = p[2]
+      out[#out + 1] = p[3]
+    end
+    return out
   end
-  local out = { r[1] }
-  for _, p in ipairs(plan) do
-    remove(p[1], KEYS[1], p[2])
-    out[#out + 1] = p[2]
-    out[#out + 1] = p[3]
-  end
-  return out
+  error({ err = 'LIVEDICT unknown operation ' .. tostring(op) })
 end
-error({ err = 'LIVEDICT unknown operation ' .. tostring(op) })
