@@ -418,6 +418,14 @@ fn a_prefix_holding_something_else_is_refused_and_left_alone() {
         .unwrap();
     let opened = RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(&prefix));
     assert!(matches!(opened, Err(Error::Format(_))), "{opened:?}");
+    // A grace too long for the server's numbers.
+    let opened = RedisBackend::open_with(
+        &server_url(),
+        RedisOptions::new()
+            .prefix(fresh_prefix())
+            .expiry_grace(livedict::MAX_TTL + Duration::from_millis(1)),
+    );
+    assert!(matches!(opened, Err(Error::Backend(_))), "{opened:?}");
     // Bad prefixes.
     for bad in ["", "a{b}", "has space"] {
         let opened = RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(bad));

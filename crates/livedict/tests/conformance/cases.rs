@@ -732,6 +732,27 @@ pub fn zero_ttl_is_refused(h: &Harness) -> Result<()> {
     Ok(())
 }
 
+pub fn the_longest_ttl_is_kept(h: &Harness) -> Result<()> {
+    let store = h.store();
+    let max = livedict::MAX_TTL;
+    let near_max =
+        |ttl: KeyTtl| matches!(ttl, KeyTtl::Remaining(d) if d > max - secs(60) && d <= max);
+    store.set_with("k", &1, max)?;
+    assert!(near_max(store.ttl("k")?), "{:?}", store.ttl("k")?);
+    store.set("k2", &2)?;
+    assert!(store.expire("k2", max)?);
+    assert!(near_max(store.ttl("k2")?));
+    store.set_with("k3", &3, WriteOptions::ttl(max).sliding(true))?;
+    assert_eq!(store.get::<i32>("k3")?, Some(3));
+    assert!(near_max(store.ttl("k3")?));
+    let mut batch = store.batch();
+    batch.set_with("k4", &4, max)?;
+    store.apply(batch)?;
+    assert!(near_max(store.ttl("k4")?));
+    assert_eq!(store.len()?, 4);
+    Ok(())
+}
+
 pub fn entry_is_invisible_from_its_deadline_on_every_read_path(h: &Harness) -> Result<()> {
     // No background expiry: invisibility must not depend on removal.
     let (store, clock) = h.manual_with(|b| b.active_expiry(false));

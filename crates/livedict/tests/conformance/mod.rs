@@ -225,6 +225,7 @@ macro_rules! conformance_suite {
             closed_store_refuses_calls,
             // SPEC 3: time to live
             zero_ttl_is_refused,
+            the_longest_ttl_is_kept,
             entry_is_invisible_from_its_deadline_on_every_read_path,
             overwrite_replaces_ttl_unless_kept,
             default_ttl_applies_and_never_overrides_it,

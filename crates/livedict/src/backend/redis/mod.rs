@@ -105,7 +105,8 @@ impl RedisOptions {
 
     /// How long after its deadline Redis removes an entry natively (default 10 s). A running
     /// store removes it at the deadline, with an `Expire` event; the native TTL is the safety net
-    /// for when none runs, and such removals have no event.
+    /// for when none runs, and such removals have no event. At most [`MAX_TTL`](crate::MAX_TTL)
+    /// (opening fails with [`Error::Backend`] otherwise).
     pub fn expiry_grace(mut self, grace: Duration) -> Self {
         self.expiry_grace = grace;
         self

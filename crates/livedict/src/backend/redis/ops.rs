@@ -63,6 +63,11 @@ impl Store {
         buckets: u32,
         settings: Settings,
     ) -> Result<Store> {
+        if settings.expiry_grace > crate::MAX_TTL {
+            return Err(Error::Backend(
+                "a Redis expiry grace longer than livedict::MAX_TTL".into(),
+            ));
+        }
         let script = StoreScript::load(io).await?;
         let meta = Layout::meta_key(prefix);
         let mut cmd = script.command(&[&meta]);

@@ -30,8 +30,10 @@
 local op, now, grace
 local ACCESS_GRANULARITY = 1000
 
--- Integers as decimal text (Lua numbers are doubles: exact below 2^53), remembered for the call:
--- a batch formats the same time and deadlines for every key, and string.format dominated it.
+-- Numbers are passed to redis.call as they are: the server writes a whole number below 2^53
+-- (every time, deadline and TTL here: MAX_TTL and the grace are capped well below) as its
+-- digits. Those returned to the client, which must be text, are formatted, and remembered for
+-- the call: a sweep or a clear returns the same deadlines for many keys.
 local formatted
 local function fmt(n)
   local text = formatted[n]
@@ -140,13 +142,13 @@ end
 -- Stores an entry over old (the entry under k before, or nil).
 local function put(k, index, m, v, d, s, old)
   if d then
-    redis.call('HSET', k, 'v', v, 'a', fmt(now), 'd', fmt(d), 's', fmt(s or 0))
-    redis.call('PEXPIRE', k, fmt(math.max(d - now, 1) + grace))
+    redis.call('HSET', k, 'v', v, 'a', now, 'd', d, 's', s or 0)
+    redis.call('PEXPIRE', k, math.max(d - now, 1) + grace)
     if not (old and score_holds(old.d, d)) then
-      index_add(index, fmt(d), m)
+      index_add(index, d, m)
     end
   else
-    redis.call('HSET', k, 'v', v, 'a', fmt(now))
+    redis.call('HSET', k, 'v', v, 'a', now)
     if old and old.d then
       redis.call('HDEL', k, 'd', 's')
       redis.call('PERSIST', k)
@@ -230,13 +232,13 @@ end
 local function touch(k, index, m, e)
   if e.s > 0 then
     local d = now + e.s
-    redis.call('HSET', k, 'd', fmt(d), 'a', fmt(now))
-    redis.call('PEXPIRE', k, fmt(e.s + grace))
+    redis.call('HSET', k, 'd', d, 'a', now)
+    redis.call('PEXPIRE', k, e.s + grace)
     if not score_holds(e.d, d) then
-      redis.call('ZADD', index, fmt(d), m)
+      redis.call('ZADD', index, d, m)
     end
   elseif now >= e.a + ACCESS_GRANULARITY then
-    redis.call('HSET', k, 'a', fmt(now))
+    redis.call('HSET', k, 'a', now)
   end
 end
 
@@ -375,10 +377,10 @@ local function run(KEYS, ARGV)
     if ttl > 0 then
       local d = now + ttl
       local s = (ARGV[6] == '1') and ttl or 0
-      redis.call('HSET', KEYS[1], 'd', fmt(d), 's', fmt(s))
-      redis.call('PEXPIRE', KEYS[1], fmt(ttl + grace))
+      redis.call('HSET', KEYS[1], 'd', d, 's', s)
+      redis.call('PEXPIRE', KEYS[1], ttl + grace)
       if not score_holds(e.d, d) then
-        redis.call('ZADD', KEYS[2], fmt(d), ARGV[4])
+        redis.call('ZADD', KEYS[2], d, ARGV[4])
       end
     else
       redis.call('HDEL', KEYS[1], 'd', 's')
@@ -470,7 +472,7 @@ local function run(KEYS, ARGV)
       return false
     end
     local f = (tonumber(h[3]) or 0) + 1
-    redis.call('HSET', KEYS[1], 'o', ARGV[4], 'e', fmt(now + tonumber(ARGV[5])), 'f', fmt(f))
+    redis.call('HSET', KEYS[1], 'o', ARGV[4], 'e', now + tonumber(ARGV[5]), 'f', f)
     return f
   elseif op == 'unlock' then
     -- KEYS: the named lock's hash. ARGV: owner. 1 if that owner held it (lease running) and it is
