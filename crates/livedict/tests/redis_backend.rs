@@ -292,6 +292,59 @@ fn a_later_deadline_leaves_the_index_alone_and_every_read_stays_exact() -> Resul
     Ok(())
 }
 
+/// With every score of a store passed at once and no entry due, one sweep call moves at most a
+/// batch of them (the driver calls again while the earliest score has passed), instead of
+/// loading every early member of every bucket in one script.
+#[test]
+fn a_sweep_moves_a_bounded_number_of_early_scores() -> Result<()> {
+    let prefix = fresh_prefix();
+    let clock = livedict::ManualClock::new();
+    let store = LiveDict::builder()
+        .backend(RedisBackend::open_with(
+            &server_url(),
+            RedisOptions::new().prefix(&prefix).server_clock(false),
+        )?)
+        .clock(livedict::Clock::Manual(clock.clone()))
+        .active_expiry(false)
+        .build()?;
+    let s = Duration::from_secs(1);
+    let keys: Vec<String> = (0..600).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        store.set_with(k, &1, 10 * s)?;
+    }
+    clock.advance(5 * s);
+    for k in &keys {
+        store.set_with(k, &2, 10 * s)?; // the scores stay 5 s early
+    }
+    clock.advance(6 * s); // every score has passed, no deadline has
+    let mut conn = raw();
+    let now = clock.now();
+    let mut passed = || -> usize {
+        (0..16)
+            .map(|b| {
+                redis::cmd("ZCOUNT")
+                    .arg(format!("{prefix}:{{{b}}}:index"))
+                    .arg("-inf")
+                    .arg(now)
+                    .query::<usize>(&mut conn)
+                    .unwrap()
+            })
+            .sum()
+    };
+    assert_eq!(passed(), 600);
+    assert_eq!(store.sweep_expired()?, 0);
+    let left = passed();
+    assert!(
+        (600 - 256..600).contains(&left),
+        "{left} scores still passed"
+    );
+    while passed() > 0 {
+        assert_eq!(store.sweep_expired()?, 0);
+    }
+    assert_eq!(store.len()?, 600);
+    Ok(())
+}
+
 #[test]
 fn a_format_1_store_is_upgraded_when_opened() -> Result<()> {
     let prefix = fresh_prefix();

@@ -510,8 +510,10 @@ local function run(KEYS, ARGV)
     end
     return false
   elseif op == 'sweep' then
-    -- KEYS: indexes. ARGV: limit. Removes due entries and returns member, value, deadline triples.
-    -- Entries under a lock wait for the next sweep.
+    -- KEYS: indexes. ARGV: limit. Removes due entries and returns member, value, deadline triples;
+    -- moves the scores it finds early to their deadlines. Looks at `limit` members at most, due
+    -- or not, so that one call stays short when many scores pass at once (a store whose keys are
+    -- all rewritten with later deadlines). Entries under a lock wait for the next sweep.
     local left = tonumber(ARGV[4])
     local plan = {}
     for _, index in ipairs(KEYS) do
@@ -520,14 +522,11 @@ local function run(KEYS, ARGV)
       end
       local base = base_of(index)
       local due = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now), 'LIMIT', 0, left)
+      left = left - #due
       for _, m in ipairs(due) do
         if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
           local k = base .. 'k:' .. m
-          local e = load(k)
-          plan[#plan + 1] = { index, k, m, e or false }
-          if e and e.d and e.d <= now then
-            left = left - 1
-          end
+          plan[#plan + 1] = { index, k, m, load(k) or false }
         end
       end
     end
