@@ -293,10 +293,10 @@ fn a_later_deadline_leaves_the_index_alone_and_every_read_stays_exact() -> Resul
 }
 
 /// With every score of a store passed at once and no entry due, one sweep call moves at most a
-/// batch of them (the driver calls again while the earliest score has passed), instead of
-/// loading every early member of every bucket in one script.
+/// batch of them (the driver calls again while the earliest score has passed), and `len` counts
+/// them in chunks, instead of loading every early member of every bucket in one script.
 #[test]
-fn a_sweep_moves_a_bounded_number_of_early_scores() -> Result<()> {
+fn many_passed_scores_are_swept_and_counted_in_bounded_calls() -> Result<()> {
     let prefix = fresh_prefix();
     let clock = livedict::ManualClock::new();
     let store = LiveDict::builder()
@@ -308,15 +308,20 @@ fn a_sweep_moves_a_bounded_number_of_early_scores() -> Result<()> {
         .active_expiry(false)
         .build()?;
     let s = Duration::from_secs(1);
-    let keys: Vec<String> = (0..600).map(|i| format!("k{i}")).collect();
-    for k in &keys {
-        store.set_with(k, &1, 10 * s)?;
-    }
+    const N: usize = 2500; // more than a chunk (1,000) of passed scores
+    let keys: Vec<String> = (0..N).map(|i| format!("k{i}")).collect();
+    let write_all = |ttl, value| -> Result<()> {
+        let mut batch = store.batch();
+        for k in &keys {
+            batch.set_with(k, &value, ttl)?;
+        }
+        store.apply(batch)
+    };
+    write_all(10 * s, 1)?;
     clock.advance(5 * s);
-    for k in &keys {
-        store.set_with(k, &2, 10 * s)?; // the scores stay 5 s early
-    }
-    clock.advance(6 * s); // every score has passed, no deadline has
+    write_all(10 * s, 2)?; // the scores stay 5 s early
+    store.set_with("due", &3, s)?;
+    clock.advance(6 * s); // every score has passed, only one deadline has
     let mut conn = raw();
     let now = clock.now();
     let mut passed = || -> usize {
@@ -331,17 +336,15 @@ fn a_sweep_moves_a_bounded_number_of_early_scores() -> Result<()> {
             })
             .sum()
     };
-    assert_eq!(passed(), 600);
-    assert_eq!(store.sweep_expired()?, 0);
+    assert_eq!(passed(), N + 1);
+    assert_eq!(store.len()?, N, "counted in chunks");
+    assert_eq!(store.sweep_expired()?, 1);
     let left = passed();
-    assert!(
-        (600 - 256..600).contains(&left),
-        "{left} scores still passed"
-    );
+    assert!((N - 256..N).contains(&left), "{left} scores still passed");
     while passed() > 0 {
         assert_eq!(store.sweep_expired()?, 0);
     }
-    assert_eq!(store.len()?, 600);
+    assert_eq!(store.len()?, N);
     Ok(())
 }
 

@@ -24,8 +24,8 @@ use crate::backend::{
 use crate::clock::{Millis, Now};
 use crate::error::{Error, Result};
 
-/// Entries removed (or examined) per script call by `clear`, `scan` and `remove_inactive`, so that
-/// no single call holds the server for long.
+/// Entries removed (or examined) per script call by `clear`, `scan`, `remove_inactive` and `len`,
+/// so that no single call holds the server for long.
 const CHUNK: usize = 1000;
 /// In-process stripes serializing the updates of one key, so that threads (and tasks) of one
 /// process queue in memory instead of polling the Redis lock.
@@ -549,12 +549,44 @@ impl<T: Transport> Ops<'_, T> {
         Ok(int(&self.run(&cmd).await?)? == 1)
     }
 
+    /// The live entries: per group of buckets, one call that counts the scores after now and
+    /// judges the members whose scores have passed by their entries (the index is lazy; see
+    /// store.lua). When more than [`CHUNK`] scores have passed (the sweep is behind), each index
+    /// is counted in chunks of that many members instead, so that no call loads them all: exact
+    /// when nothing changes meanwhile, like a count over a cluster's buckets.
     pub(super) async fn len(&self, now: Millis) -> Result<usize> {
         let mut n = 0;
         for group in self.bucket_groups() {
-            n += int(&self.run(&self.cmd("len", now, group)).await?)? as usize;
+            let mut cmd = self.cmd("len", now, group);
+            cmd.arg(CHUNK);
+            match int(&self.run(&cmd).await?)? {
+                -1 => {
+                    for index in group {
+                        n += self.len_in_chunks(index, now).await?;
+                    }
+                }
+                live => n += live as usize,
+            }
         }
         Ok(n)
+    }
+
+    async fn len_in_chunks(&self, index: &str, now: Millis) -> Result<usize> {
+        let (mut n, mut offset) = (0, 0);
+        loop {
+            let mut cmd = self.cmd("len_chunk", now, &[index]);
+            cmd.arg(offset).arg(CHUNK);
+            let reply = array(self.run(&cmd).await?)?;
+            let [live, seen] = reply.as_slice() else {
+                return Err(unexpected("len_chunk"));
+            };
+            let (live, seen) = (int(live)? as usize, int(seen)? as usize);
+            n += live;
+            if seen < CHUNK {
+                return Ok(n);
+            }
+            offset += seen;
+        }
     }
 
     pub(super) async fn clear(&self, now: Millis) -> Result<Cleared> {

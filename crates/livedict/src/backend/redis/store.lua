@@ -484,7 +484,16 @@ local function run(KEYS, ARGV)
     end
     return 0
   elseif op == 'len' then
-    -- KEYS: indexes.
+    -- KEYS: indexes. ARGV: limit. The live entries, or -1 when more than limit members have
+    -- passed scores in all (the sweep is behind: a store whose scores passed at once), for the
+    -- caller to count in chunks (len_chunk) rather than load them all in one call.
+    local passed = 0
+    for _, index in ipairs(KEYS) do
+      passed = passed + redis.call('ZCOUNT', index, '-inf', fmt(now))
+    end
+    if passed > tonumber(ARGV[4]) then
+      return -1
+    end
     local n = 0
     for _, index in ipairs(KEYS) do
       n = n + redis.call('ZCOUNT', index, '(' .. fmt(now), '+inf')
@@ -493,6 +502,23 @@ local function run(KEYS, ARGV)
       end)
     end
     return n
+  elseif op == 'len_chunk' then
+    -- KEYS: index. ARGV: offset, limit. { live entries among the members [offset, offset + limit)
+    -- of those with passed scores (plus, from offset 0, those with later scores), members looked
+    -- at }.
+    local n = 0
+    local offset = tonumber(ARGV[4])
+    if offset == 0 then
+      n = redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now), '+inf')
+    end
+    local base = base_of(KEYS[1])
+    local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', fmt(now), 'LIMIT', offset, ARGV[5])
+    for _, m in ipairs(members) do
+      if live(load(base .. 'k:' .. m)) then
+        n = n + 1
+      end
+    end
+    return { n, #members }
   elseif op == 'next_deadline' then
     -- KEYS: indexes. The earliest deadline, or nil.
     local best = nil
@@ -514,14 +540,14 @@ local function run(KEYS, ARGV)
     -- moves the scores it finds early to their deadlines. Looks at `limit` members at most, due
     -- or not, so that one call stays short when many scores pass at once (a store whose keys are
     -- all rewritten with later deadlines). Entries under a lock wait for the next sweep.
+    -- The budget is shared: each index first gets its part, so that early scores piling up in
+    -- one bucket do not hold back the due entries of the others; what is left then goes to the
+    -- indexes that had more, in order.
     local left = tonumber(ARGV[4])
     local plan = {}
-    for _, index in ipairs(KEYS) do
-      if left <= 0 then
-        break
-      end
+    local function take(index, offset, count)
       local base = base_of(index)
-      local due = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now), 'LIMIT', 0, left)
+      local due = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now), 'LIMIT', offset, count)
       left = left - #due
       for _, m in ipairs(due) do
         if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
@@ -529,6 +555,20 @@ local function run(KEYS, ARGV)
           plan[#plan + 1] = { index, k, m, load(k) or false }
         end
       end
+      return #due
+    end
+    local full = {}
+    for i, index in ipairs(KEYS) do
+      local share = math.ceil(left / (#KEYS - i + 1))
+      if share > 0 and take(index, 0, share) == share then
+        full[#full + 1] = { index, share }
+      end
+    end
+    for _, f in ipairs(full) do
+      if left <= 0 then
+        break
+      end
+      take(f[1], f[2], left)
     end
     local out = {}
     for _, p in ipairs(plan) do
