@@ -292,17 +292,19 @@ fn a_later_deadline_leaves_the_index_alone_and_every_read_stays_exact() -> Resul
     Ok(())
 }
 
-/// With every score of a store passed at once and no entry due, one sweep call moves at most a
-/// batch of them (the driver calls again while the earliest score has passed), and `len` counts
-/// them in chunks, instead of loading every early member of every bucket in one script.
+/// With every score of a store passed at once (each key rewritten with a later deadline), each
+/// sweep call looks at a bounded number of members and the sweep calls again until it is done,
+/// and `len` counts them in chunks, instead of one call loading every early member of every
+/// bucket. On a server of its own, to count the calls.
 #[test]
 fn many_passed_scores_are_swept_and_counted_in_bounded_calls() -> Result<()> {
-    let prefix = fresh_prefix();
+    let _ = server_url(); // requires the test environment like every other test here
+    let server = OwnServer::start();
     let clock = livedict::ManualClock::new();
     let store = LiveDict::builder()
         .backend(RedisBackend::open_with(
-            &server_url(),
-            RedisOptions::new().prefix(&prefix).server_clock(false),
+            &server.url(),
+            RedisOptions::new().server_clock(false),
         )?)
         .clock(livedict::Clock::Manual(clock.clone()))
         .active_expiry(false)
@@ -322,13 +324,15 @@ fn many_passed_scores_are_swept_and_counted_in_bounded_calls() -> Result<()> {
     write_all(10 * s, 2)?; // the scores stay 5 s early
     store.set_with("due", &3, s)?;
     clock.advance(6 * s); // every score has passed, only one deadline has
-    let mut conn = raw();
+    let mut conn = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .unwrap();
     let now = clock.now();
     let mut passed = || -> usize {
         (0..16)
             .map(|b| {
                 redis::cmd("ZCOUNT")
-                    .arg(format!("{prefix}:{{{b}}}:index"))
+                    .arg(format!("livedict:{{{b}}}:index"))
                     .arg("-inf")
                     .arg(now)
                     .query::<usize>(&mut conn)
@@ -338,13 +342,52 @@ fn many_passed_scores_are_swept_and_counted_in_bounded_calls() -> Result<()> {
     };
     assert_eq!(passed(), N + 1);
     assert_eq!(store.len()?, N, "counted in chunks");
-    assert_eq!(store.sweep_expired()?, 1);
-    let left = passed();
-    assert!((N - 256..N).contains(&left), "{left} scores still passed");
-    while passed() > 0 {
-        assert_eq!(store.sweep_expired()?, 0);
-    }
+    let calls = |conn: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+            .and_then(|l| l.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let mut conn = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    let before = calls(&mut conn);
+    assert_eq!(store.sweep_expired()?, 1, "due expires, nothing else");
+    let sweeps = calls(&mut conn) - before;
+    assert!(
+        sweeps >= (N / 256) as u64,
+        "{sweeps} calls swept {N} early scores"
+    );
+    assert_eq!(passed(), 0, "every early score moved to its deadline");
     assert_eq!(store.len()?, N);
+    Ok(())
+}
+
+#[test]
+fn popitem_finds_a_live_entry_behind_many_unswept_dead_ones() -> Result<()> {
+    let prefix = fresh_prefix();
+    let clock = livedict::ManualClock::new();
+    let store = LiveDict::builder()
+        .backend(RedisBackend::open_with(
+            &server_url(),
+            RedisOptions::new().prefix(&prefix).server_clock(false),
+        )?)
+        .clock(livedict::Clock::Manual(clock.clone()))
+        .active_expiry(false)
+        .build()?;
+    let s = Duration::from_secs(1);
+    // One bucket (a shared hash tag): 150 entries due at 6 s, and one whose score (10 s) is
+    // behind all of theirs while its deadline (15 s) has not come.
+    store.set_with("{t}live", &1, 10 * s)?;
+    clock.advance(5 * s);
+    store.set_with("{t}live", &2, 10 * s)?;
+    for i in 0..150 {
+        store.set_with(&format!("{{t}}dead{i}"), &0, s)?;
+    }
+    clock.advance(6 * s);
+    assert_eq!(store.popitem::<i32>()?, Some(("{t}live".to_string(), 2)));
+    assert_eq!(store.popitem::<i32>()?, None);
     Ok(())
 }
 
@@ -615,6 +658,75 @@ fn a_flushed_library_is_loaded_again_and_a_server_refusing_functions_runs_script
         Some(4),
         "both forms share the store"
     );
+
+    // A user who loses the right to call functions while the store runs: it turns to scripts.
+    let acl = |conn: &mut redis::Connection, rules: &[&str]| {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("losing-functions")
+            .arg(rules)
+            .query::<()>(conn)
+            .unwrap()
+    };
+    acl(&mut conn, &["on", "nopass", "~*", "&*", "+@all"]);
+    let url = format!("redis://losing-functions:any@127.0.0.1:{}", server.port);
+    let switching = LiveDict::builder()
+        .backend(RedisBackend::open_with(&url, RedisOptions::new())?)
+        .active_expiry(false)
+        .build()?;
+    assert_eq!(switching.incr("k", 1)?, 4);
+    acl(&mut conn, &["-function", "-fcall", "-fcall_ro"]);
+    assert_eq!(switching.incr("k", 1)?, 5);
+    assert_eq!(switching.get::<i32>("k")?, Some(5));
+    Ok(())
+}
+
+/// On a server of its own, whose memory limit it lowers.
+#[test]
+fn a_full_server_refuses_writes_and_still_serves_reads_and_removals() -> Result<()> {
+    let _ = server_url(); // requires the test environment like every other test here
+    let server = OwnServer::start();
+    let store = LiveDict::builder()
+        .backend(RedisBackend::open_with(&server.url(), RedisOptions::new())?)
+        .build()?;
+    for i in 0..100 {
+        store.set_with(&format!("k{i}"), &i, Duration::from_secs(3600))?;
+    }
+    let mut conn = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let set_config = |conn: &mut redis::Connection, name: &str, value: String| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query::<()>(conn)
+            .unwrap()
+    };
+    set_config(&mut conn, "maxmemory-policy", "noeviction".into());
+    set_config(&mut conn, "maxmemory", (used / 2).to_string());
+    assert!(matches!(store.set("new", &1), Err(Error::Backend(_))));
+    assert!(matches!(store.incr("k1", 1), Err(Error::Backend(_))));
+    assert_eq!(store.get::<i64>("k1")?, Some(1));
+    assert_eq!(store.get_many::<i64>(&["k2", "new"])?, vec![Some(2), None]);
+    assert!(matches!(store.ttl("k3")?, KeyTtl::Remaining(_)));
+    assert_eq!(store.len()?, 100);
+    assert_eq!(store.keys()?.len(), 100);
+    assert!(store.delete("k1")?);
+    assert!(store.popitem::<i64>()?.is_some());
+    store.clear()?;
+    assert_eq!(store.len()?, 0);
+    set_config(&mut conn, "maxmemory", "0".into());
+    store.set("new", &1)?;
+    assert_eq!(store.get::<i64>("new")?, Some(1));
     Ok(())
 }
 

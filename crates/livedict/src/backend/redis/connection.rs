@@ -284,9 +284,11 @@ pub(super) struct StoreScript {
     /// The script form, and its SHA1.
     source: String,
     script: redis::Script,
-    /// The library form, and the name of its function (and of the library).
+    /// The library form, the name of its function (and of the library) for operations that may
+    /// store more, and of the same function flagged `allow-oom` for the others (below).
     library: String,
     function: String,
+    function_no_growth: String,
     /// Whether the library is in use (else the script is).
     functions: AtomicBool,
 }
@@ -309,14 +311,18 @@ impl StoreScript {
         let source = format!("{STORE_LUA}\nreturn run(KEYS, ARGV)\n");
         let script = redis::Script::new(&source);
         let function = format!("livedict_{}", &script.get_hash()[..16]);
+        let function_no_growth = format!("{function}_no_growth");
         let library = format!(
-            "#!lua name={function}\n{STORE_LUA}\nredis.register_function('{function}', run)\n"
+            "#!lua name={function}\n{STORE_LUA}\nredis.register_function('{function}', run)\n\
+             redis.register_function{{function_name = '{function_no_growth}', callback = run, \
+             flags = {{ 'allow-oom' }}}}\n"
         );
         StoreScript {
             source,
             script,
             library,
             function,
+            function_no_growth,
             functions: AtomicBool::new(false),
         }
     }
@@ -328,9 +334,11 @@ impl StoreScript {
         let script = StoreScript::new();
         match script.load_library(io).await {
             Ok(()) => script.functions.store(true, Relaxed),
-            Err(e) if e.code().is_some() => {
+            Err(e) if refuses_functions(&e) => {
                 tracing::debug!(error = %e, "livedict: no function library on this Redis server; running scripts");
             }
+            // Anything else (a connection failure, a server loading or failing over) fails the
+            // open rather than settling for scripts for the store's lifetime.
             Err(e) => return Err(redis_error(e)),
         }
         Ok(script)
@@ -347,16 +355,40 @@ impl StoreScript {
         self.functions.load(Relaxed)
     }
 
-    /// An `FCALL` (or `EVALSHA`) with `keys` (arguments are added by the caller).
+    /// `cmd` (an `FCALL`) as the `EVALSHA` of the same operation: the same keys and arguments.
+    fn as_script(&self, cmd: &redis::Cmd) -> redis::Cmd {
+        let mut script = redis::cmd("EVALSHA");
+        script.arg(self.script.get_hash());
+        for arg in cmd.args_iter().skip(2) {
+            if let redis::Arg::Simple(bytes) = arg {
+                script.arg(bytes);
+            }
+        }
+        script
+    }
+
+    /// An `FCALL` (or `EVALSHA`) with `keys` (arguments are added by the caller), of an
+    /// operation that may store more (`grows`) or not.
+    ///
+    /// Redis refuses to run a function without flags at all while its memory is full (with
+    /// `maxmemory` and no eviction), reads and removals included, where a script is refused at
+    /// its first write only. So operations that only read or remove (or refresh a field in place)
+    /// call the same function registered with `allow-oom`, and stay available on a full server
+    /// (they are how it is emptied); writes are refused there with `Error::Backend`.
     ///
     /// Sized up front for the keys and a dozen arguments of a few hundred bytes in all (a `set`
     /// with a small value): grown one argument at a time, the command reallocated its buffers
     /// about ten times, a sixth of a `set`'s instructions on the client.
-    pub(super) fn command<K: AsRef<str>>(&self, keys: &[K]) -> redis::Cmd {
+    pub(super) fn command<K: AsRef<str>>(&self, keys: &[K], grows: bool) -> redis::Cmd {
         let key_bytes: usize = keys.iter().map(|k| k.as_ref().len()).sum();
         let mut cmd = redis::Cmd::with_capacity(keys.len() + 16, key_bytes + 320);
         if self.uses_functions() {
-            cmd.arg("FCALL").arg(&self.function);
+            let function = if grows {
+                &self.function
+            } else {
+                &self.function_no_growth
+            };
+            cmd.arg("FCALL").arg(function);
         } else {
             cmd.arg("EVALSHA").arg(self.script.get_hash());
         }
@@ -371,11 +403,19 @@ impl StoreScript {
     /// script again first if the server has lost it (a restart, `FUNCTION FLUSH`, `SCRIPT
     /// FLUSH`): a "Function not found" or `NOSCRIPT` reply means nothing ran. In a cluster,
     /// `FUNCTION LOAD` and `SCRIPT LOAD` go to every master.
+    ///
+    /// A server that refuses `FCALL` (after a failover to an older server, or an ACL change)
+    /// turns the store to scripts for good, and the call is made again as one.
     pub(super) async fn run<T: Transport>(&self, io: &T, cmd: &redis::Cmd) -> Result<Value> {
         match io.query(cmd).await {
             Err(e) if self.uses_functions() && is_function_not_found(&e) => {
                 self.load_library(io).await.map_err(redis_error)?;
                 io.query(cmd).await.map_err(redis_error)
+            }
+            Err(e) if self.uses_functions() && refuses_functions(&e) => {
+                tracing::warn!(error = %e, "livedict: the Redis server refuses FCALL; running scripts");
+                self.functions.store(false, Relaxed);
+                Box::pin(self.run(io, &self.as_script(cmd))).await
             }
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 let mut load = redis::cmd("SCRIPT");
@@ -386,6 +426,13 @@ impl StoreScript {
             other => other.map_err(redis_error),
         }
     }
+}
+
+/// A server's refusal of function commands themselves: unknown to it (before Redis 7, or
+/// renamed away) or not permitted to this user. Nothing ran.
+fn refuses_functions(e: &RedisError) -> bool {
+    e.code() == Some("NOPERM")
+        || (e.code() == Some("ERR") && e.detail().is_some_and(|d| d.starts_with("unknown command")))
 }
 
 /// The server's reply to an `FCALL` of a function it does not have.

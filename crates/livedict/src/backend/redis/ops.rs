@@ -70,7 +70,7 @@ impl Store {
         }
         let script = StoreScript::load(io).await?;
         let meta = Layout::meta_key(prefix);
-        let mut cmd = script.command(&[&meta]);
+        let mut cmd = script.command(&[&meta], true);
         cmd.arg("open").arg("").arg(0).arg(FORMAT).arg(buckets);
         let reply = script.run(io, &cmd).await?;
         let [format, buckets] =
@@ -113,6 +113,16 @@ impl Store {
 pub(super) struct Ops<'a, T> {
     store: &'a Store,
     io: &'a T,
+}
+
+/// Whether operation `op` of store.lua may store more than it removes: those are refused while
+/// the server's memory is full, the others (reads, removals, a field refreshed in place, lock
+/// releases) still run (see [`StoreScript::command`]).
+fn may_grow(op: &str) -> bool {
+    matches!(
+        op,
+        "open" | "set" | "batch" | "commit" | "lock_read" | "prepare" | "expire" | "try_lock"
+    )
 }
 
 /// What a write script answered.
@@ -182,7 +192,7 @@ impl<T: Transport> Drop for HeldLock<'_, T> {
 impl<T: Transport> Ops<'_, T> {
     /// An `FCALL` (or `EVALSHA`) of operation `op` over `keys`; the operation's arguments follow.
     fn cmd<K: AsRef<str>>(&self, op: &str, now: Millis, keys: &[K]) -> redis::Cmd {
-        let mut cmd = self.store.script.command(keys);
+        let mut cmd = self.store.script.command(keys, may_grow(op));
         cmd.arg(op);
         if self.store.server_clock {
             cmd.arg("");
@@ -608,13 +618,25 @@ impl<T: Transport> Ops<'_, T> {
         Ok(cleared)
     }
 
+    /// Removes some live entry: one with a later score if one is at hand, else one among the
+    /// members whose scores have passed, a window of them per call (see `pop` in store.lua).
     pub(super) async fn pop_any(&self, now: Millis) -> Result<Option<KeyValue>> {
+        const POP_WINDOW: usize = 64; // as in store.lua
         for group in self.bucket_groups() {
-            let mut items = array(self.run(&self.cmd("pop", now, group)).await?)?.into_iter();
-            if let (Some(k), Some(v)) = (items.next(), items.next()) {
-                let key = text(k)?.ok_or_else(|| unexpected("pop"))?;
-                let value = bytes(v)?.ok_or_else(|| unexpected("pop"))?;
-                return Ok(Some((key, value)));
+            let mut offset = 0;
+            loop {
+                let mut cmd = self.cmd("pop", now, group);
+                cmd.arg(offset);
+                let mut items = array(self.run(&cmd).await?)?.into_iter();
+                match (items.next(), items.next()) {
+                    (Some(k), Some(v)) => {
+                        let key = text(k)?.ok_or_else(|| unexpected("pop"))?;
+                        let value = bytes(v)?.ok_or_else(|| unexpected("pop"))?;
+                        return Ok(Some((key, value)));
+                    }
+                    (Some(more), None) if int(&more)? == 1 => offset += POP_WINDOW,
+                    _ => break,
+                }
             }
         }
         Ok(None)
@@ -772,13 +794,24 @@ impl<T: Transport> Ops<'_, T> {
     ) -> Result<()> {
         let start = out.len();
         for group in self.bucket_groups() {
-            let left = limit.saturating_sub(out.len() - start);
-            if left == 0 {
-                break;
+            // One call looks at `left` members with passed scores at most; those it finds early
+            // (the index is lazy), locked or gone use up its budget too, so it is called again
+            // while it ran out of budget having done something: the caller's "fewer than limit:
+            // nothing more is due" holds.
+            loop {
+                let left = limit.saturating_sub(out.len() - start);
+                if left == 0 {
+                    return Ok(());
+                }
+                let mut cmd = self.cmd("sweep", now, group);
+                cmd.arg(left);
+                let mut reply = array(self.run(&cmd).await?)?.into_iter();
+                let more = int(&reply.next().ok_or_else(|| unexpected("sweep"))?)?;
+                expired_entries(reply, out)?;
+                if more == 0 {
+                    break;
+                }
             }
-            let mut cmd = self.cmd("sweep", now, group);
-            cmd.arg(left);
-            expired_entries(array(self.run(&cmd).await?)?.into_iter(), out)?;
         }
         Ok(())
     }

@@ -29,6 +29,8 @@
 -- The call's operation, time (ms since the epoch) and native-expiry grace (ms).
 local op, now, grace
 local ACCESS_GRANULARITY = 1000
+-- Members with passed scores a `pop` call looks at per index.
+local POP_WINDOW = 64
 
 -- Numbers are passed to redis.call as they are: the server writes a whole number below 2^53
 -- (every time, deadline and TTL here: MAX_TTL and the grace are capped well below) as its
@@ -215,8 +217,8 @@ local function delete(k, index, m)
 end
 
 -- The live entries among the members of index whose score has passed (due entries not swept
--- yet, and entries whose score is earlier than their deadline): calls f(m, e) for each until it
--- returns true. Usually a handful: the sweep moves them on when their scores pass.
+-- yet, and entries whose score is earlier than their deadline): calls f(m, e, k) for each until
+-- it returns true. Loads every such member: `len` calls it only when they are few.
 local function live_among_passed(index, f)
   local base = base_of(index)
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now))) do
@@ -536,8 +538,8 @@ local function run(KEYS, ARGV)
     end
     return false
   elseif op == 'sweep' then
-    -- KEYS: indexes. ARGV: limit. Removes due entries and returns member, value, deadline triples;
-    -- moves the scores it finds early to their deadlines. Looks at `limit` members at most, due
+    -- KEYS: indexes. ARGV: limit. Removes due entries and returns { more, then member, value,
+    -- deadline triples }; moves the scores it finds early to their deadlines. Looks at `limit` members at most, due
     -- or not, so that one call stays short when many scores pass at once (a store whose keys are
     -- all rewritten with later deadlines). Entries under a lock wait for the next sweep.
     -- The budget is shared: each index first gets its part, so that early scores piling up in
@@ -570,7 +572,8 @@ local function run(KEYS, ARGV)
       end
       take(f[1], f[2], left)
     end
-    local out = {}
+    -- First: 1 when the budget ran out with work done (the caller calls again), else 0.
+    local out = { (left <= 0 and #plan > 0) and 1 or 0 }
     for _, p in ipairs(plan) do
       local index, k, m, e = p[1], p[2], p[3], p[4]
       if not e then
@@ -586,7 +589,7 @@ local function run(KEYS, ARGV)
     end
     return out
   elseif op == 'pop' then
-    -- KEYS: indexes. Removes some live, unlocked entry and returns { member, value }.
+    -- KEYS: indexes. ARGV: offset. Removes some live, unlocked entry and returns { member, value }.
     for _, index in ipairs(KEYS) do
       local base = base_of(index)
       local candidates = redis.call('ZRANGEBYSCORE', index, '(' .. fmt(now), '+inf', 'LIMIT', 0, 16)
@@ -601,21 +604,25 @@ local function run(KEYS, ARGV)
         end
       end
     end
-    local popped = false
+    -- Then the members whose scores have passed (some may be live: the index is lazy), a window
+    -- of them per call: { 1 } asks the caller to call again with the next window.
+    local more = 0
     for _, index in ipairs(KEYS) do
       local base = base_of(index)
-      live_among_passed(index, function(m, e, k)
-        if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
+      local passed = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now), 'LIMIT', ARGV[4], POP_WINDOW)
+      for _, m in ipairs(passed) do
+        local k = base .. 'k:' .. m
+        local e = load(k)
+        if live(e) and redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
           remove(k, index, m)
-          popped = { m, e.v }
-          return true
+          return { m, e.v }
         end
-      end)
-      if popped then
-        return popped
+      end
+      if #passed == POP_WINDOW then
+        more = 1
       end
     end
-    return false
+    return { more }
   elseif op == 'clear' then
     -- KEYS: indexes. ARGV: limit. Removes up to limit entries; returns { live removed, more, then
     -- member, value, deadline of each dead entry removed }.
