@@ -136,6 +136,17 @@ impl RedisOptions {
 /// async call, on that call's tokio runtime, which must outlive the connection's use; the same
 /// value can be used from sync and async code alike.
 ///
+/// On Redis 7 and later the operations run as a function library, `livedict_<hash>` (loaded when
+/// a store opens, one per livedict version); a server or user that refuses `FUNCTION` and
+/// `FCALL` gets the same code as a script (`EVALSHA`). While the server's memory is full
+/// (`maxmemory` without eviction), reads, deletes and `clear` still work and writes fail with
+/// [`Error::Backend`](crate::Error::Backend).
+///
+/// Upgrading: this version writes store format 2 and marks a format-1 store as format 2 when it
+/// opens it. Processes of an older livedict that opened the store before keep format 1's rules
+/// until restarted (their `len`, `keys` and `popitem` may then miss entries a newer process
+/// rewrote), so stop them before starting newer ones.
+///
 /// # Examples
 ///
 /// ```no_run
