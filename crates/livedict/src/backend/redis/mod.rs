@@ -140,7 +140,7 @@ impl RedisOptions {
 /// a store opens, one per livedict version); a server or user that refuses `FUNCTION` and
 /// `FCALL` gets the same code as a script (`EVALSHA`). While the server's memory is full
 /// (`maxmemory` without eviction), reads, deletes and `clear` still work and writes fail with
-/// [`Error::Backend`](crate::Error::Backend).
+/// [`Error::Backend`].
 ///
 /// Upgrading: this version writes store format 2 and marks a format-1 store as format 2 when it
 /// opens it. Processes of an older livedict that opened the store before keep format 1's rules
