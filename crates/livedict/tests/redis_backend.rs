@@ -393,10 +393,24 @@ fn popitem_finds_a_live_entry_behind_many_unswept_dead_ones() -> Result<()> {
 
 #[test]
 fn a_format_1_store_is_upgraded_when_opened() -> Result<()> {
+    // A format-1 store: what format 2 writes, with exact scores and the format field at 1.
     let prefix = fresh_prefix();
     let mut conn = raw();
-    let store = open(&prefix)?;
+    let clock = livedict::ManualClock::new();
+    let open_manual = || -> Result<LiveDict> {
+        LiveDict::builder()
+            .backend(RedisBackend::open_with(
+                &server_url(),
+                RedisOptions::new().prefix(&prefix).server_clock(false),
+            )?)
+            .clock(livedict::Clock::Manual(clock.clone()))
+            .active_expiry(false)
+            .build()
+    };
+    let s = Duration::from_secs(1);
+    let store = open_manual()?;
     store.set("k", &1)?;
+    store.set_with("t", &2, 10 * s)?;
     drop(store);
     let meta = format!("{prefix}:meta");
     redis::cmd("HSET")
@@ -405,14 +419,23 @@ fn a_format_1_store_is_upgraded_when_opened() -> Result<()> {
         .arg("1")
         .query::<()>(&mut conn)
         .unwrap();
-    let store = open(&prefix)?;
-    assert_eq!(store.get::<i32>("k")?, Some(1));
+    let store = open_manual()?;
     let format: String = redis::cmd("HGET")
         .arg(&meta)
         .arg("format")
         .query(&mut conn)
         .unwrap();
     assert_eq!(format, "2");
+    assert_eq!(store.get::<i32>("k")?, Some(1));
+    // Its entries follow format 2's rules from now on: a later deadline leaves the score.
+    clock.advance(5 * s);
+    store.set_with("t", &3, 10 * s)?;
+    clock.advance(6 * s); // past the old score, before the new deadline
+    assert_eq!(store.len()?, 2);
+    assert_eq!(store.sweep_expired()?, 0);
+    clock.advance(4 * s);
+    assert_eq!(store.sweep_expired()?, 1);
+    assert_eq!(store.keys()?, ["k"]);
     Ok(())
 }
 
