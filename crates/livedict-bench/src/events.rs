@@ -10,6 +10,9 @@
 //!   has the default worker count (one per two CPUs); `set_with_1_hooks_W_workers` has twice as
 //!   many, which on a small machine puts more threads than CPUs to work.
 //! - `set_with_1_filtered_hook`: one hook whose prefix never matches.
+//! - `reference_set_then_channel_send`: not livedict's events: each set followed by a send of its key
+//!   and value to another thread over a bounded `std::sync::mpsc` channel, against the sets
+//!   alone (what the straightforward hand-off costs, for comparison with livedict's queue).
 //! - `delivery`: events per second from the first set until the last hook call returned, with 2
 //!   workers and with 1 (`_1_worker`). A single publisher may well be the bottleneck
 //!   here (the note line says how much of the time the sets took), so `delivery_backlog` also
@@ -252,6 +255,58 @@ fn set_path(
         );
     }
     check_stats(&case, &store);
+}
+
+/// `reference_set_then_channel_send`: not livedict's events. The same store with no hooks, each set
+/// followed by a send of its key and value (reference-counted clones, no copy) over a bounded
+/// `std::sync::mpsc` channel to a thread that receives and drops them, against the sets alone:
+/// what the straightforward hand-off of each event to another thread costs the caller here (not
+/// a floor: a queue that publishes in batches can cost less).
+fn reference_handoff(cfg: &Config, sizes: &Sizes, keys: &[String], value: &[u8]) {
+    let ops = (sizes.set_ops)(1);
+    let order = XorShift::new(7).indices(ops, KEYS);
+    let store = new_store(None);
+    populate(&store, keys, value);
+    let shared_keys: Vec<Arc<str>> = keys.iter().map(|k| Arc::from(k.as_str())).collect();
+    let shared_value: Arc<[u8]> = Arc::from(value);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Arc<str>, Arc<[u8]>)>(QUEUE_CAPACITY);
+    let consumer = std::thread::spawn(move || {
+        let mut received = 0u64;
+        while let Ok(event) = rx.recv() {
+            std::hint::black_box(event);
+            received += 1;
+        }
+        received
+    });
+    compare(
+        cfg,
+        SUITE,
+        "reference_set_then_channel_send",
+        "no_hand_off",
+        ops as u64,
+        || {
+            let start = Instant::now();
+            for &i in &order {
+                let key = &keys[i as usize];
+                store
+                    .set_bytes_with(key, value, TTL)
+                    .expect("livedict set_bytes_with");
+                tx.send((shared_keys[i as usize].clone(), shared_value.clone()))
+                    .expect("the consumer runs");
+            }
+            Run {
+                elapsed: start.elapsed(),
+                count: 0,
+            }
+        },
+        || Run {
+            elapsed: timed_sets(&store, keys, value, &order),
+            count: 0,
+        },
+        |_| None,
+    );
+    drop(tx);
+    let _ = consumer.join();
 }
 
 /// `set_with_1_filtered_hook`: one `Set` hook with a prefix no measured key has. The caller's
@@ -513,6 +568,9 @@ pub fn run(cfg: &Config) {
     }
     if cfg.wants(SUITE, "set_with_1_filtered_hook") {
         set_path_filtered(cfg, &sizes, &keys, &value);
+    }
+    if cfg.wants(SUITE, "reference_set_then_channel_send") {
+        reference_handoff(cfg, &sizes, &keys, &value);
     }
     if [
         "delivery",
