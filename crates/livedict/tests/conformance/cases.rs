@@ -623,6 +623,33 @@ pub fn batch_is_all_or_nothing(h: &Harness) -> Result<()> {
     Ok(())
 }
 
+pub fn a_key_written_twice_in_a_batch_expires_at_its_last_deadline(h: &Harness) -> Result<()> {
+    let (store, clock) = h.manual_with(|b| b.active_expiry(false));
+    store.set_with("old", &0, secs(50))?;
+    let mut batch = store.batch();
+    batch
+        .set_with("old", &1, secs(100))?
+        .set_with("old", &2, secs(5))?
+        .set_with("new", &3, secs(100))?
+        .set_with("new", &4, secs(5))?
+        .set_with("later", &5, secs(5))?
+        .set_with("later", &6, secs(100))?;
+    store.apply(batch)?;
+    clock.advance(secs(5) - ms(1));
+    assert_eq!(store.get::<i32>("old")?, Some(2));
+    assert_eq!(store.get::<i32>("new")?, Some(4));
+    assert_eq!(store.sweep_expired()?, 0);
+    clock.advance(ms(1));
+    assert!(!store.contains("old")? && !store.contains("new")?);
+    // The sweep finds both at their last (earlier) deadline, and leaves the one moved later.
+    assert_eq!(store.sweep_expired()?, 2);
+    assert_eq!(store.get::<i32>("later")?, Some(6));
+    clock.advance(secs(95));
+    assert_eq!(store.sweep_expired()?, 1);
+    assert_eq!(store.len()?, 0);
+    Ok(())
+}
+
 pub fn batch_is_never_seen_half_applied(h: &Harness) -> Result<()> {
     let store = h.store();
     store.set_many([("x", 0), ("y", 0)])?;

@@ -219,6 +219,7 @@ macro_rules! conformance_suite {
             reentrant_use_inside_update_is_an_error,
             incr_counts_and_refuses_non_integers_and_overflow,
             batch_is_all_or_nothing,
+            a_key_written_twice_in_a_batch_expires_at_its_last_deadline,
             batch_is_never_seen_half_applied,
             wait_for_returns_at_once_later_or_on_timeout,
             stats_count_operations,
