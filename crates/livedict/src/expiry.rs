@@ -34,6 +34,8 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 const SHARED_POLL: Duration = Duration::from_millis(100);
 /// Pause after a failed sweep (a backend that went away).
 const ERROR_BACKOFF: Duration = Duration::from_millis(250);
+/// First pause when a due entry outlived a sweep (doubled each time, up to the loop's cap).
+const STUCK_BACKOFF: Duration = Duration::from_millis(1);
 
 /// How writers reach the driver: the time it plans to wake, and a way to wake it earlier.
 #[derive(Debug)]
@@ -228,6 +230,7 @@ async fn run<P: Port>(dict: &Dict<'_, P>) {
         IDLE_WAIT
     };
     let mut expired = Vec::with_capacity(SWEEP_BATCH);
+    let mut stuck_pause = STUCK_BACKOFF;
     while !control.stopping() {
         #[cfg(test)]
         control.rounds.fetch_add(1, SeqCst);
@@ -237,6 +240,7 @@ async fn run<P: Port>(dict: &Dict<'_, P>) {
             control.planned.store(u64::MAX, SeqCst);
         }
         control.kicked.store(false, SeqCst);
+        let swept_at = engine.clock.now();
         if let Err(e) = dict.sweep_due(&mut expired).await {
             tracing::warn!(error = %e, "livedict: expiry sweep failed; retrying");
             control.sleep::<P>(ERROR_BACKOFF).await;
@@ -251,8 +255,18 @@ async fn run<P: Port>(dict: &Dict<'_, P>) {
             }
         };
         let now = engine.clock.now();
-        if next.is_some_and(|d| d <= now) {
+        if next.is_some_and(|d| d <= swept_at) {
+            // Due before the sweep began and still there: the sweep could not take it (on
+            // Redis, an entry held by an update's lock, perhaps of a process that died holding
+            // it, for up to the lease). Look again after a pause that grows, not at once: that
+            // spun on the backend, two round trips after another, as long as the lock lasted.
+            control.sleep::<P>(stuck_pause).await;
+            stuck_pause = (stuck_pause * 2).min(cap);
             continue;
+        }
+        stuck_pause = STUCK_BACKOFF;
+        if next.is_some_and(|d| d <= now) {
+            continue; // became due during this round
         }
         control.planned.store(next.unwrap_or(u64::MAX), SeqCst);
         let wait = match (&engine.clock, next) {

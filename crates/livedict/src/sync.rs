@@ -1075,4 +1075,46 @@ mod tests {
         );
         Ok(())
     }
+
+    /// A due entry the sweep cannot take (held by an update's lock, here left by a process that
+    /// "died" holding it) does not make the driver spin until the lock's lease ends: it looks
+    /// again after growing pauses (the old code made a round every few hundred microseconds,
+    /// each two scripts), and sweeps the entry, with its event, once the lock is gone.
+    #[test]
+    fn a_due_entry_under_a_dead_processs_lock_does_not_make_the_driver_spin() -> crate::Result<()> {
+        let url = std::env::var("LIVEDICT_TEST_REDIS_URL")
+            .expect("LIVEDICT_TEST_REDIS_URL is not set: this test needs a Redis server");
+        let prefix = format!("driver-stuck-{}", std::process::id());
+        let backend = RedisBackend::open_with(&url, RedisOptions::new().prefix(&prefix))?;
+        let lock = backend.redis_key("k").replacen(":k:", ":lock:", 1);
+        let store = LiveDict::builder().backend(backend).build()?;
+        let (tx, expired) = std::sync::mpsc::channel();
+        store.on(crate::EventKind::Expire, move |e| {
+            Ok(tx.send(e.value::<i32>()?)?)
+        })?;
+        let mut conn = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test server");
+        store.set_with("k", &1, Duration::from_millis(50))?;
+        let _: () = redis::cmd("SET")
+            .arg(&lock)
+            .arg("a-process-that-died")
+            .arg("PX")
+            .arg(1500)
+            .query(&mut conn)
+            .expect("take the lock");
+        std::thread::sleep(Duration::from_millis(100)); // k is due, under the lock
+        let rounds = || store.inner.engine.expiry.rounds.load(SeqCst);
+        let before = rounds();
+        std::thread::sleep(Duration::from_millis(600));
+        let during = rounds() - before;
+        assert!(during <= 20, "{during} rounds of the driver in 600 ms");
+        assert_eq!(
+            expired.recv_timeout(Duration::from_secs(10)).ok(),
+            Some(Some(1)),
+            "swept with its value once the lock is gone"
+        );
+        store.clear()?;
+        Ok(())
+    }
 }
