@@ -34,8 +34,10 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 const SHARED_POLL: Duration = Duration::from_millis(100);
 /// Pause after a failed sweep (a backend that went away).
 const ERROR_BACKOFF: Duration = Duration::from_millis(250);
-/// First pause when a due entry outlived a sweep (doubled each time, up to the loop's cap).
+/// First and longest pause when a due entry outlived a sweep (doubled each time): short, since
+/// other entries falling due meanwhile wait for it too.
 const STUCK_BACKOFF: Duration = Duration::from_millis(1);
+const STUCK_BACKOFF_MAX: Duration = Duration::from_millis(10);
 
 /// How writers reach the driver: the time it plans to wake, and a way to wake it earlier.
 #[derive(Debug)]
@@ -256,12 +258,13 @@ async fn run<P: Port>(dict: &Dict<'_, P>) {
         };
         let now = engine.clock.now();
         if next.is_some_and(|d| d <= swept_at) {
-            // Due before the sweep began and still there: the sweep could not take it (on
-            // Redis, an entry held by an update's lock, perhaps of a process that died holding
-            // it, for up to the lease). Look again after a pause that grows, not at once: that
-            // spun on the backend, two round trips after another, as long as the lock lasted.
+            // Due before the sweep began and still there, though the sweep took all it could:
+            // on Redis, an entry held by an update's lock (perhaps of a process that died
+            // holding it, for up to the lease), or a server clock behind this process's. Look
+            // again after a pause that grows to 10 ms, not at once: that spun on the backend,
+            // two round trips after another, as long as the lock lasted.
             control.sleep::<P>(stuck_pause).await;
-            stuck_pause = (stuck_pause * 2).min(cap);
+            stuck_pause = (stuck_pause * 2).min(STUCK_BACKOFF_MAX);
             continue;
         }
         stuck_pause = STUCK_BACKOFF;

@@ -1078,8 +1078,9 @@ mod tests {
 
     /// A due entry the sweep cannot take (held by an update's lock, here left by a process that
     /// "died" holding it) does not make the driver spin until the lock's lease ends: it looks
-    /// again after growing pauses (the old code made a round every few hundred microseconds,
-    /// each two scripts), and sweeps the entry, with its event, once the lock is gone.
+    /// again after pauses growing to 10 ms (the old code made a round every few hundred
+    /// microseconds, each two scripts: 2,312 here), and sweeps the entry, with its event, once
+    /// the lock is gone.
     #[test]
     fn a_due_entry_under_a_dead_processs_lock_does_not_make_the_driver_spin() -> crate::Result<()> {
         let url = std::env::var("LIVEDICT_TEST_REDIS_URL")
@@ -1108,7 +1109,7 @@ mod tests {
         let before = rounds();
         std::thread::sleep(Duration::from_millis(600));
         let during = rounds() - before;
-        assert!(during <= 20, "{during} rounds of the driver in 600 ms");
+        assert!(during <= 100, "{during} rounds of the driver in 600 ms");
         assert_eq!(
             expired.recv_timeout(Duration::from_secs(10)).ok(),
             Some(Some(1)),

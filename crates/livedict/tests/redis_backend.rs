@@ -741,6 +741,12 @@ fn a_full_server_refuses_writes_and_still_serves_reads_and_removals() -> Result<
     assert_eq!(store.get::<i64>("k1")?, Some(1));
     assert_eq!(store.get_many::<i64>(&["k2", "new"])?, vec![Some(2), None]);
     assert!(matches!(store.ttl("k3")?, KeyTtl::Remaining(_)));
+    // A store opened now (the server refuses to load a library) reads too.
+    let late = LiveDict::builder()
+        .backend(RedisBackend::open_with(&server.url(), RedisOptions::new())?)
+        .build()?;
+    assert_eq!(late.get::<i64>("k4")?, Some(4));
+    assert!(matches!(late.set("new", &1), Err(Error::Backend(_))));
     assert_eq!(store.len()?, 100);
     assert_eq!(store.keys()?.len(), 100);
     assert!(store.delete("k1")?);

@@ -150,6 +150,30 @@ fn sweep_columns(path: &Path, key: &str) -> (Option<i64>, Option<i64>) {
         .unwrap()
 }
 
+/// More rows reached early than one sweep call moves (256) stand before a due one: the sweep goes
+/// on until it reaches it (it stopped after the first call, which returned nothing, and left the
+/// due entry to later polls, seconds late with thousands of such rows).
+#[test]
+fn a_due_entry_behind_many_early_rows_is_swept_at_once() -> Result<()> {
+    let path = fresh_path();
+    let (store, clock) = open_manual(&path, 1_000_000_000)?;
+    let s = Duration::from_secs(1);
+    let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        store.set_with(k, &1, 10 * s)?;
+    }
+    clock.advance(5 * s);
+    for k in &keys {
+        store.set_with(k, &2, 600 * s)?; // their sweep times stay at 10 s
+    }
+    store.set_with("due", &3, 5 * s + Duration::from_millis(50))?;
+    clock.advance(5 * s + Duration::from_millis(100));
+    assert_eq!(store.sweep_expired()?, 1);
+    assert!(!store.contains("due")?);
+    assert_eq!(store.len()?, 1000);
+    Ok(())
+}
+
 #[test]
 fn a_later_deadline_leaves_the_sweep_index_alone_and_expiry_stays_exact() -> Result<()> {
     let path = fresh_path();

@@ -79,7 +79,7 @@ pub trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
         now: Millis,
         limit: usize,
         out: &'a mut Vec<ExpiredEntry>,
-    ) -> BoxFuture<'a, Result<()>>;
+    ) -> BoxFuture<'a, Result<bool>>;
     fn next_deadline(&self) -> BoxFuture<'_, Result<Option<Millis>>>;
     fn remove_inactive<'a>(
         &'a self,
@@ -244,7 +244,7 @@ macro_rules! impl_async_via_sync {
                 now: $crate::Millis,
                 limit: usize,
                 out: &'a mut Vec<$crate::backend::ExpiredEntry>,
-            ) -> $crate::backend::BoxFuture<'a, $crate::Result<()>> {
+            ) -> $crate::backend::BoxFuture<'a, $crate::Result<bool>> {
                 Box::pin(::std::future::ready($crate::Backend::sweep(
                     self, now, limit, out,
                 )))
@@ -467,15 +467,16 @@ mod off_runtime {
             now: Millis,
             limit: usize,
             out: &'a mut Vec<ExpiredEntry>,
-        ) -> BoxFuture<'a, Result<()>> {
+        ) -> BoxFuture<'a, Result<bool>> {
             Box::pin(async move {
                 // The caller's buffer travels to the blocking thread and back, so that it is
                 // reused from sweep to sweep (see `Backend::sweep`).
                 let mut buffer = std::mem::take(out);
-                *out = self
-                    .run(move |b| b.sweep(now, limit, &mut buffer).map(|()| buffer))
+                let (buffer, more) = self
+                    .run(move |b| b.sweep(now, limit, &mut buffer).map(|more| (buffer, more)))
                     .await?;
-                Ok(())
+                *out = buffer;
+                Ok(more)
             })
         }
         fn next_deadline(&self) -> BoxFuture<'_, Result<Option<Millis>>> {

@@ -326,7 +326,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The entries are appended to `out`, which the caller reuses from sweep to sweep: with glibc's
     /// allocator, allocating a fresh buffer of a kilobyte or more consolidates every small free
     /// chunk of the heap first, a pause of up to hundreds of milliseconds after mass expiry.
-    fn sweep(&self, now: Millis, limit: usize, out: &mut Vec<ExpiredEntry>) -> Result<()>;
+    ///
+    /// Returns whether more may be due: true when the call stopped at its limit of work (it
+    /// returned `limit` entries, or a backend whose expiry index is kept lazily moved that many
+    /// records reached early), false when nothing it could take is left (entries held by an
+    /// update may remain). The caller calls again while it is true, so a call's work stays
+    /// bounded.
+    fn sweep(&self, now: Millis, limit: usize, out: &mut Vec<ExpiredEntry>) -> Result<bool>;
 
     /// The earliest deadline that may be due, if the backend can tell cheaply; the expiry driver
     /// sleeps until then. `None` means "nothing scheduled" (or unknown, for shared backends, which

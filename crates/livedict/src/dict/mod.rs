@@ -885,11 +885,11 @@ impl<'s, P: Port> Dict<'s, P> {
             }
             let now = engine.clock.now();
             buffer.clear();
-            self.port.sweep(now, SWEEP_BATCH, buffer).await?;
+            let more = self.port.sweep(now, SWEEP_BATCH, buffer).await?;
             self.expired(buffer, true).await;
             crate::expiry::record_lateness(engine, buffer);
             total += buffer.len();
-            if buffer.len() < SWEEP_BATCH || engine.expiry.stopping() {
+            if !more || engine.expiry.stopping() {
                 return Ok(total);
             }
         }

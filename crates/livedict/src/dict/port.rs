@@ -96,7 +96,7 @@ pub(crate) trait Port: Send + Sync {
         now: Millis,
         limit: usize,
         out: &'a mut Vec<ExpiredEntry>,
-    ) -> impl Future<Output = Result<()>> + Send + 'a;
+    ) -> impl Future<Output = Result<bool>> + Send + 'a;
     fn next_deadline(&self) -> impl Future<Output = Result<Option<Millis>>> + Send + '_;
     fn remove_inactive<'a>(
         &'a self,
@@ -244,7 +244,7 @@ impl Port for SyncPort<'_> {
         now: Millis,
         limit: usize,
         out: &'a mut Vec<ExpiredEntry>,
-    ) -> Ready<Result<()>> {
+    ) -> Ready<Result<bool>> {
         ready(self.backend.sweep(now, limit, out))
     }
     #[inline]
@@ -407,7 +407,7 @@ impl Port for AsyncPort<'_> {
         now: Millis,
         limit: usize,
         out: &'a mut Vec<ExpiredEntry>,
-    ) -> impl Future<Output = Result<()>> + Send + 'a {
+    ) -> impl Future<Output = Result<bool>> + Send + 'a {
         self.backend.sweep(now, limit, out)
     }
     fn next_deadline(&self) -> impl Future<Output = Result<Option<Millis>>> + Send + '_ {

@@ -512,7 +512,7 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
-    fn sweep(&self, now: Millis, limit: usize, out: &mut Vec<ExpiredEntry>) -> Result<()> {
+    fn sweep(&self, now: Millis, limit: usize, out: &mut Vec<ExpiredEntry>) -> Result<bool> {
         let limit = out.len() + limit;
         for shard in self.shards.iter() {
             if out.len() >= limit {
@@ -549,7 +549,7 @@ impl Backend for MemoryBackend {
                 }
             }
         }
-        Ok(())
+        Ok(out.len() >= limit)
     }
 
     fn next_deadline(&self) -> Result<Option<Millis>> {

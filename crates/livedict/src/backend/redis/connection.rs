@@ -334,8 +334,13 @@ impl StoreScript {
         let script = StoreScript::new();
         match script.load_library(io).await {
             Ok(()) => script.functions.store(true, Relaxed),
-            Err(e) if refuses_functions(&e) => {
+            Err(e) if refuses(&e, "function") => {
                 tracing::debug!(error = %e, "livedict: no function library on this Redis server; running scripts");
+            }
+            // A full server refuses to load a library, not to run a script that only reads: this
+            // store runs scripts until reopened.
+            Err(e) if e.code() == Some("OOM") => {
+                tracing::warn!(error = %e, "livedict: the Redis server's memory is full; running scripts");
             }
             // Anything else (a connection failure, a server loading or failing over) fails the
             // open rather than settling for scripts for the store's lifetime.
@@ -412,7 +417,7 @@ impl StoreScript {
                 self.load_library(io).await.map_err(redis_error)?;
                 io.query(cmd).await.map_err(redis_error)
             }
-            Err(e) if self.uses_functions() && refuses_functions(&e) => {
+            Err(e) if is_fcall(cmd) && refuses(&e, "fcall") => {
                 tracing::warn!(error = %e, "livedict: the Redis server refuses FCALL; running scripts");
                 self.functions.store(false, Relaxed);
                 Box::pin(self.run(io, &self.as_script(cmd))).await
@@ -428,11 +433,22 @@ impl StoreScript {
     }
 }
 
-/// A server's refusal of function commands themselves: unknown to it (before Redis 7, or
-/// renamed away) or not permitted to this user. Nothing ran.
-fn refuses_functions(e: &RedisError) -> bool {
-    e.code() == Some("NOPERM")
-        || (e.code() == Some("ERR") && e.detail().is_some_and(|d| d.starts_with("unknown command")))
+/// A server's refusal of the command `name` (`function`, `fcall`) itself: unknown to it (before
+/// Redis 7, or renamed away) or not permitted to this user. Nothing ran. (A refusal of a key or of
+/// a command the function calls names those instead.)
+fn refuses(e: &RedisError, name: &str) -> bool {
+    let detail = e.detail().unwrap_or_default().to_ascii_lowercase();
+    let names_it = detail.contains(&format!("'{name}")) || detail.contains(&format!("`{name}"));
+    match e.code() {
+        Some("NOPERM") => names_it,
+        Some("ERR") => detail.starts_with("unknown command") && names_it,
+        _ => false,
+    }
+}
+
+/// Whether `cmd` is an `FCALL` (and not already a script).
+fn is_fcall(cmd: &redis::Cmd) -> bool {
+    matches!(cmd.args_iter().next(), Some(redis::Arg::Simple(name)) if name == b"FCALL")
 }
 
 /// The server's reply to an `FCALL` of a function it does not have.

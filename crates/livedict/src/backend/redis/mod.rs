@@ -352,7 +352,7 @@ impl Backend for RedisBackend {
         run_ready(self.blocking().apply_batch(&ops, now))
     }
 
-    fn sweep(&self, now: Millis, limit: usize, out: &mut Vec<ExpiredEntry>) -> Result<()> {
+    fn sweep(&self, now: Millis, limit: usize, out: &mut Vec<ExpiredEntry>) -> Result<bool> {
         run_ready(self.blocking().sweep(now, limit, out))
     }
 
@@ -503,7 +503,7 @@ impl super::AsyncBackend for RedisBackend {
         now: Millis,
         limit: usize,
         out: &'a mut Vec<ExpiredEntry>,
-    ) -> super::BoxFuture<'a, Result<()>> {
+    ) -> super::BoxFuture<'a, Result<bool>> {
         Box::pin(async move { self.nonblocking().await?.sweep(now, limit, out).await })
     }
 

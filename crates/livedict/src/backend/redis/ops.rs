@@ -70,7 +70,7 @@ impl Store {
         }
         let script = StoreScript::load(io).await?;
         let meta = Layout::meta_key(prefix);
-        let mut cmd = script.command(&[&meta], true);
+        let mut cmd = script.command(&[&meta], may_grow("open"));
         cmd.arg("open").arg("").arg(0).arg(FORMAT).arg(buckets);
         let reply = script.run(io, &cmd).await?;
         let [format, buckets] =
@@ -117,11 +117,13 @@ pub(super) struct Ops<'a, T> {
 
 /// Whether operation `op` of store.lua may store more than it removes: those are refused while
 /// the server's memory is full, the others (reads, removals, a field refreshed in place, lock
-/// releases) still run (see [`StoreScript::command`]).
+/// releases, and `open`, which writes a few bytes of metadata for a new store only) still run
+/// (see [`StoreScript::command`]). Updates that delete and batches of deletes are refused too:
+/// they may write.
 fn may_grow(op: &str) -> bool {
     matches!(
         op,
-        "open" | "set" | "batch" | "commit" | "lock_read" | "prepare" | "expire" | "try_lock"
+        "set" | "batch" | "commit" | "lock_read" | "prepare" | "expire" | "try_lock"
     )
 }
 
@@ -791,29 +793,25 @@ impl<T: Transport> Ops<'_, T> {
         now: Millis,
         limit: usize,
         out: &mut Vec<ExpiredEntry>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        // One script call looks at `left` members with passed scores at most; those it finds
+        // early (the index is lazy), locked or gone use up its budget too. It says whether it
+        // ran out of budget having done something; then so does this call, and the caller
+        // calls again.
         let start = out.len();
+        let mut more = false;
         for group in self.bucket_groups() {
-            // One call looks at `left` members with passed scores at most; those it finds early
-            // (the index is lazy), locked or gone use up its budget too, so it is called again
-            // while it ran out of budget having done something: the caller's "fewer than limit:
-            // nothing more is due" holds.
-            loop {
-                let left = limit.saturating_sub(out.len() - start);
-                if left == 0 {
-                    return Ok(());
-                }
-                let mut cmd = self.cmd("sweep", now, group);
-                cmd.arg(left);
-                let mut reply = array(self.run(&cmd).await?)?.into_iter();
-                let more = int(&reply.next().ok_or_else(|| unexpected("sweep"))?)?;
-                expired_entries(reply, out)?;
-                if more == 0 {
-                    break;
-                }
+            let left = limit.saturating_sub(out.len() - start);
+            if left == 0 {
+                return Ok(true);
             }
+            let mut cmd = self.cmd("sweep", now, group);
+            cmd.arg(left);
+            let mut reply = array(self.run(&cmd).await?)?.into_iter();
+            more |= int(&reply.next().ok_or_else(|| unexpected("sweep"))?)? == 1;
+            expired_entries(reply, out)?;
         }
-        Ok(())
+        Ok(more || out.len() - start >= limit)
     }
 
     pub(super) async fn next_deadline(&self) -> Result<Option<Millis>> {

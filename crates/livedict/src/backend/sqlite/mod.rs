@@ -681,7 +681,7 @@ impl Backend for SqliteBackend {
 
     fn clear(&self, now: Millis) -> Result<Cleared> {
         self.write(|c| {
-            let expired = take_expired(c, now, i64::MAX)?;
+            let (expired, _) = take_expired(c, now, i64::MAX)?;
             let removed = c
                 .execute("DELETE FROM livedict_entries", [])
                 .map_err(db_error)?;
@@ -719,7 +719,7 @@ impl Backend for SqliteBackend {
         })
     }
 
-    fn sweep(&self, now: Millis, limit: usize, out: &mut Vec<ExpiredEntry>) -> Result<()> {
+    fn sweep(&self, now: Millis, limit: usize, out: &mut Vec<ExpiredEntry>) -> Result<bool> {
         self.flush_access()?;
         // Look before taking the write lock: most polls find nothing due.
         let due = self.read(|c| {
@@ -729,11 +729,12 @@ impl Backend for SqliteBackend {
                 .map_err(db_error)
         })?;
         if !due {
-            return Ok(());
+            return Ok(false);
         }
-        let expired = self.write(|c| take_expired(c, now, limit as i64))?;
+        let (expired, moved) = self.write(|c| take_expired(c, now, limit as i64))?;
+        let more = expired.len() >= limit || moved >= limit;
         out.extend(expired);
-        Ok(())
+        Ok(more)
     }
 
     fn next_deadline(&self) -> Result<Option<Millis>> {
@@ -787,17 +788,19 @@ impl Backend for SqliteBackend {
 
 /// Deletes up to `limit` entries due at `now`, earliest first, and returns them: one statement,
 /// so each is returned to exactly one caller, whatever the number of sweeping processes. First
-/// moves rows the sweep reached early (their deadline moved later, or went) to their deadline.
-fn take_expired(c: &Connection, now: Millis, limit: i64) -> Result<Vec<ExpiredEntry>> {
-    c.prepare_cached(
-        "UPDATE livedict_entries SET sweep_at = deadline
+/// moves up to `limit` rows the sweep reached early (their deadline moved later, or went) to
+/// their deadline, and returns how many it moved too.
+fn take_expired(c: &Connection, now: Millis, limit: i64) -> Result<(Vec<ExpiredEntry>, usize)> {
+    let moved = c
+        .prepare_cached(
+            "UPDATE livedict_entries SET sweep_at = deadline
          WHERE key IN (SELECT key FROM livedict_entries
                        WHERE sweep_at <= ?1 ORDER BY sweep_at LIMIT ?2)
            AND (deadline IS NULL OR deadline > ?1)",
-    )
-    .map_err(db_error)?
-    .execute(params![now as i64, limit])
-    .map_err(db_error)?;
+        )
+        .map_err(db_error)?
+        .execute(params![now as i64, limit])
+        .map_err(db_error)?;
     let mut stmt = c
         .prepare_cached(
             "DELETE FROM livedict_entries
@@ -816,6 +819,8 @@ fn take_expired(c: &Connection, now: Millis, limit: i64) -> Result<Vec<ExpiredEn
             })
         })
         .map_err(db_error)?;
-    rows.collect::<std::result::Result<_, _>>()
-        .map_err(db_error)
+    let expired = rows
+        .collect::<std::result::Result<_, _>>()
+        .map_err(db_error)?;
+    Ok((expired, moved))
 }
