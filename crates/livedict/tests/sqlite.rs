@@ -174,6 +174,42 @@ fn a_due_entry_behind_many_early_rows_is_swept_at_once() -> Result<()> {
     Ok(())
 }
 
+/// A sweep call whose window mixes early rows and due ones (fewer of each than a call's limit)
+/// is not taken for the last one.
+#[test]
+fn due_entries_among_and_behind_early_rows_are_all_swept() -> Result<()> {
+    let path = fresh_path();
+    let (store, clock) = open_manual(&path, 1_000_000_000)?;
+    let ms = Duration::from_millis;
+    let group =
+        |name: &str, n: usize| -> Vec<String> { (0..n).map(|i| format!("{name}{i}")).collect() };
+    let (early1, due1, early2, due2) = (
+        group("e1-", 200),
+        group("d1-", 56),
+        group("e2-", 300),
+        group("d2-", 1),
+    );
+    // Sweep order: 200 early rows, 56 due, 300 early, 1 due.
+    for (keys, ttl) in [
+        (&early1, 10_000),
+        (&due1, 10_100),
+        (&early2, 10_200),
+        (&due2, 10_300),
+    ] {
+        for k in keys.iter() {
+            store.set_with(k, &1, ms(ttl))?;
+        }
+    }
+    clock.advance(ms(5_000));
+    for k in early1.iter().chain(&early2) {
+        store.set_with(k, &2, ms(600_000))?;
+    }
+    clock.advance(ms(5_500));
+    assert_eq!(store.sweep_expired()?, 57);
+    assert_eq!(store.len()?, 500);
+    Ok(())
+}
+
 #[test]
 fn a_later_deadline_leaves_the_sweep_index_alone_and_expiry_stays_exact() -> Result<()> {
     let path = fresh_path();

@@ -732,7 +732,8 @@ impl Backend for SqliteBackend {
             return Ok(false);
         }
         let (expired, moved) = self.write(|c| take_expired(c, now, limit as i64))?;
-        let more = expired.len() >= limit || moved >= limit;
+        // Each call that says "more" moved or removed `limit` rows: the caller's loop ends.
+        let more = expired.len() + moved >= limit;
         out.extend(expired);
         Ok(more)
     }
