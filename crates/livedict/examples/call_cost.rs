@@ -1,7 +1,8 @@
 //! The cost of one call on the memory backend, for instruction counting: `get_bytes` of keys that
 //! exist (`hit`), of a key that does not (`miss`), `set_bytes` overwrites (`set`), or the same
 //! with one trivial store-wide `Set` hook registered (`set-hooked`), N times over 10,000 keys of 64
-//! bytes (a third argument sets another key count).
+//! bytes (a third argument sets another key count); or `set_bytes` of keys not stored yet
+//! (`insert`: the store starts empty, and N is at most the key count).
 //!
 //! ```text
 //! cargo build --release -p livedict --example call_cost
@@ -31,8 +32,12 @@ fn main() {
     let store = livedict::LiveDict::new();
     let keys: Vec<String> = (0..key_count).map(|i| format!("key:{i}")).collect();
     let value = vec![7u8; 64];
-    for k in &keys {
-        store.set_bytes(k, &value).expect("fill");
+    if mode == "insert" {
+        assert!(n <= key_count, "insert: at most one call per key");
+    } else {
+        for k in &keys {
+            store.set_bytes(k, &value).expect("fill");
+        }
     }
     if mode == "set-hooked" {
         store
@@ -48,8 +53,8 @@ fn main() {
             "miss" => {
                 hits += usize::from(black_box(store.get_bytes("absent").expect("get")).is_some())
             }
-            "set" | "set-hooked" => store.set_bytes(key, &value).expect("set"),
-            other => panic!("unknown mode {other:?}: hit, miss, set or set-hooked"),
+            "set" | "set-hooked" | "insert" => store.set_bytes(key, &value).expect("set"),
+            other => panic!("unknown mode {other:?}: hit, miss, set, set-hooked or insert"),
         }
     }
     let per_call = start.elapsed().as_nanos() as f64 / n.max(1) as f64;

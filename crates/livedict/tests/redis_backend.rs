@@ -324,34 +324,24 @@ fn many_passed_scores_are_swept_and_counted_in_bounded_calls() -> Result<()> {
     write_all(10 * s, 2)?; // the scores stay 5 s early
     store.set_with("due", &3, s)?;
     clock.advance(6 * s); // every score has passed, only one deadline has
-    let mut conn = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .unwrap();
+    let mut conn = server.connect();
     let now = clock.now();
-    let mut passed = || -> usize {
+    let passed = |conn: &mut redis::Connection| -> usize {
         (0..16)
             .map(|b| {
                 redis::cmd("ZCOUNT")
                     .arg(format!("livedict:{{{b}}}:index"))
                     .arg("-inf")
                     .arg(now)
-                    .query::<usize>(&mut conn)
+                    .query::<usize>(conn)
                     .unwrap()
             })
             .sum()
     };
-    assert_eq!(passed(), N + 1);
+    assert_eq!(passed(&mut conn), N + 1);
     assert_eq!(store.len()?, N, "counted in chunks");
-    let calls = |conn: &mut redis::Connection| -> u64 {
-        let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
-            .and_then(|l| l.split(',').next())
-            .map_or(0, |n| n.parse().unwrap())
-    };
-    let mut conn = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .unwrap();
+    let calls =
+        |conn: &mut redis::Connection| info_number(conn, "commandstats", "cmdstat_fcall:calls=");
     let before = calls(&mut conn);
     assert_eq!(store.sweep_expired()?, 1, "due expires, nothing else");
     let sweeps = calls(&mut conn) - before;
@@ -359,7 +349,11 @@ fn many_passed_scores_are_swept_and_counted_in_bounded_calls() -> Result<()> {
         sweeps >= (N / 256) as u64,
         "{sweeps} calls swept {N} early scores"
     );
-    assert_eq!(passed(), 0, "every early score moved to its deadline");
+    assert_eq!(
+        passed(&mut conn),
+        0,
+        "every early score moved to its deadline"
+    );
     assert_eq!(store.len()?, N);
     Ok(())
 }
@@ -584,9 +578,7 @@ fn a_killed_connection_fails_one_call_then_the_store_works_again() -> Result<()>
         .active_expiry(false)
         .build()?;
     store.set("k", &1)?;
-    let mut conn = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .unwrap();
+    let mut conn = server.connect();
     let killed: i64 = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
@@ -627,9 +619,7 @@ fn libraries(conn: &mut redis::Connection) -> Vec<String> {
 fn a_flushed_library_is_loaded_again_and_a_server_refusing_functions_runs_scripts() -> Result<()> {
     let _ = server_url(); // requires the test environment like every other test here
     let server = OwnServer::start();
-    let mut conn = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .unwrap();
+    let mut conn = server.connect();
     let store = LiveDict::builder()
         .backend(RedisBackend::open_with(&server.url(), RedisOptions::new())?)
         .active_expiry(false)
@@ -648,26 +638,30 @@ fn a_flushed_library_is_loaded_again_and_a_server_refusing_functions_runs_script
     assert_eq!(store.incr("k", 1)?, 2);
     assert_eq!(libraries(&mut conn), loaded);
 
+    // Users of the server, and stores opened as them.
+    let acl = |conn: &mut redis::Connection, user: &str, rules: &[&str]| {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(user)
+            .arg(rules)
+            .query::<()>(conn)
+            .unwrap()
+    };
+    let open_as = |user: &str| -> Result<LiveDict> {
+        let url = format!("redis://{user}:any@127.0.0.1:{}", server.port);
+        LiveDict::builder()
+            .backend(RedisBackend::open_with(&url, RedisOptions::new())?)
+            .active_expiry(false)
+            .build()
+    };
+    const ALL: [&str; 5] = ["on", "nopass", "~*", "&*", "+@all"];
+    const NO_FUNCTIONS: [&str; 3] = ["-function", "-fcall", "-fcall_ro"];
+
     // A user who may not load or call functions: the store runs its script instead, and loads
     // it again after SCRIPT FLUSH.
-    redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("no-functions")
-        .arg("on")
-        .arg("nopass")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .arg("-function")
-        .arg("-fcall")
-        .arg("-fcall_ro")
-        .query::<()>(&mut conn)
-        .unwrap();
-    let url = format!("redis://no-functions:any@127.0.0.1:{}", server.port);
-    let scripted = LiveDict::builder()
-        .backend(RedisBackend::open_with(&url, RedisOptions::new())?)
-        .active_expiry(false)
-        .build()?;
+    acl(&mut conn, "no-functions", &ALL);
+    acl(&mut conn, "no-functions", &NO_FUNCTIONS);
+    let scripted = open_as("no-functions")?;
     assert_eq!(scripted.get::<i32>("k")?, Some(2));
     assert_eq!(scripted.incr("k", 1)?, 3);
     redis::cmd("SCRIPT")
@@ -683,22 +677,10 @@ fn a_flushed_library_is_loaded_again_and_a_server_refusing_functions_runs_script
     );
 
     // A user who loses the right to call functions while the store runs: it turns to scripts.
-    let acl = |conn: &mut redis::Connection, rules: &[&str]| {
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("losing-functions")
-            .arg(rules)
-            .query::<()>(conn)
-            .unwrap()
-    };
-    acl(&mut conn, &["on", "nopass", "~*", "&*", "+@all"]);
-    let url = format!("redis://losing-functions:any@127.0.0.1:{}", server.port);
-    let switching = LiveDict::builder()
-        .backend(RedisBackend::open_with(&url, RedisOptions::new())?)
-        .active_expiry(false)
-        .build()?;
+    acl(&mut conn, "losing-functions", &ALL);
+    let switching = open_as("losing-functions")?;
     assert_eq!(switching.incr("k", 1)?, 4);
-    acl(&mut conn, &["-function", "-fcall", "-fcall_ro"]);
+    acl(&mut conn, "losing-functions", &NO_FUNCTIONS);
     assert_eq!(switching.incr("k", 1)?, 5);
     assert_eq!(switching.get::<i32>("k")?, Some(5));
     Ok(())
@@ -715,17 +697,8 @@ fn a_full_server_refuses_writes_and_still_serves_reads_and_removals() -> Result<
     for i in 0..100 {
         store.set_with(&format!("k{i}"), &i, Duration::from_secs(3600))?;
     }
-    let mut conn = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .unwrap();
-    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let mut conn = server.connect();
+    let used = info_number(&mut conn, "memory", "used_memory:");
     let set_config = |conn: &mut redis::Connection, name: &str, value: String| {
         redis::cmd("CONFIG")
             .arg("SET")
@@ -759,6 +732,16 @@ fn a_full_server_refuses_writes_and_still_serves_reads_and_removals() -> Result<
     Ok(())
 }
 
+/// A number from `INFO section`: the text after `prefix` on its line, up to a comma (0 when the
+/// line is missing, as `cmdstat_` lines are before a command's first call).
+fn info_number(conn: &mut redis::Connection, section: &str, prefix: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg(section).query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
 /// A redis-server of this test's own (so that it can be restarted), with an append-only file
 /// synced on every write.
 struct OwnServer {
@@ -785,6 +768,13 @@ impl OwnServer {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A raw connection, for looking at and configuring the server.
+    fn connect(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .unwrap()
     }
 
     fn run(&mut self) {

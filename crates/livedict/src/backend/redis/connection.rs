@@ -356,7 +356,7 @@ impl StoreScript {
     }
 
     /// Whether operations run as a library function (`FCALL`), else as a script (`EVALSHA`).
-    pub(super) fn uses_functions(&self) -> bool {
+    fn uses_functions(&self) -> bool {
         self.functions.load(Relaxed)
     }
 
@@ -413,7 +413,7 @@ impl StoreScript {
     /// turns the store to scripts for good, and the call is made again as one.
     pub(super) async fn run<T: Transport>(&self, io: &T, cmd: &redis::Cmd) -> Result<Value> {
         match io.query(cmd).await {
-            Err(e) if self.uses_functions() && is_function_not_found(&e) => {
+            Err(e) if is_fcall(cmd) && is_function_not_found(&e) => {
                 self.load_library(io).await.map_err(redis_error)?;
                 io.query(cmd).await.map_err(redis_error)
             }

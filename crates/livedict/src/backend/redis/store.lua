@@ -216,18 +216,19 @@ local function delete(k, index, m)
   return false, e.v
 end
 
--- The live entries among the members of index whose score has passed (due entries not swept
--- yet, and entries whose score is earlier than their deadline): calls f(m, e, k) for each until
--- it returns true. Loads every such member: `len` calls it only when they are few.
-local function live_among_passed(index, f)
+-- Of the members of index whose score has passed (due entries not swept yet, and entries whose
+-- score is earlier than their deadline), those at positions [offset, offset + count): how many
+-- are live, and how many there were.
+local function count_live_passed(index, offset, count)
   local base = base_of(index)
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now))) do
-    local k = base .. 'k:' .. m
-    local e = load(k)
-    if live(e) and f(m, e, k) then
-      return
+  local members = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now), 'LIMIT', offset, count)
+  local n = 0
+  for _, m in ipairs(members) do
+    if live(load(base .. 'k:' .. m)) then
+      n = n + 1
     end
   end
+  return n, #members
 end
 
 -- A read that counts as an access: renews a sliding deadline and the last-access time.
@@ -489,38 +490,32 @@ local function run(KEYS, ARGV)
     -- KEYS: indexes. ARGV: limit. The live entries, or -1 when more than limit members have
     -- passed scores in all (the sweep is behind: a store whose scores passed at once), for the
     -- caller to count in chunks (len_chunk) rather than load them all in one call.
-    local passed = 0
-    for _, index in ipairs(KEYS) do
-      passed = passed + redis.call('ZCOUNT', index, '-inf', fmt(now))
+    -- A score after now proves an entry live; those that have passed are judged by the entry.
+    local passed, total = {}, 0
+    for i, index in ipairs(KEYS) do
+      passed[i] = redis.call('ZCOUNT', index, '-inf', fmt(now))
+      total = total + passed[i]
     end
-    if passed > tonumber(ARGV[4]) then
+    if total > tonumber(ARGV[4]) then
       return -1
     end
     local n = 0
-    for _, index in ipairs(KEYS) do
-      n = n + redis.call('ZCOUNT', index, '(' .. fmt(now), '+inf')
-      live_among_passed(index, function()
-        n = n + 1
-      end)
+    for i, index in ipairs(KEYS) do
+      n = n + redis.call('ZCARD', index) - passed[i]
+      if passed[i] > 0 then
+        n = n + count_live_passed(index, 0, passed[i])
+      end
     end
     return n
   elseif op == 'len_chunk' then
     -- KEYS: index. ARGV: offset, limit. { live entries among the members [offset, offset + limit)
     -- of those with passed scores (plus, from offset 0, those with later scores), members looked
     -- at }.
-    local n = 0
-    local offset = tonumber(ARGV[4])
-    if offset == 0 then
-      n = redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now), '+inf')
+    local live, seen = count_live_passed(KEYS[1], tonumber(ARGV[4]), ARGV[5])
+    if ARGV[4] == '0' then
+      live = live + redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now), '+inf')
     end
-    local base = base_of(KEYS[1])
-    local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', fmt(now), 'LIMIT', offset, ARGV[5])
-    for _, m in ipairs(members) do
-      if live(load(base .. 'k:' .. m)) then
-        n = n + 1
-      end
-    end
-    return { n, #members }
+    return { live, seen }
   elseif op == 'next_deadline' then
     -- KEYS: indexes. The earliest deadline, or nil.
     local best = nil

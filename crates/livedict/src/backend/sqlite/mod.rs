@@ -681,7 +681,7 @@ impl Backend for SqliteBackend {
 
     fn clear(&self, now: Millis) -> Result<Cleared> {
         self.write(|c| {
-            let (expired, _) = take_expired(c, now, i64::MAX)?;
+            let expired = remove_due(c, now, i64::MAX)?;
             let removed = c
                 .execute("DELETE FROM livedict_entries", [])
                 .map_err(db_error)?;
@@ -787,10 +787,9 @@ impl Backend for SqliteBackend {
     }
 }
 
-/// Deletes up to `limit` entries due at `now`, earliest first, and returns them: one statement,
-/// so each is returned to exactly one caller, whatever the number of sweeping processes. First
-/// moves up to `limit` rows the sweep reached early (their deadline moved later, or went) to
-/// their deadline, and returns how many it moved too.
+/// One sweep: moves up to `limit` rows the sweep reached early (their deadline moved later, or
+/// went) to their deadline, then removes up to `limit` due ones (see [`remove_due`]). Returns
+/// them, and how many rows it moved.
 fn take_expired(c: &Connection, now: Millis, limit: i64) -> Result<(Vec<ExpiredEntry>, usize)> {
     let moved = c
         .prepare_cached(
@@ -802,6 +801,14 @@ fn take_expired(c: &Connection, now: Millis, limit: i64) -> Result<(Vec<ExpiredE
         .map_err(db_error)?
         .execute(params![now as i64, limit])
         .map_err(db_error)?;
+    Ok((remove_due(c, now, limit)?, moved))
+}
+
+/// Deletes the entries due at `now` among the first `limit` rows of the sweep index (earliest
+/// first) and returns them: one statement, so each is returned to exactly one caller, whatever
+/// the number of sweeping processes. With no limit (`clear`), every due entry: early rows need
+/// no moving then.
+fn remove_due(c: &Connection, now: Millis, limit: i64) -> Result<Vec<ExpiredEntry>> {
     let mut stmt = c
         .prepare_cached(
             "DELETE FROM livedict_entries
@@ -820,8 +827,6 @@ fn take_expired(c: &Connection, now: Millis, limit: i64) -> Result<(Vec<ExpiredE
             })
         })
         .map_err(db_error)?;
-    let expired = rows
-        .collect::<std::result::Result<_, _>>()
-        .map_err(db_error)?;
-    Ok((expired, moved))
+    rows.collect::<std::result::Result<_, _>>()
+        .map_err(db_error)
 }
