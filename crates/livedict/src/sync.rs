@@ -260,7 +260,7 @@ impl LiveDict {
     /// ```
     #[inline]
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        run_ready(self.dict().get(key))
+        self.dict().get_ready(key)
     }
 
     /// Raw bytes stored with [`set_bytes`](Self::set_bytes), sharing the stored buffer.
@@ -268,7 +268,7 @@ impl LiveDict {
     /// # Errors
     /// As [`get`](Self::get); [`Error::Decode`] if the value is a typed value.
     pub fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
-        run_ready(self.dict().get_bytes(key))
+        self.dict().get_bytes_ready(key)
     }
 
     /// The value under `key` without counting as an access: a sliding deadline is not renewed.
@@ -276,7 +276,7 @@ impl LiveDict {
     /// # Errors
     /// As [`get`](Self::get).
     pub fn peek<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        run_ready(self.dict().peek(key))
+        self.dict().peek_ready(key)
     }
 
     /// The value under `key`, which must exist.

@@ -131,6 +131,13 @@ pub(crate) fn decode_raw(mut stored: Bytes) -> Result<Bytes> {
     }
 }
 
+/// Whether `head`, the first bytes of a stored value, is the header of plain (not encrypted) raw
+/// bytes, which [`decode_raw`] returns as they are after it.
+#[inline]
+pub(crate) fn is_plain_raw(head: &[u8; HEADER_LEN]) -> bool {
+    Header::parse(head).is_ok_and(|(h, _)| h.kind == PayloadKind::Raw && !h.encrypted)
+}
+
 fn refuse_encrypted(header: Header) -> Result<()> {
     if header.encrypted {
         return Err(Error::Crypto(

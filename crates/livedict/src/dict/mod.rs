@@ -7,9 +7,11 @@
 //! future, so async futures own everything they hold across an await.
 //!
 //! [`LiveDict`](crate::LiveDict) runs these operations over a [`SyncPort`] with [`run_ready`];
-//! `AsyncLiveDict` awaits them over an `AsyncPort`.
+//! `AsyncLiveDict` awaits them over an `AsyncPort`. The sync front-end's hottest reads (`get`,
+//! `get_bytes`, `peek`) take the same steps without the futures (see `ready.rs`).
 
 mod port;
+mod ready;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -26,7 +28,7 @@ pub(crate) use port::{Port, SyncPort, run_ready};
 
 use crate::access::Operation;
 use crate::backend::WriteExpiry;
-use crate::backend::{Change, Condition, ExpiredEntry, Expiry, KeyTtl, ReadMode, Written};
+use crate::backend::{Change, Condition, ExpiredEntry, Expiry, Found, KeyTtl, ReadMode, Written};
 use crate::batch::Batch;
 use crate::clock::{Millis, Now};
 use crate::engine::Engine;
@@ -211,11 +213,12 @@ impl<'s, P: Port> Dict<'s, P> {
     /// The stored bytes under the full key `key`, accounted as an access with
     /// [`ReadMode::Touch`].
     #[inline(always)]
-    async fn read_full(&self, key: &str, mode: ReadMode) -> Result<Option<Bytes>> {
+    async fn read_full(&self, key: &str, mode: ReadMode) -> Result<Option<Found>> {
         let now = self.engine.begin_read(key)?;
-        let found = self.port.get(key, &now, mode).await?;
+        let found = self.port.get_with_head(key, &now, mode).await?;
         if mode == ReadMode::Touch {
-            self.accessed(key, found.as_ref(), &now).await;
+            self.accessed(key, found.as_ref().map(|(value, _)| value), &now)
+                .await;
         }
         Ok(found)
     }
@@ -225,36 +228,49 @@ impl<'s, P: Port> Dict<'s, P> {
     /// adds no state to the caller's future.
     #[inline(always)]
     async fn accessed(&self, key: &str, found: Option<&Bytes>, now: &Now<'_>) {
-        let on_access = if found.is_some() && self.engine.events.registry.entries().in_use() {
+        if !self.access_waits(found.is_some()) {
+            return self.engine.read(key, found, now, None);
+        }
+        let on_access = if self.engine.events.registry.entries().in_use() {
             self.lock_entry(key).await.on_access(key)
         } else {
             None
         };
-        if P::AWAITS && found.is_some() && self.engine.events.wants(EventKind::Access) {
+        if P::AWAITS && self.engine.events.wants(EventKind::Access) {
             self.room_for_events(Some(key)).await;
         }
         self.engine.read(key, found, now, on_access);
+    }
+
+    /// Whether accounting for an access (that found a value, if `found`) has to take the entry's
+    /// lock for its access hook or wait for room in the event queue; otherwise
+    /// [`Engine::read`] alone accounts for it.
+    #[inline(always)]
+    fn access_waits(&self, found: bool) -> bool {
+        found
+            && (self.engine.events.registry.entries().in_use()
+                || (P::AWAITS && self.engine.events.wants(EventKind::Access)))
     }
 
     #[inline(always)]
     pub(crate) async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let key = self.allowed(Operation::Read, key)?;
         let found = self.read_full(&key, ReadMode::Touch).await?;
-        self.engine.decode_opt(&key, found)
+        self.engine.decode_opt(&key, found.map(|(value, _)| value))
     }
 
     #[inline(always)]
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.allowed(Operation::Read, key)?;
         let found = self.read_full(&key, ReadMode::Touch).await?;
-        self.engine.decode_raw_opt(&key, found)
+        self.engine.decode_raw_found(&key, found)
     }
 
     #[inline(always)]
     pub(crate) async fn peek<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let key = self.allowed(Operation::Read, key)?;
         let found = self.read_full(&key, ReadMode::Peek).await?;
-        self.engine.decode_opt(&key, found)
+        self.engine.decode_opt(&key, found.map(|(value, _)| value))
     }
 
     pub(crate) async fn require<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
@@ -1019,7 +1035,7 @@ impl<'s, P: Port> Dict<'s, P> {
 
     pub(crate) async fn password_hash(&self, key: &str) -> Result<Option<String>> {
         let key = self.allowed(Operation::Read, key)?;
-        let Some(stored) = self.read_full(&key, ReadMode::Peek).await? else {
+        let Some((stored, _)) = self.read_full(&key, ReadMode::Peek).await? else {
             return Ok(None);
         };
         let plain = self.engine.open(&key, stored)?;

@@ -16,7 +16,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::access::{AccessPolicy, Operation};
-use crate::backend::{BatchOp, Change, Cleared, Expiry, Removed, Updated, WriteExpiry, Written};
+use crate::backend::{
+    BatchOp, Change, Cleared, Expiry, Found, Removed, Updated, VALUE_HEAD_LEN, ValueHead,
+    WriteExpiry, Written,
+};
 use crate::clock::{Clock, Millis, Now};
 use crate::codec::{self, Codec};
 use crate::crypto::{Keyring, Sealer};
@@ -269,11 +272,42 @@ impl Engine {
         stored.map(|b| self.decode(key, b)).transpose()
     }
 
-    /// The raw bytes of an optional stored value of `key`.
-    pub(crate) fn decode_raw_opt(&self, key: &str, stored: Option<Bytes>) -> Result<Option<Bytes>> {
-        stored
-            .map(|b| codec::decode_raw(self.open(key, b)?))
-            .transpose()
+    /// The payload of a raw value read with its head: when the backend kept a copy of the header
+    /// and it says plain raw bytes (which this store may return as they are), the payload is cut
+    /// from the value without reading its buffer; otherwise as [`decode_raw`](Self::decode_raw).
+    #[inline]
+    pub(crate) fn decode_raw_found(
+        &self,
+        key: &str,
+        found: Option<Found>,
+    ) -> Result<Option<Bytes>> {
+        match found {
+            None => Ok(None),
+            Some((mut value, Some(head)))
+                if value.len() >= VALUE_HEAD_LEN && self.passes_plain(&head) =>
+            {
+                debug_assert_eq!(
+                    value[..VALUE_HEAD_LEN],
+                    head,
+                    "a backend's head copy is stale"
+                );
+                bytes::Buf::advance(&mut value, VALUE_HEAD_LEN);
+                Ok(Some(value))
+            }
+            Some((value, _)) => self.decode_raw(key, value).map(Some),
+        }
+    }
+
+    /// Whether a value with header `head` is plain raw bytes that a read may return as they are:
+    /// not encrypted, and not in a store that encrypts every value (which refuses plain ones).
+    #[inline]
+    fn passes_plain(&self, head: &ValueHead) -> bool {
+        self.sealer.as_ref().is_none_or(|s| !s.encrypt_all) && codec::is_plain_raw(head)
+    }
+
+    /// The payload of a stored raw value of `key` (decrypted if need be).
+    pub(crate) fn decode_raw(&self, key: &str, stored: Bytes) -> Result<Bytes> {
+        codec::decode_raw(self.open(key, stored)?)
     }
 
     // ---- accounting for an outcome ----------------------------------------------------------

@@ -235,8 +235,9 @@ pub fn corrupted_or_foreign_bytes_are_format_errors(h: &Harness) -> Result<()> {
     type Expected = fn(&Error) -> bool;
     let format: Expected = |r| matches!(r, Error::Format(_));
     let crypto: Expected = |r| matches!(r, Error::Crypto(_));
-    let samples: [(&[u8], Expected); 6] = [
+    let samples: [(&[u8], Expected); 7] = [
         (b"", format),
+        (&[0xD7, 1, 0x80, b'1'], format), // reserved bits set on raw bytes
         (b"{\"plain\": \"json\"}", format),
         (&[0xD7], format),
         (&[0xD7, 9, 1, b'1'], format),    // written by a newer format

@@ -165,6 +165,11 @@ pub fn tampered_or_moved_ciphertexts_are_refused(h: &Harness) -> Result<()> {
     let plain = h.open(backend.clone(), |b| b)?;
     plain.set("injected", &"looks legitimate")?;
     assert!(crypto(store.get::<String>("injected")));
+    plain.set_bytes("injected raw", b"raw and plain")?;
+    assert!(matches!(
+        store.get_bytes("injected raw"),
+        Err(Error::Crypto(_))
+    ));
     Ok(())
 }
 

@@ -21,8 +21,8 @@ use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockWriteGuard};
 
 use super::{
-    Backend, BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue, ReadMode,
-    Removed, ScanEntry, Updated, WriteExpiry, Written,
+    Backend, BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, Found, KeyTtl, KeyValue,
+    ReadMode, Removed, ScanEntry, Updated, VALUE_HEAD_LEN, ValueHead, WriteExpiry, Written,
 };
 use crate::clock::{Millis, Now, RECENT_MARGIN};
 use crate::error::Result;
@@ -58,9 +58,25 @@ pub struct MemoryBackend {
     locks: locks::Locks,
 }
 
+/// A stored value and a copy of its head (see [`Backend::get_with_head`]), which a read hands
+/// out with it so that the caller need not read the value's own buffer to check its header. Built
+/// only by [`StoredValue::new`], so the copy always matches.
+struct StoredValue {
+    bytes: Bytes,
+    head: Option<ValueHead>,
+}
+
+impl StoredValue {
+    #[inline]
+    fn new(bytes: Bytes) -> Self {
+        let head = bytes.first_chunk::<VALUE_HEAD_LEN>().copied();
+        StoredValue { bytes, head }
+    }
+}
+
 struct Slot {
     key: Key,
-    value: Bytes,
+    value: StoredValue,
     /// Deadline in ms since the epoch; 0 = none.
     deadline: AtomicU64,
     /// Sliding TTL in ms; 0 = the deadline is fixed.
@@ -142,7 +158,7 @@ impl Shard {
                 if live && condition == Condition::IfAbsent {
                     return Written {
                         written: false,
-                        previous: Some(slot.value.clone()),
+                        previous: Some(slot.value.bytes.clone()),
                         expired: None,
                     };
                 }
@@ -154,7 +170,7 @@ impl Shard {
                     return Written {
                         written: false,
                         previous: None,
-                        expired: Some(dead.value),
+                        expired: Some(dead.value.bytes),
                     };
                 }
                 let (deadline, sliding) = if live && expiry.keep_existing {
@@ -172,7 +188,7 @@ impl Shard {
                 slot.set_deadline(timers, deadline);
                 slot.sliding = sliding;
                 *slot.last_access.get_mut() = now;
-                let old = std::mem::replace(&mut slot.value, value);
+                let old = std::mem::replace(&mut slot.value, StoredValue::new(value)).bytes;
                 if live {
                     Written {
                         written: true,
@@ -196,7 +212,7 @@ impl Shard {
                 let timer = deadline.map(|d| timers.schedule(d, key.clone()));
                 let slot = Slot {
                     key,
-                    value,
+                    value: StoredValue::new(value),
                     deadline: AtomicU64::new(deadline.unwrap_or(0)),
                     sliding,
                     last_access: AtomicU64::new(now),
@@ -223,13 +239,13 @@ impl Shard {
                 }
                 if slot.is_live(now) {
                     Removed {
-                        previous: Some(slot.value),
+                        previous: Some(slot.value.bytes),
                         expired: None,
                     }
                 } else {
                     Removed {
                         previous: None,
-                        expired: Some(slot.value),
+                        expired: Some(slot.value.bytes),
                     }
                 }
             }
@@ -317,6 +333,10 @@ impl fmt::Debug for MemoryBackend {
 impl Backend for MemoryBackend {
     #[inline]
     fn get(&self, key: &str, now: &Now<'_>, mode: ReadMode) -> Result<Option<Bytes>> {
+        Ok(self.get_with_head(key, now, mode)?.map(|(value, _)| value))
+    }
+
+    fn get_with_head(&self, key: &str, now: &Now<'_>, mode: ReadMode) -> Result<Option<Found>> {
         let (hash, shard) = self.shard(key);
         let shard = shard.read();
         let Some(slot) = shard.find(hash, key) else {
@@ -335,7 +355,7 @@ impl Backend for MemoryBackend {
                 slot.last_access.store(recent, Relaxed);
             }
         }
-        Ok(Some(slot.value.clone()))
+        Ok(Some((slot.value.bytes.clone(), slot.value.head)))
     }
 
     fn contains(&self, key: &str, now: &Now<'_>) -> Result<bool> {
@@ -376,7 +396,7 @@ impl Backend for MemoryBackend {
         let current = shard
             .find(hash, key)
             .filter(|s| s.is_live(now))
-            .map(|s| s.value.clone());
+            .map(|s| s.value.bytes.clone());
         match f(current.as_ref())? {
             Change::Keep => Ok(Updated {
                 previous: current,
@@ -390,7 +410,7 @@ impl Backend for MemoryBackend {
                 if let Some(slot) = shard.table.find_mut(hash, |s| s.key == key)
                     && slot.is_live(now)
                 {
-                    slot.value = value;
+                    slot.value = StoredValue::new(value);
                 }
                 Ok(Updated {
                     previous: current,
@@ -436,7 +456,12 @@ impl Backend for MemoryBackend {
                     .table
                     .iter()
                     .filter(|s| s.is_live(now) && s.key.starts_with(prefix))
-                    .map(|s| (s.key.to_string(), with_values.then(|| s.value.clone()))),
+                    .map(|s| {
+                        (
+                            s.key.to_string(),
+                            with_values.then(|| s.value.bytes.clone()),
+                        )
+                    }),
             );
         }
         Ok(out)
@@ -463,7 +488,7 @@ impl Backend for MemoryBackend {
                 } else {
                     cleared.expired.push(ExpiredEntry {
                         key: Arc::from(slot.key.as_str()),
-                        value: slot.value,
+                        value: slot.value.bytes,
                         deadline: slot.deadline.load(Relaxed),
                     });
                 }
@@ -540,7 +565,7 @@ impl Backend for MemoryBackend {
                         let (slot, _) = occupied.remove();
                         out.push(ExpiredEntry {
                             key: Arc::from(key.as_str()),
-                            value: slot.value,
+                            value: slot.value.bytes,
                             deadline: d,
                         });
                     }
@@ -578,7 +603,7 @@ impl Backend for MemoryBackend {
                 if let Some(t) = slot.timer {
                     timers.cancel(t);
                 }
-                out.push((slot.key.to_string(), slot.value));
+                out.push((slot.key.to_string(), slot.value.bytes));
             }
         }
         Ok(out)
@@ -692,5 +717,64 @@ mod tests {
         .unwrap();
         assert_eq!(b.len(99).unwrap(), 11);
         assert_eq!(b.len(100).unwrap(), 1);
+    }
+
+    /// Every way of storing a value keeps the head a read hands out equal to the value's first
+    /// bytes (the engine trusts it instead of reading the value), and a value shorter than a
+    /// head has none.
+    #[test]
+    fn a_read_hands_out_the_stored_values_own_head() {
+        let b = MemoryBackend::with_shards(2);
+        let never = WriteExpiry::replace(Expiry::Never);
+        let check = |key: &str, value: &[u8]| {
+            let (bytes, head) = b
+                .get_with_head(key, &Now::fixed(0), ReadMode::Peek)
+                .unwrap()
+                .expect("stored");
+            assert_eq!(&bytes[..], value);
+            assert_eq!(head, value.first_chunk::<VALUE_HEAD_LEN>().copied());
+        };
+        let set = |key: &str, value: &'static [u8]| {
+            b.set(key, Bytes::from_static(value), never, Condition::Always, 0)
+                .unwrap();
+        };
+        set("k", b"abcdef");
+        check("k", b"abcdef");
+        set("k", b"xyz123"); // overwrite
+        check("k", b"xyz123");
+        set("k", b"no"); // shorter than a head
+        check("k", b"no");
+        let update = |change: Change| {
+            let mut change = Some(change);
+            b.update("k", 0, &mut |_| Ok(change.take().expect("called once")))
+                .unwrap();
+        };
+        update(Change::Write {
+            value: Bytes::from_static(b"written"),
+            expiry: never,
+        });
+        check("k", b"written");
+        update(Change::Replace {
+            value: Bytes::from_static(b"replaced"),
+        });
+        check("k", b"replaced");
+        b.apply_batch(
+            vec![
+                BatchOp::Set {
+                    key: "k".into(),
+                    value: Bytes::from_static(b"batched"),
+                    expiry: never,
+                },
+                BatchOp::Set {
+                    key: "new".into(),
+                    value: Bytes::from_static(b"inserted"),
+                    expiry: never,
+                },
+            ],
+            0,
+        )
+        .unwrap();
+        check("k", b"batched");
+        check("new", b"inserted");
     }
 }
