@@ -259,6 +259,7 @@ impl<'s, P: Port> Dict<'s, P> {
         self.engine.decode_opt(&key, found.map(|(value, _)| value))
     }
 
+    #[cfg(feature = "async")] // the sync front-end reads with `get_bytes_ready`
     #[inline(always)]
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.allowed(Operation::Read, key)?;
