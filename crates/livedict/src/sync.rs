@@ -426,7 +426,7 @@ impl LiveDict {
         options: impl Into<WriteOptions>,
     ) -> Result<()> {
         let dict = self.dict();
-        run_ready(dict.write_prepared(dict.prepare_set(key, value, options.into())))
+        dict.write_prepared_ready(dict.prepare_set(key, value, options.into()))
     }
 
     /// Stores raw bytes (no codec) with the default TTL.
@@ -448,7 +448,7 @@ impl LiveDict {
         options: impl Into<WriteOptions>,
     ) -> Result<()> {
         let dict = self.dict();
-        run_ready(dict.write_prepared(dict.prepare_set_bytes(key, value, options.into())))
+        dict.write_prepared_ready(dict.prepare_set_bytes(key, value, options.into()))
     }
 
     /// Stores `value` and returns the value it replaced, atomically: of many concurrent callers,
