@@ -14,8 +14,8 @@ use std::pin::Pin;
 use bytes::Bytes;
 
 use super::{
-    BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, Found, KeyTtl, KeyValue, ReadMode,
-    Removed, ScanEntry, Updated, WriteExpiry, Written,
+    BatchOp, Change, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue, ReadMode, Removed,
+    ScanEntry, Updated, WriteExpiry, Written,
 };
 use crate::clock::{Millis, Now};
 use crate::error::Result;
@@ -35,15 +35,6 @@ pub trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
         now: &'a Now<'a>,
         mode: ReadMode,
     ) -> BoxFuture<'a, Result<Option<Bytes>>>;
-    fn get_with_head<'a>(
-        &'a self,
-        key: &'a str,
-        now: &'a Now<'a>,
-        mode: ReadMode,
-    ) -> BoxFuture<'a, Result<Option<Found>>> {
-        let read = self.get(key, now, mode);
-        Box::pin(async move { Ok(read.await?.map(|value| (value, None))) })
-    }
     fn get_many<'a>(
         &'a self,
         keys: &'a [&'a str],
@@ -136,17 +127,6 @@ macro_rules! impl_async_via_sync {
                 mode: $crate::backend::ReadMode,
             ) -> $crate::backend::BoxFuture<'a, $crate::Result<Option<$crate::Bytes>>> {
                 Box::pin(::std::future::ready($crate::Backend::get(
-                    self, key, now, mode,
-                )))
-            }
-            fn get_with_head<'a>(
-                &'a self,
-                key: &'a str,
-                now: &'a $crate::Now<'a>,
-                mode: $crate::backend::ReadMode,
-            ) -> $crate::backend::BoxFuture<'a, $crate::Result<Option<$crate::backend::Found>>>
-            {
-                Box::pin(::std::future::ready($crate::Backend::get_with_head(
                     self, key, now, mode,
                 )))
             }

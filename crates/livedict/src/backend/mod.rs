@@ -276,9 +276,10 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Reads as [`get`](Self::get) does, and returns with the value a copy of its first
     /// [`VALUE_HEAD_LEN`] bytes (livedict's header: format version and kind of payload) when the
     /// backend keeps one in the entry itself. `get_bytes` then checks the header without reading
-    /// the value's buffer, which on a large in-memory store is a cache miss of its own (about
-    /// half the time of a hit in the memory benchmark). The copy must equal the value's first
-    /// bytes; a value shorter than that has none. The default keeps no copy.
+    /// the value's buffer, which on a large in-memory store is a cache miss of its own. The copy
+    /// must equal the value's first bytes (the engine trusts it); a value shorter than that has
+    /// none. The default keeps no copy. Only the sync front-end asks for it: the async one calls
+    /// [`AsyncBackend::get`](crate::backend::AsyncBackend::get).
     fn get_with_head(&self, key: &str, now: &Now<'_>, mode: ReadMode) -> Result<Option<Found>> {
         Ok(self.get(key, now, mode)?.map(|value| (value, None)))
     }

@@ -7,8 +7,9 @@
 //! future, so async futures own everything they hold across an await.
 //!
 //! [`LiveDict`](crate::LiveDict) runs these operations over a [`SyncPort`] with [`run_ready`];
-//! `AsyncLiveDict` awaits them over an `AsyncPort`. The sync front-end's hottest reads (`get`,
-//! `get_bytes`, `peek`) take the same steps without the futures (see `ready.rs`).
+//! `AsyncLiveDict` awaits them over an `AsyncPort`. The sync front-end's hottest calls (`get`,
+//! `get_bytes`, `peek`, and `set`/`set_bytes` without hooks) take the same steps without the
+//! futures (see `ready.rs`).
 
 mod port;
 mod ready;

@@ -321,7 +321,9 @@ impl Port for AsyncPort<'_> {
         now: &'a Now<'a>,
         mode: ReadMode,
     ) -> impl Future<Output = Result<Option<Found>>> + Send + 'a {
-        self.backend.get_with_head(key, now, mode)
+        // Async backends keep no head copy (`Backend::get_with_head` serves the sync memory path).
+        let read = self.backend.get(key, now, mode);
+        async move { Ok(read.await?.map(|value| (value, None))) }
     }
     fn get_many<'a>(
         &'a self,

@@ -3,9 +3,10 @@
 //! Over a [`SyncPort`] every operation's future is ready at its first poll, and [`run_ready`]
 //! runs it; for most operations that costs nothing that matters. For a read that hits the memory
 //! backend it does: the nested state machines of `get_bytes`, `read_full` and the port's future
-//! took about 160 of the 650 instructions of a hit, and with them the processor's overlap of one
-//! read's cache misses with the next one's (the memory benchmark's `get_hit_1t` went from 0.35x
-//! to about 0.7x quick_cache with this and the value's head kept in the entry). These functions
+//! took about 160 of the 650 instructions of a hit, and with them, it seems, the processor's
+//! overlap of one read's cache misses with the next one's (the memory benchmark's `get_hit_1t`
+//! went from 0.34x to 0.57-0.80x quick_cache over this session's runs, with this and the value's
+//! header kept in the entry; docs/design.md, "The memory backend"). These functions
 //! take the same steps as their async twins in [`Dict`], through the same helpers and in the same
 //! order, calling the backend directly; the conformance suite runs both (its plain and async
 //! modes).

@@ -257,8 +257,14 @@ pub fn secret_values_are_encrypted_whatever_they_look_like(h: &Harness) -> Resul
     let backend = h.backend();
     let store = store_on(h, &backend, Some(Keyring::generate(1)), false);
     store.set("public", &"visible")?;
+    store.set_bytes("public raw", b"plain bytes")?;
     store.set_with("token", &"s3cr3t", WriteOptions::new().secret())?;
     assert!(!is_encrypted(&stored(&backend, "public")));
+    assert!(!is_encrypted(&stored(&backend, "public raw")));
+    assert_eq!(
+        store.get_bytes("public raw")?.as_deref(),
+        Some(&b"plain bytes"[..])
+    );
     assert!(is_encrypted(&stored(&backend, "token")));
     assert_eq!(store.get::<String>("token")?.as_deref(), Some("s3cr3t"));
 

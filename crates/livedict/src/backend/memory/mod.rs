@@ -776,5 +776,58 @@ mod tests {
         .unwrap();
         check("k", b"batched");
         check("new", b"inserted");
+
+        // A write refused under `IfAbsent` leaves the value and its head as they were.
+        b.set(
+            "k",
+            Bytes::from_static(b"refused"),
+            never,
+            Condition::IfAbsent,
+            0,
+        )
+        .unwrap();
+        check("k", b"batched");
+        // An expired entry overwritten, and one left alone by a `Replace` (it is not live).
+        let short = WriteExpiry::replace(Expiry::After {
+            ttl: 10,
+            sliding: false,
+        });
+        b.set(
+            "e",
+            Bytes::from_static(b"old one"),
+            short,
+            Condition::Always,
+            0,
+        )
+        .unwrap();
+        b.set(
+            "e",
+            Bytes::from_static(b"new one"),
+            never,
+            Condition::Always,
+            20,
+        )
+        .unwrap();
+        check("e", b"new one");
+        b.set(
+            "d",
+            Bytes::from_static(b"dead one"),
+            short,
+            Condition::Always,
+            0,
+        )
+        .unwrap();
+        b.update("d", 20, &mut |current| {
+            assert!(current.is_none(), "an expired entry is not live");
+            Ok(Change::Replace {
+                value: Bytes::from_static(b"never stored"),
+            })
+        })
+        .unwrap();
+        assert!(
+            b.get_with_head("d", &Now::fixed(20), ReadMode::Peek)
+                .unwrap()
+                .is_none()
+        );
     }
 }
