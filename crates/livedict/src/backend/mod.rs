@@ -279,7 +279,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// the value's buffer, which on a large in-memory store is a cache miss of its own. The copy
     /// must equal the value's first bytes (the engine trusts it); a value shorter than that has
     /// none. The default keeps no copy. Only the sync front-end asks for it: the async one calls
-    /// [`AsyncBackend::get`](crate::backend::AsyncBackend::get).
+    /// [`AsyncBackend::get`].
     fn get_with_head(&self, key: &str, now: &Now<'_>, mode: ReadMode) -> Result<Option<Found>> {
         Ok(self.get(key, now, mode)?.map(|value| (value, None)))
     }
