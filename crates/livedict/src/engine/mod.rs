@@ -318,7 +318,7 @@ impl Engine {
 
     /// Accounts for an access read of `key` that found `found`; `on_access` is the entry's
     /// access hook, if it has one.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read(
         &self,
         key: &str,
@@ -337,16 +337,22 @@ impl Engine {
         if let Some(value) = found
             && (on_access.is_some() || self.events.registry.store_wide(EventKind::Access))
         {
-            self.events.publish(
-                EventKind::Access,
-                Cause::Explicit,
-                key,
-                Some(value),
-                None,
-                now.exact(),
-                on_access,
-            );
+            self.publish_access(key, value, now, on_access);
         }
+    }
+
+    /// The `Access` event of a read (out of line: most reads have no access hook to tell).
+    #[inline(never)]
+    fn publish_access(&self, key: &str, value: &Bytes, now: &Now<'_>, on_access: Option<HookFn>) {
+        self.events.publish(
+            EventKind::Access,
+            Cause::Explicit,
+            key,
+            Some(value),
+            None,
+            now.exact(),
+            on_access,
+        );
     }
 
     /// Accounts for a write of `key` (`value` is the copy kept for the `Set` event, if wanted),
