@@ -267,6 +267,7 @@ impl LiveDict {
     ///
     /// # Errors
     /// As [`get`](Self::get); [`Error::Decode`] if the value is a typed value.
+    #[inline]
     pub fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
         self.dict().get_bytes_ready(key)
     }
@@ -433,6 +434,7 @@ impl LiveDict {
     ///
     /// # Errors
     /// As [`set`](Self::set).
+    #[inline]
     pub fn set_bytes(&self, key: &str, value: &[u8]) -> Result<()> {
         self.set_bytes_with(key, value, WriteOptions::new())
     }
