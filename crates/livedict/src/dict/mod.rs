@@ -29,7 +29,7 @@ pub(crate) use port::{Port, SyncPort, run_ready};
 
 use crate::access::Operation;
 use crate::backend::WriteExpiry;
-use crate::backend::{Change, Condition, ExpiredEntry, Expiry, Found, KeyTtl, ReadMode, Written};
+use crate::backend::{Change, Condition, ExpiredEntry, Expiry, KeyTtl, ReadMode, Written};
 use crate::batch::Batch;
 use crate::clock::{Millis, Now};
 use crate::engine::Engine;
@@ -214,12 +214,11 @@ impl<'s, P: Port> Dict<'s, P> {
     /// The stored bytes under the full key `key`, accounted as an access with
     /// [`ReadMode::Touch`].
     #[inline(always)]
-    async fn read_full(&self, key: &str, mode: ReadMode) -> Result<Option<Found>> {
+    async fn read_full(&self, key: &str, mode: ReadMode) -> Result<Option<Bytes>> {
         let now = self.engine.begin_read(key)?;
-        let found = self.port.get_with_head(key, &now, mode).await?;
+        let found = self.port.get(key, &now, mode).await?;
         if mode == ReadMode::Touch {
-            self.accessed(key, found.as_ref().map(|(value, _)| value), &now)
-                .await;
+            self.accessed(key, found.as_ref(), &now).await;
         }
         Ok(found)
     }
@@ -257,7 +256,7 @@ impl<'s, P: Port> Dict<'s, P> {
     pub(crate) async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let key = self.allowed(Operation::Read, key)?;
         let found = self.read_full(&key, ReadMode::Touch).await?;
-        self.engine.decode_opt(&key, found.map(|(value, _)| value))
+        self.engine.decode_opt(&key, found)
     }
 
     #[cfg(feature = "async")] // the sync front-end reads with `get_bytes_ready`
@@ -265,14 +264,16 @@ impl<'s, P: Port> Dict<'s, P> {
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
         let key = self.allowed(Operation::Read, key)?;
         let found = self.read_full(&key, ReadMode::Touch).await?;
-        self.engine.decode_raw_found(&key, found)
+        found
+            .map(|value| self.engine.decode_raw(&key, value))
+            .transpose()
     }
 
     #[inline(always)]
     pub(crate) async fn peek<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let key = self.allowed(Operation::Read, key)?;
         let found = self.read_full(&key, ReadMode::Peek).await?;
-        self.engine.decode_opt(&key, found.map(|(value, _)| value))
+        self.engine.decode_opt(&key, found)
     }
 
     pub(crate) async fn require<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
@@ -1037,7 +1038,7 @@ impl<'s, P: Port> Dict<'s, P> {
 
     pub(crate) async fn password_hash(&self, key: &str) -> Result<Option<String>> {
         let key = self.allowed(Operation::Read, key)?;
-        let Some((stored, _)) = self.read_full(&key, ReadMode::Peek).await? else {
+        let Some(stored) = self.read_full(&key, ReadMode::Peek).await? else {
             return Ok(None);
         };
         let plain = self.engine.open(&key, stored)?;

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use event_listener::{EventListener, Listener};
 
 use crate::backend::{
-    Backend, BatchOp, Cleared, Condition, ExpiredEntry, Expiry, Found, KeyTtl, KeyValue, ReadMode,
+    Backend, BatchOp, Cleared, Condition, ExpiredEntry, Expiry, KeyTtl, KeyValue, ReadMode,
     Removed, ScanEntry, UpdateFn, Updated, WriteExpiry, Written,
 };
 use crate::clock::{Millis, Now};
@@ -30,12 +30,12 @@ pub(crate) trait Port: Send + Sync {
     /// Whether waits park a task (async) rather than block the thread (sync).
     const AWAITS: bool;
 
-    fn get_with_head<'a>(
+    fn get<'a>(
         &'a self,
         key: &'a str,
         now: &'a Now<'a>,
         mode: ReadMode,
-    ) -> impl Future<Output = Result<Option<Found>>> + Send + 'a;
+    ) -> impl Future<Output = Result<Option<Bytes>>> + Send + 'a;
     fn get_many<'a>(
         &'a self,
         keys: &'a [&'a str],
@@ -160,13 +160,13 @@ impl Port for SyncPort<'_> {
     const AWAITS: bool = false;
 
     #[inline]
-    fn get_with_head<'a>(
+    fn get<'a>(
         &'a self,
         key: &'a str,
         now: &'a Now<'a>,
         mode: ReadMode,
-    ) -> Ready<Result<Option<Found>>> {
-        ready(self.backend.get_with_head(key, now, mode))
+    ) -> Ready<Result<Option<Bytes>>> {
+        ready(self.backend.get(key, now, mode))
     }
     #[inline]
     fn get_many<'a>(
@@ -315,15 +315,13 @@ pub(crate) struct AsyncPort<'b> {
 impl Port for AsyncPort<'_> {
     const AWAITS: bool = true;
 
-    fn get_with_head<'a>(
+    fn get<'a>(
         &'a self,
         key: &'a str,
         now: &'a Now<'a>,
         mode: ReadMode,
-    ) -> impl Future<Output = Result<Option<Found>>> + Send + 'a {
-        // Async backends keep no head copy (`Backend::get_with_head` serves the sync memory path).
-        let read = self.backend.get(key, now, mode);
-        async move { Ok(read.await?.map(|value| (value, None))) }
+    ) -> impl Future<Output = Result<Option<Bytes>>> + Send + 'a {
+        self.backend.get(key, now, mode)
     }
     fn get_many<'a>(
         &'a self,
