@@ -298,14 +298,10 @@ fn a_later_deadline_leaves_the_index_alone_and_every_read_stays_exact() -> Resul
 /// bucket. On a server of its own, to count the calls.
 #[test]
 fn many_passed_scores_are_swept_and_counted_in_bounded_calls() -> Result<()> {
-    let _ = server_url(); // requires the test environment like every other test here
     let server = OwnServer::start();
     let clock = livedict::ManualClock::new();
     let store = LiveDict::builder()
-        .backend(RedisBackend::open_with(
-            &server.url(),
-            RedisOptions::new().server_clock(false),
-        )?)
+        .backend(server.backend(RedisOptions::new().server_clock(false))?)
         .clock(livedict::Clock::Manual(clock.clone()))
         .active_expiry(false)
         .build()?;
@@ -571,10 +567,9 @@ fn an_existing_store_keeps_its_bucket_count() -> Result<()> {
 /// of the tests running beside it on the shared server (it did, now and then).
 #[test]
 fn a_killed_connection_fails_one_call_then_the_store_works_again() -> Result<()> {
-    let _ = server_url(); // requires the test environment like every other test here
     let server = OwnServer::start();
     let store = LiveDict::builder()
-        .backend(RedisBackend::open_with(&server.url(), RedisOptions::new())?)
+        .backend(server.backend(RedisOptions::new())?)
         .active_expiry(false)
         .build()?;
     store.set("k", &1)?;
@@ -617,11 +612,10 @@ fn libraries(conn: &mut redis::Connection) -> Vec<String> {
 /// beside it load them again (which works, but is not what those tests are about).
 #[test]
 fn a_flushed_library_is_loaded_again_and_a_server_refusing_functions_runs_scripts() -> Result<()> {
-    let _ = server_url(); // requires the test environment like every other test here
     let server = OwnServer::start();
     let mut conn = server.connect();
     let store = LiveDict::builder()
-        .backend(RedisBackend::open_with(&server.url(), RedisOptions::new())?)
+        .backend(server.backend(RedisOptions::new())?)
         .active_expiry(false)
         .build()?;
     store.set("k", &1)?;
@@ -689,10 +683,9 @@ fn a_flushed_library_is_loaded_again_and_a_server_refusing_functions_runs_script
 /// On a server of its own, whose memory limit it lowers.
 #[test]
 fn a_full_server_refuses_writes_and_still_serves_reads_and_removals() -> Result<()> {
-    let _ = server_url(); // requires the test environment like every other test here
     let server = OwnServer::start();
     let store = LiveDict::builder()
-        .backend(RedisBackend::open_with(&server.url(), RedisOptions::new())?)
+        .backend(server.backend(RedisOptions::new())?)
         .build()?;
     for i in 0..100 {
         store.set_with(&format!("k{i}"), &i, Duration::from_secs(3600))?;
@@ -716,7 +709,7 @@ fn a_full_server_refuses_writes_and_still_serves_reads_and_removals() -> Result<
     assert!(matches!(store.ttl("k3")?, KeyTtl::Remaining(_)));
     // A store opened now (the server refuses to load a library) reads too.
     let late = LiveDict::builder()
-        .backend(RedisBackend::open_with(&server.url(), RedisOptions::new())?)
+        .backend(server.backend(RedisOptions::new())?)
         .build()?;
     assert_eq!(late.get::<i64>("k4")?, Some(4));
     assert!(matches!(late.set("new", &1), Err(Error::Backend(_))));
@@ -751,7 +744,10 @@ struct OwnServer {
 }
 
 impl OwnServer {
+    /// Starts the server; like every test here, only in the test environment (a missing
+    /// `LIVEDICT_TEST_REDIS_URL` fails the test, even though this server does not use it).
     fn start() -> Self {
+        let _ = server_url();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -768,6 +764,11 @@ impl OwnServer {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A backend on this server.
+    fn backend(&self, options: RedisOptions) -> livedict::Result<RedisBackend> {
+        RedisBackend::open_with(&self.url(), options)
     }
 
     /// A raw connection, for looking at and configuring the server.
@@ -818,13 +819,9 @@ impl Drop for OwnServer {
 
 #[test]
 fn a_server_restart_mid_stream_fails_calls_then_recovers_losing_nothing() -> Result<()> {
-    let _ = server_url(); // requires the test environment like every other test here
     let mut server = OwnServer::start();
     let store = LiveDict::builder()
-        .backend(RedisBackend::open_with(
-            &server.url(),
-            RedisOptions::new().timeout(Duration::from_secs(1)),
-        )?)
+        .backend(server.backend(RedisOptions::new().timeout(Duration::from_secs(1)))?)
         .build()?;
     let writer = store.clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

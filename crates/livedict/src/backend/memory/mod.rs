@@ -753,10 +753,11 @@ mod tests {
             assert_eq!(&bytes[..], value);
             assert_eq!(head, value.first_chunk::<VALUE_HEAD_LEN>().copied());
         };
-        let set = |key: &str, value: &'static [u8]| {
-            b.set(key, Bytes::from_static(value), never, Condition::Always, 0)
+        let put = |key: &str, value: &'static [u8], expiry, condition, now| {
+            b.set(key, Bytes::from_static(value), expiry, condition, now)
                 .unwrap();
         };
+        let set = |key: &str, value: &'static [u8]| put(key, value, never, Condition::Always, 0);
         set("k", b"abcdef");
         check("k", b"abcdef");
         set("k", b"xyz123"); // overwrite
@@ -797,45 +798,17 @@ mod tests {
         check("new", b"inserted");
 
         // A write refused under `IfAbsent` leaves the value and its head as they were.
-        b.set(
-            "k",
-            Bytes::from_static(b"refused"),
-            never,
-            Condition::IfAbsent,
-            0,
-        )
-        .unwrap();
+        put("k", b"refused", never, Condition::IfAbsent, 0);
         check("k", b"batched");
         // An expired entry overwritten, and one left alone by a `Replace` (it is not live).
         let short = WriteExpiry::replace(Expiry::After {
             ttl: 10,
             sliding: false,
         });
-        b.set(
-            "e",
-            Bytes::from_static(b"old one"),
-            short,
-            Condition::Always,
-            0,
-        )
-        .unwrap();
-        b.set(
-            "e",
-            Bytes::from_static(b"new one"),
-            never,
-            Condition::Always,
-            20,
-        )
-        .unwrap();
+        put("e", b"old one", short, Condition::Always, 0);
+        put("e", b"new one", never, Condition::Always, 20);
         check("e", b"new one");
-        b.set(
-            "d",
-            Bytes::from_static(b"dead one"),
-            short,
-            Condition::Always,
-            0,
-        )
-        .unwrap();
+        put("d", b"dead one", short, Condition::Always, 0);
         b.update("d", 20, &mut |current| {
             assert!(current.is_none(), "an expired entry is not live");
             Ok(Change::Replace {

@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 /// Entries removed (or examined) per script call by `clear`, `scan`, `remove_inactive` and `len`,
 /// so that no single call holds the server for long.
 const CHUNK: usize = 1000;
+/// Members with passed scores `pop_any` looks at per script call (see `pop` in store.lua).
+const POP_WINDOW: usize = 64;
 /// In-process stripes serializing the updates of one key, so that threads (and tasks) of one
 /// process queue in memory instead of polling the Redis lock.
 const UPDATE_STRIPES: usize = 256;
@@ -623,12 +625,11 @@ impl<T: Transport> Ops<'_, T> {
     /// Removes some live entry: one with a later score if one is at hand, else one among the
     /// members whose scores have passed, a window of them per call (see `pop` in store.lua).
     pub(super) async fn pop_any(&self, now: Millis) -> Result<Option<KeyValue>> {
-        const POP_WINDOW: usize = 64; // as in store.lua
         for group in self.bucket_groups() {
             let mut offset = 0;
             loop {
                 let mut cmd = self.cmd("pop", now, group);
-                cmd.arg(offset);
+                cmd.arg(offset).arg(POP_WINDOW);
                 let mut items = array(self.run(&cmd).await?)?.into_iter();
                 match (items.next(), items.next()) {
                     (Some(k), Some(v)) => {

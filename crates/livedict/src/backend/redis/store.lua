@@ -29,8 +29,6 @@
 -- The call's operation, time (ms since the epoch) and native-expiry grace (ms).
 local op, now, grace
 local ACCESS_GRANULARITY = 1000
--- Members with passed scores a `pop` call looks at per index.
-local POP_WINDOW = 64
 
 -- Numbers are passed to redis.call as they are: the server writes a whole number below 2^53
 -- (every time, deadline and TTL here: MAX_TTL and the grace are capped well below) as its
@@ -584,7 +582,8 @@ local function run(KEYS, ARGV)
     end
     return out
   elseif op == 'pop' then
-    -- KEYS: indexes. ARGV: offset. Removes some live, unlocked entry and returns { member, value }.
+    -- KEYS: indexes. ARGV: offset, window. Removes some live, unlocked entry and returns
+    -- { member, value }.
     for _, index in ipairs(KEYS) do
       local base = base_of(index)
       local candidates = redis.call('ZRANGEBYSCORE', index, '(' .. fmt(now), '+inf', 'LIMIT', 0, 16)
@@ -602,9 +601,10 @@ local function run(KEYS, ARGV)
     -- Then the members whose scores have passed (some may be live: the index is lazy), a window
     -- of them per call: { 1 } asks the caller to call again with the next window.
     local more = 0
+    local window = tonumber(ARGV[5])
     for _, index in ipairs(KEYS) do
       local base = base_of(index)
-      local passed = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now), 'LIMIT', ARGV[4], POP_WINDOW)
+      local passed = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now), 'LIMIT', ARGV[4], window)
       for _, m in ipairs(passed) do
         local k = base .. 'k:' .. m
         local e = load(k)
@@ -613,7 +613,7 @@ local function run(KEYS, ARGV)
           return { m, e.v }
         end
       end
-      if #passed == POP_WINDOW then
+      if #passed == window then
         more = 1
       end
     end
