@@ -92,12 +92,15 @@ fn redis_cli_reads_a_livedict_key_and_its_ttl() -> Result<()> {
     let key = RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(&prefix))?
         .redis_key("greeting");
     assert!(key.starts_with(&format!("{prefix}:{{")), "{key}");
-    // The value field: livedict's 3-byte header, then the JSON text.
-    let value = redis_cli(&["HGET", &key, "v"]);
-    assert!(
-        value.ends_with(b"\"hello\"\n"),
-        "{:?}",
-        String::from_utf8_lossy(&value)
+    // One string: `D<deadline>S<sliding>A<last access>:` (16 digits each), then livedict's
+    // 3-byte header and the JSON text.
+    let entry = redis_cli(&["GET", &key]);
+    let text = String::from_utf8_lossy(&entry);
+    assert!(entry.ends_with(b"\"hello\"\n"), "{text:?}");
+    assert_eq!(
+        (entry[0], entry[17], entry[34], entry[51]),
+        (b'D', b'S', b'A', b':'),
+        "{text:?}"
     );
     let pttl: u64 = String::from_utf8(redis_cli(&["PTTL", &key]))
         .unwrap()
@@ -109,11 +112,8 @@ fn redis_cli_reads_a_livedict_key_and_its_ttl() -> Result<()> {
         (3_600_000..=3_610_000).contains(&pttl),
         "native ttl {pttl} ms"
     );
-    let deadline: u64 = String::from_utf8(redis_cli(&["HGET", &key, "d"]))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let deadline: u64 = text[1..17].parse().unwrap();
+    assert_eq!(&text[18..34], "0000000000000000", "a fixed deadline");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -415,7 +415,7 @@ fn a_format_1_store_is_upgraded_when_opened() -> Result<()> {
         .arg("format")
         .query(&mut conn)
         .unwrap();
-    assert_eq!(format, "2");
+    assert_eq!(format, "3");
     assert_eq!(store.get::<i32>("k")?, Some(1));
     // Its entries follow format 2's rules from now on: a later deadline leaves the score.
     clock.advance(5 * s);
@@ -477,30 +477,206 @@ fn an_undecodable_entry_is_reported_and_kept() -> Result<()> {
     store.set_with("k", &1, Duration::from_secs(60))?;
     let key = backend.redis_key("k");
     let mut conn = raw();
+    let refused_everywhere = |store: &LiveDict| {
+        assert!(matches!(store.get::<i32>("k"), Err(Error::Format(_))));
+        assert!(matches!(store.peek::<i32>("k"), Err(Error::Format(_))));
+        assert!(matches!(store.ttl("k"), Err(Error::Format(_))));
+        assert!(matches!(store.delete("k"), Err(Error::Format(_))));
+        assert!(matches!(store.set("k", &2), Err(Error::Format(_))));
+        assert!(matches!(
+            store.expire("k", Duration::from_secs(5)),
+            Err(Error::Format(_))
+        ));
+        // A batch that reaches it writes nothing.
+        assert!(matches!(
+            store.set_many([("other", 3), ("k", 4)]),
+            Err(Error::Format(_))
+        ));
+        assert!(!store.contains("other").unwrap());
+    };
+    // Strings that are not entries: too short, a field not 16 digits, a digit that is not one.
+    let good: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    let mut not_a_digit = good.clone();
+    not_a_digit[40] = b'x';
+    for corrupt in [
+        b"x".to_vec(),
+        b"D12S34A56:v".to_vec(),
+        good[..51].to_vec(),
+        not_a_digit,
+    ] {
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(&corrupt)
+            .query::<()>(&mut conn)
+            .unwrap();
+        refused_everywhere(&store);
+        let kept: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+        assert_eq!(kept, corrupt, "left as it was");
+    }
+    // A hash (an entry of format 2) with a field that is not a number.
+    redis::cmd("DEL").arg(&key).query::<()>(&mut conn).unwrap();
     redis::cmd("HSET")
         .arg(&key)
+        .arg("v")
+        .arg(&good[52..])
         .arg("d")
         .arg("soon")
         .query::<()>(&mut conn)
         .unwrap();
-    assert!(matches!(store.get::<i32>("k"), Err(Error::Format(_))));
-    assert!(matches!(store.delete("k"), Err(Error::Format(_))));
-    assert!(matches!(store.set("k", &2), Err(Error::Format(_))));
+    refused_everywhere(&store);
     let d: Option<String> = redis::cmd("HGET")
         .arg(&key)
         .arg("d")
         .query(&mut conn)
         .unwrap();
     assert_eq!(d.as_deref(), Some("soon"), "left as it was");
-    // Not a hash at all.
-    redis::cmd("SET")
+    // Neither a string nor a hash.
+    redis::cmd("DEL").arg(&key).query::<()>(&mut conn).unwrap();
+    redis::cmd("RPUSH")
         .arg(&key)
         .arg("x")
         .query::<()>(&mut conn)
         .unwrap();
-    assert!(matches!(store.get::<i32>("k"), Err(Error::Format(_))));
-    let v: String = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
-    assert_eq!(v, "x");
+    refused_everywhere(&store);
+    let v: Vec<String> = redis::cmd("LRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(v, ["x"]);
+    Ok(())
+}
+
+/// An entry as format 2 kept it: a hash with fields `v`, `d`, `s`, `a`, made from the entry
+/// string that format 3 wrote under `key` (with its native TTL).
+fn to_format_2_hash(conn: &mut redis::Connection, key: &str) {
+    let entry: Vec<u8> = redis::cmd("GET").arg(key).query(conn).unwrap();
+    let pttl: i64 = redis::cmd("PTTL").arg(key).query(conn).unwrap();
+    let field = |at: usize| -> u64 {
+        std::str::from_utf8(&entry[at..at + 16])
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (d, s, a) = (field(1), field(18), field(35));
+    redis::cmd("DEL").arg(key).query::<()>(conn).unwrap();
+    let mut hset = redis::cmd("HSET");
+    hset.arg(key).arg("v").arg(&entry[52..]).arg("a").arg(a);
+    if d > 0 {
+        hset.arg("d").arg(d).arg("s").arg(s);
+    }
+    hset.query::<()>(conn).unwrap();
+    if pttl > 0 {
+        redis::cmd("PEXPIRE")
+            .arg(key)
+            .arg(pttl)
+            .query::<()>(conn)
+            .unwrap();
+    }
+}
+
+fn key_type(conn: &mut redis::Connection, key: &str) -> String {
+    redis::cmd("TYPE").arg(key).query(conn).unwrap()
+}
+
+#[test]
+fn a_format_2_store_is_read_and_its_entries_become_strings_when_written() -> Result<()> {
+    let prefix = fresh_prefix();
+    let mut conn = raw();
+    let clock = livedict::ManualClock::new();
+    let options = || RedisOptions::new().prefix(&prefix).server_clock(false);
+    let open_manual = || -> Result<LiveDict> {
+        LiveDict::builder()
+            .backend(RedisBackend::open_with(&server_url(), options())?)
+            .clock(livedict::Clock::Manual(clock.clone()))
+            .active_expiry(false)
+            .build()
+    };
+    let backend = RedisBackend::open_with(&server_url(), options())?;
+    let s = Duration::from_secs(1);
+    let store = open_manual()?;
+    store.set("plain", &1)?;
+    store.set_with("fixed", &2, 100 * s)?;
+    store.set_with("slide", &3, WriteOptions::ttl(100 * s).sliding(true))?;
+    store.set_with("due", &4, 10 * s)?;
+    store.set_with("batch", &5, 100 * s)?;
+    store.set("gone", &6)?;
+    store.set("replaced", &7)?;
+    drop(store);
+    let names = [
+        "plain", "fixed", "slide", "due", "batch", "gone", "replaced",
+    ];
+    for k in names {
+        let key = backend.redis_key(k);
+        to_format_2_hash(&mut conn, &key);
+        assert_eq!(key_type(&mut conn, &key), "hash");
+    }
+    let meta = format!("{prefix}:meta");
+    redis::cmd("HSET")
+        .arg(&meta)
+        .arg("format")
+        .arg("2")
+        .query::<()>(&mut conn)
+        .unwrap();
+
+    let store = open_manual()?;
+    let format: String = redis::cmd("HGET")
+        .arg(&meta)
+        .arg("format")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(format, "3");
+    // Read as they are, deadlines included; a read that is no access rewrites nothing.
+    assert_eq!(store.get::<i32>("plain")?, Some(1));
+    assert_eq!(store.peek::<i32>("slide")?, Some(3));
+    assert_eq!(store.ttl("fixed")?, KeyTtl::Remaining(100 * s));
+    assert_eq!(store.len()?, names.len());
+    assert_eq!(key_type(&mut conn, &backend.redis_key("slide")), "hash");
+    clock.advance(50 * s);
+    // The due entry expires, once, with its value.
+    let expired = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&expired);
+    store.on(livedict::EventKind::Expire, move |event| {
+        let value: i32 = event.value()?.expect("an expired value");
+        seen.lock().unwrap().push((event.key().to_string(), value));
+        Ok(())
+    })?;
+    assert_eq!(store.sweep_expired()?, 1);
+    store.close();
+    assert_eq!(*expired.lock().unwrap(), [("due".to_string(), 4)]);
+
+    let store = open_manual()?;
+    // Each kind of write turns the hash into a string, and sees what it held.
+    assert_eq!(
+        store.get::<i32>("slide")?,
+        Some(3),
+        "renews the sliding deadline"
+    );
+    assert_eq!(store.ttl("slide")?, KeyTtl::Remaining(100 * s));
+    assert!(store.expire("fixed", 200 * s)?);
+    assert_eq!(store.ttl("fixed")?, KeyTtl::Remaining(200 * s));
+    assert_eq!(store.replace("replaced", &8)?, Some(7));
+    store.set_many([("batch", 9)])?;
+    assert_eq!(store.ttl("batch")?, KeyTtl::Never);
+    store.update("plain", |v: Option<i32>| v.unwrap_or(0) + 10)?;
+    for k in ["slide", "fixed", "replaced", "batch", "plain"] {
+        assert_eq!(key_type(&mut conn, &backend.redis_key(k)), "string", "{k}");
+    }
+    assert!(store.delete("gone")?);
+    assert_eq!(
+        (
+            store.get::<i32>("plain")?,
+            store.get::<i32>("fixed")?,
+            store.get::<i32>("replaced")?,
+            store.get::<i32>("batch")?,
+        ),
+        (Some(11), Some(2), Some(8), Some(9))
+    );
+    // And their deadlines still hold: the sliding one (renewed at 50 s) is due at 150 s.
+    clock.advance(101 * s);
+    assert_eq!(store.sweep_expired()?, 1);
+    assert_eq!(store.keys()?.len(), 4);
     Ok(())
 }
 

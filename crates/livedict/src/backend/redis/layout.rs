@@ -16,7 +16,7 @@
 use crate::error::{Error, Result};
 
 /// The format written to `<prefix>:meta`.
-pub(super) const FORMAT: &str = "2";
+pub(super) const FORMAT: &str = "3";
 
 /// The names of one store's keys.
 #[derive(Clone, Debug)]

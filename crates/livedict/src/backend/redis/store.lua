@@ -8,11 +8,13 @@
 -- ARGV[1] the operation, ARGV[2] the time in ms since the Unix epoch ('' = the server's clock,
 -- read with TIME), ARGV[3] the native-expiry grace in ms; the operation's own arguments follow.
 --
--- Layout (see layout.rs): an entry is a hash `<base>k:<key>` with fields
---   v  the stored bytes (livedict header + payload)
---   d  deadline, ms since the epoch (absent: never expires)
---   s  sliding TTL in ms (0 or absent: a fixed deadline)
---   a  last access, ms since the epoch (refreshed at most once a second by reads)
+-- Layout (see layout.rs): an entry is a string `<base>k:<key>` of format 3:
+--   'D' <16 digits> 'S' <16 digits> 'A' <16 digits> ':' <the stored bytes>
+-- the deadline (ms since the epoch, 0: never expires), the sliding TTL (ms, 0: a fixed deadline),
+-- the last access (ms since the epoch, refreshed at most once a second by reads), then the stored
+-- bytes (livedict header + payload). The fields have fixed widths so that a read rewrites them in
+-- place (SETRANGE) without copying the value. Stores of format 2 kept an entry in a hash with
+-- fields v, d, s, a: such an entry is still read, and becomes a string when next written.
 -- and a member `<key>` of its bucket's index `<base>index`, a sorted set scored by deadline
 -- ('+inf' for none). A score is never later than its entry's deadline but may be earlier: a write
 -- that moves a deadline later (the common case: the same TTL, written again) leaves the score
@@ -59,9 +61,33 @@ local function int_field(k, name, text)
   return n
 end
 
--- The entry under data key k, or nil.
-local function load(k)
-  local h = redis.call('HMGET', k, 'v', 'd', 's', 'a')
+-- An entry string's head: the three numbers, each 16 digits, and where the value starts.
+-- (Written out: a library's top level runs before the string module is available.)
+local HEAD = '^D(%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d)S(%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d)A(%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d):'
+local VALUE_AT = 53
+-- Offsets (from 0, for SETRANGE) of the deadline's and of the last access's digits.
+local D_AT, A_AT = 1, 35
+
+local function head(d, s, a)
+  return string.format('D%016.0fS%016.0fA%016.0f:', d, s, a)
+end
+
+-- The entry in the string text under data key k.
+local function decode(k, text)
+  local d, s, a = string.match(text, HEAD)
+  if not d then
+    bad(k, 'not a livedict entry')
+  end
+  d = tonumber(d)
+  return { v = string.sub(text, VALUE_AT), d = d > 0 and d or nil, s = tonumber(s), a = tonumber(a) }
+end
+
+-- The entry in the hash under data key k (format 2), or nil.
+local function load_hash(k)
+  local h = redis.pcall('HMGET', k, 'v', 'd', 's', 'a')
+  if h.err then
+    bad(k, 'neither a string nor a hash')
+  end
   if not h[1] then
     if h[2] or h[3] or h[4] then
       bad(k, 'no value field')
@@ -73,7 +99,45 @@ local function load(k)
     d = int_field(k, 'd', h[2]),
     s = int_field(k, 's', h[3]) or 0,
     a = int_field(k, 'a', h[4]) or 0,
+    hash = true,
   }
+end
+
+-- The entry under data key k, or nil.
+local function load(k)
+  local text = redis.pcall('GET', k)
+  if type(text) == 'table' then
+    if text.err and string.find(text.err, 'WRONGTYPE', 1, true) then
+      return load_hash(k)
+    end
+    error(text)
+  end
+  if not text then
+    return nil
+  end
+  return decode(k, text)
+end
+
+-- The entry under data key k, whose string value (or nil: none, or not a string) a multi-key
+-- read (MGET) returned as text.
+local function loaded(k, text)
+  if text then
+    return decode(k, text)
+  end
+  if redis.call('EXISTS', k) == 1 then
+    return load(k)
+  end
+  return nil
+end
+
+-- Writes entry e under data key k, whole, with the native TTL its deadline asks for (none
+-- without one).
+local function store(k, e)
+  if e.d then
+    redis.call('SET', k, head(e.d, e.s, e.a) .. e.v, 'PX', math.max(e.d - now, 1) + grace)
+  else
+    redis.call('SET', k, head(0, 0, e.a) .. e.v)
+  end
 end
 
 local function live(e)
@@ -141,21 +205,13 @@ end
 
 -- Stores an entry over old (the entry under k before, or nil).
 local function put(k, index, m, v, d, s, old)
+  store(k, { v = v, d = d, s = s or 0, a = now })
   if d then
-    redis.call('HSET', k, 'v', v, 'a', now, 'd', d, 's', s or 0)
-    redis.call('PEXPIRE', k, math.max(d - now, 1) + grace)
     if not (old and score_holds(old.d, d)) then
       index_add(index, d, m)
     end
-  else
-    redis.call('HSET', k, 'v', v, 'a', now)
-    if old and old.d then
-      redis.call('HDEL', k, 'd', 's')
-      redis.call('PERSIST', k)
-    end
-    if not old or old.d then
-      index_add(index, '+inf', m)
-    end
+  elseif not old or old.d then
+    index_add(index, '+inf', m)
   end
 end
 
@@ -232,14 +288,24 @@ end
 -- A read that counts as an access: renews a sliding deadline and the last-access time.
 local function touch(k, index, m, e)
   if e.s > 0 then
-    local d = now + e.s
-    redis.call('HSET', k, 'd', d, 'a', now)
-    redis.call('PEXPIRE', k, e.s + grace)
-    if not score_holds(e.d, d) then
+    local d, old_d = now + e.s, e.d
+    if e.hash then
+      e.d, e.a = d, now
+      store(k, e)
+    else
+      redis.call('SETRANGE', k, D_AT, string.format('%016.0fS%016.0fA%016.0f', d, e.s, now))
+      redis.call('PEXPIRE', k, e.s + grace)
+    end
+    if not score_holds(old_d, d) then
       redis.call('ZADD', index, d, m)
     end
   elseif now >= e.a + ACCESS_GRANULARITY then
-    redis.call('HSET', k, 'a', now)
+    if e.hash then
+      e.a = now
+      store(k, e)
+    else
+      redis.call('SETRANGE', k, A_AT, string.format('%016.0f', now))
+    end
   end
 end
 
@@ -257,12 +323,15 @@ local function run(KEYS, ARGV)
   deferred = nil
   if op == 'open' then
     -- KEYS: meta. ARGV: format, buckets. Creates the store's metadata unless it exists; returns it.
-    -- A store of format 1 becomes format 2 as it is: format 1 kept every score equal to its
-    -- deadline, which format 2 allows.
+    -- A store of format 1 or 2 becomes format 3 as it is: format 1 kept every score equal to its
+    -- deadline, which later formats allow, and the hash entries of both are read as they are.
     if redis.call('EXISTS', KEYS[1]) == 0 then
       redis.call('HSET', KEYS[1], 'format', ARGV[4], 'buckets', ARGV[5])
-    elseif ARGV[4] == '2' and redis.call('HGET', KEYS[1], 'format') == '1' then
-      redis.call('HSET', KEYS[1], 'format', '2')
+    elseif ARGV[4] == '3' then
+      local format = redis.call('HGET', KEYS[1], 'format')
+      if format == '1' or format == '2' then
+        redis.call('HSET', KEYS[1], 'format', '3')
+      end
     end
     return redis.call('HMGET', KEYS[1], 'format', 'buckets')
   elseif op == 'get' then
@@ -305,10 +374,11 @@ local function run(KEYS, ARGV)
     return out
   elseif op == 'set' then
     -- KEYS: data, index, lock. ARGV: member, value, condition (a|nx|xx), ttl, sliding, keep.
-    if locked(KEYS[3], '') then
+    local r = redis.call('MGET', KEYS[3], KEYS[1])
+    if r[1] and r[1] ~= '' then
       return { -1 }
     end
-    local w, p, x = write(KEYS[1], KEYS[2], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], load(KEYS[1]))
+    local w, p, x = write(KEYS[1], KEYS[2], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], loaded(KEYS[1], r[2]))
     return { w, p, x }
   elseif op == 'delete' then
     -- KEYS: data, index, lock. ARGV: member.
@@ -345,7 +415,8 @@ local function run(KEYS, ARGV)
       if live(e) then
         p = e.v
         if change == 'replace' then
-          redis.call('HSET', KEYS[1], 'v', ARGV[7])
+          e.v = ARGV[7]
+          store(KEYS[1], e)
         end
       end
     end
@@ -375,18 +446,26 @@ local function run(KEYS, ARGV)
       return 0
     end
     local ttl = tonumber(ARGV[5])
+    local old_d = e.d
     if ttl > 0 then
-      local d = now + ttl
-      local s = (ARGV[6] == '1') and ttl or 0
-      redis.call('HSET', KEYS[1], 'd', d, 's', s)
-      redis.call('PEXPIRE', KEYS[1], ttl + grace)
-      if not score_holds(e.d, d) then
-        redis.call('ZADD', KEYS[2], d, ARGV[4])
-      end
+      e.d, e.s = now + ttl, (ARGV[6] == '1') and ttl or 0
     else
-      redis.call('HDEL', KEYS[1], 'd', 's')
-      redis.call('PERSIST', KEYS[1])
+      e.d, e.s = nil, 0
+    end
+    if e.hash then
+      store(KEYS[1], e)
+    else
+      redis.call('SETRANGE', KEYS[1], D_AT, string.format('%016.0fS%016.0f', e.d or 0, e.s))
+      if e.d then
+        redis.call('PEXPIRE', KEYS[1], ttl + grace)
+      else
+        redis.call('PERSIST', KEYS[1])
+      end
+    end
+    if not e.d then
       redis.call('ZADD', KEYS[2], '+inf', ARGV[4])
+    elseif not score_holds(old_d, e.d) then
+      redis.call('ZADD', KEYS[2], e.d, ARGV[4])
     end
     return 1
   elseif op == 'batch' then
@@ -395,22 +474,50 @@ local function run(KEYS, ARGV)
     -- refused as a whole while another holds a lock on any key. Releases the batch's locks.
     local n = #KEYS / 3
     local token = ARGV[4]
-    -- The locks, read a few hundred at a time.
-    for first = 0, n - 1, 500 do
-      local locks = {}
-      for i = first, math.min(first + 499, n - 1) do
-        locks[#locks + 1] = KEYS[3 * i + 3]
+    -- The locks and the entries, read a few hundred at a time.
+    local texts, unread = {}, {}
+    for first = 0, n - 1, 250 do
+      local last = math.min(first + 249, n - 1)
+      local read = {}
+      for i = first, last do
+        read[#read + 1] = KEYS[3 * i + 3]
+        read[#read + 1] = KEYS[3 * i + 1]
       end
-      for _, holder in ipairs(redis.call('MGET', unpack(locks))) do
+      local r = redis.call('MGET', unpack(read))
+      for i = first, last do
+        local holder = r[2 * (i - first) + 1]
         if holder and holder ~= token then
           return { -1 }
+        end
+        texts[i] = r[2 * (i - first) + 2]
+        if not texts[i] then
+          unread[#unread + 1] = i
+        end
+      end
+    end
+    -- Keys MGET found no string under: absent, unless some hold an entry of format 2.
+    local hashes = {}
+    for first = 1, #unread, 500 do
+      local ks = {}
+      for j = first, math.min(first + 499, #unread) do
+        ks[#ks + 1] = KEYS[3 * unread[j] + 1]
+      end
+      if redis.call('EXISTS', unpack(ks)) > 0 then
+        for j = first, math.min(first + 499, #unread) do
+          hashes[unread[j]] = true
         end
       end
     end
     local entries, repeated, seen = {}, {}, {}
     for i = 0, n - 1 do
       local k = KEYS[3 * i + 1]
-      entries[i] = load(k) or false
+      if texts[i] then
+        entries[i] = decode(k, texts[i])
+      elseif hashes[i] then
+        entries[i] = load(k) or false
+      else
+        entries[i] = false
+      end
       repeated[i] = seen[k] ~= nil
       seen[k] = true
     end
