@@ -84,6 +84,13 @@ fn redis_cli(args: &[&str]) -> Vec<u8> {
 
 // ---- what Redis itself shows ---------------------------------------------------------------------
 
+/// The deadline, sliding TTL and last access in the head of an entry string (format 3).
+fn entry_head(entry: &[u8]) -> (u64, u64, u64) {
+    assert_eq!(entry[0], b'L', "{:?}", String::from_utf8_lossy(entry));
+    let field = |at: usize| f64::from_be_bytes(entry[at..at + 8].try_into().unwrap()) as u64;
+    (field(1), field(9), field(17))
+}
+
 #[test]
 fn redis_cli_reads_a_livedict_key_and_its_ttl() -> Result<()> {
     let prefix = fresh_prefix();
@@ -92,16 +99,15 @@ fn redis_cli_reads_a_livedict_key_and_its_ttl() -> Result<()> {
     let key = RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(&prefix))?
         .redis_key("greeting");
     assert!(key.starts_with(&format!("{prefix}:{{")), "{key}");
-    // One string: `D<deadline>S<sliding>A<last access>:` (16 digits each), then livedict's
-    // 3-byte header and the JSON text.
+    // One string: a 25-byte head (`L`, then the deadline, the sliding TTL and the last access as
+    // big-endian doubles), then livedict's 3-byte header and the JSON text.
     let entry = redis_cli(&["GET", &key]);
-    let text = String::from_utf8_lossy(&entry);
-    assert!(entry.ends_with(b"\"hello\"\n"), "{text:?}");
-    assert_eq!(
-        (entry[0], entry[17], entry[34], entry[51]),
-        (b'D', b'S', b'A', b':'),
-        "{text:?}"
+    assert!(
+        entry.ends_with(b"\"hello\"\n"),
+        "{:?}",
+        String::from_utf8_lossy(&entry)
     );
+    let (deadline, sliding, _) = entry_head(&entry);
     let pttl: u64 = String::from_utf8(redis_cli(&["PTTL", &key]))
         .unwrap()
         .trim()
@@ -112,8 +118,7 @@ fn redis_cli_reads_a_livedict_key_and_its_ttl() -> Result<()> {
         (3_600_000..=3_610_000).contains(&pttl),
         "native ttl {pttl} ms"
     );
-    let deadline: u64 = text[1..17].parse().unwrap();
-    assert_eq!(&text[18..34], "0000000000000000", "a fixed deadline");
+    assert_eq!(sliding, 0, "a fixed deadline");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -494,15 +499,21 @@ fn an_undecodable_entry_is_reported_and_kept() -> Result<()> {
         ));
         assert!(!store.contains("other").unwrap());
     };
-    // Strings that are not entries: too short, a field not 16 digits, a digit that is not one.
+    // Strings that are not entries: too short, a head without its tag, a deadline that is not a
+    // whole number, a sliding TTL below zero.
     let good: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
-    let mut not_a_digit = good.clone();
-    not_a_digit[40] = b'x';
+    let mut untagged = good.clone();
+    untagged[0] = b'D';
+    let mut fractional = good.clone();
+    fractional[1..9].copy_from_slice(&1_795_326_030_123.5f64.to_be_bytes());
+    let mut negative = good.clone();
+    negative[9..17].copy_from_slice(&(-1000f64).to_be_bytes());
     for corrupt in [
         b"x".to_vec(),
-        b"D12S34A56:v".to_vec(),
-        good[..51].to_vec(),
-        not_a_digit,
+        good[..24].to_vec(),
+        untagged,
+        fractional,
+        negative,
     ] {
         redis::cmd("SET")
             .arg(&key)
@@ -518,7 +529,7 @@ fn an_undecodable_entry_is_reported_and_kept() -> Result<()> {
     redis::cmd("HSET")
         .arg(&key)
         .arg("v")
-        .arg(&good[52..])
+        .arg(&good[25..])
         .arg("d")
         .arg("soon")
         .query::<()>(&mut conn)
@@ -553,16 +564,10 @@ fn an_undecodable_entry_is_reported_and_kept() -> Result<()> {
 fn to_format_2_hash(conn: &mut redis::Connection, key: &str) {
     let entry: Vec<u8> = redis::cmd("GET").arg(key).query(conn).unwrap();
     let pttl: i64 = redis::cmd("PTTL").arg(key).query(conn).unwrap();
-    let field = |at: usize| -> u64 {
-        std::str::from_utf8(&entry[at..at + 16])
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let (d, s, a) = (field(1), field(18), field(35));
+    let (d, s, a) = entry_head(&entry);
     redis::cmd("DEL").arg(key).query::<()>(conn).unwrap();
     let mut hset = redis::cmd("HSET");
-    hset.arg(key).arg("v").arg(&entry[52..]).arg("a").arg(a);
+    hset.arg(key).arg("v").arg(&entry[25..]).arg("a").arg(a);
     if d > 0 {
         hset.arg("d").arg(d).arg("s").arg(s);
     }

@@ -8,13 +8,13 @@
 -- ARGV[1] the operation, ARGV[2] the time in ms since the Unix epoch ('' = the server's clock,
 -- read with TIME), ARGV[3] the native-expiry grace in ms; the operation's own arguments follow.
 --
--- Layout (see layout.rs): an entry is a string `<base>k:<key>` of format 3:
---   'D' <16 digits> 'S' <16 digits> 'A' <16 digits> ':' <the stored bytes>
--- the deadline (ms since the epoch, 0: never expires), the sliding TTL (ms, 0: a fixed deadline),
--- the last access (ms since the epoch, refreshed at most once a second by reads), then the stored
--- bytes (livedict header + payload). The fields have fixed widths so that a read rewrites them in
--- place (SETRANGE) without copying the value. Stores of format 2 kept an entry in a hash with
--- fields v, d, s, a: such an entry is still read, and becomes a string when next written.
+-- Layout (see layout.rs): an entry is a string `<base>k:<key>` of format 3: a 25-byte head ('L',
+-- then the deadline in ms since the epoch (0: never expires), the sliding TTL in ms (0: a fixed
+-- deadline) and the last access in ms since the epoch (refreshed at most once a second by reads),
+-- as big-endian doubles), then the stored bytes (livedict header + payload). The head has a fixed
+-- size so that a read rewrites its fields in place (SETRANGE) without copying the value. Stores
+-- of format 2 kept an entry in a hash with fields v, d, s, a: such an entry is still read, and
+-- becomes a string when next written.
 -- and a member `<key>` of its bucket's index `<base>index`, a sorted set scored by deadline
 -- ('+inf' for none). A score is never later than its entry's deadline but may be earlier: a write
 -- that moves a deadline later (the common case: the same TTL, written again) leaves the score
@@ -61,25 +61,34 @@ local function int_field(k, name, text)
   return n
 end
 
--- An entry string's head: the three numbers, each 16 digits, and where the value starts.
--- (Written out: a library's top level runs before the string module is available.)
-local HEAD = '^D(%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d)S(%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d)A(%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d):'
-local VALUE_AT = 53
--- Offsets (from 0, for SETRANGE) of the deadline's and of the last access's digits.
-local D_AT, A_AT = 1, 35
+-- An entry string's head: 'L', then the deadline, the sliding TTL and the last access as
+-- big-endian doubles (whole numbers below 2^53), 25 bytes in all; the value follows. Packed
+-- (struct), not written as digits: formatting and parsing numbers in Lua cost more than a
+-- redis.call (~1 us an entry each way).
+local HEAD_LEN = 25
+-- Offsets (from 0, for SETRANGE) of the deadline (the sliding TTL and the access follow) and of
+-- the last access.
+local D_AT, A_AT = 1, 17
+local WHOLE_LIMIT = 9007199254740992 -- 2^53
 
 local function head(d, s, a)
-  return string.format('D%016.0fS%016.0fA%016.0f:', d, s, a)
+  return struct.pack('>c1ddd', 'L', d, s, a)
+end
+
+local function whole(n)
+  return n >= 0 and n < WHOLE_LIMIT and n == math.floor(n)
 end
 
 -- The entry in the string text under data key k.
 local function decode(k, text)
-  local d, s, a = string.match(text, HEAD)
-  if not d then
+  if #text < HEAD_LEN then
     bad(k, 'not a livedict entry')
   end
-  d = tonumber(d)
-  return { v = string.sub(text, VALUE_AT), d = d > 0 and d or nil, s = tonumber(s), a = tonumber(a) }
+  local tag, d, s, a = struct.unpack('>c1ddd', text)
+  if tag ~= 'L' or not (whole(d) and whole(s) and whole(a)) then
+    bad(k, 'not a livedict entry')
+  end
+  return { v = string.sub(text, HEAD_LEN + 1), d = d > 0 and d or nil, s = s, a = a }
 end
 
 -- The entry in the hash under data key k (format 2), or nil.
@@ -293,7 +302,7 @@ local function touch(k, index, m, e)
       e.d, e.a = d, now
       store(k, e)
     else
-      redis.call('SETRANGE', k, D_AT, string.format('%016.0fS%016.0fA%016.0f', d, e.s, now))
+      redis.call('SETRANGE', k, D_AT, struct.pack('>ddd', d, e.s, now))
       redis.call('PEXPIRE', k, e.s + grace)
     end
     if not score_holds(old_d, d) then
@@ -304,7 +313,7 @@ local function touch(k, index, m, e)
       e.a = now
       store(k, e)
     else
-      redis.call('SETRANGE', k, A_AT, string.format('%016.0f', now))
+      redis.call('SETRANGE', k, A_AT, struct.pack('>d', now))
     end
   end
 end
@@ -455,7 +464,7 @@ local function run(KEYS, ARGV)
     if e.hash then
       store(KEYS[1], e)
     else
-      redis.call('SETRANGE', KEYS[1], D_AT, string.format('%016.0fS%016.0f', e.d or 0, e.s))
+      redis.call('SETRANGE', KEYS[1], D_AT, struct.pack('>dd', e.d or 0, e.s))
       if e.d then
         redis.call('PEXPIRE', KEYS[1], ttl + grace)
       else
