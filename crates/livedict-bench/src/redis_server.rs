@@ -264,8 +264,8 @@ pub fn run(cfg: &Config) {
 ///   expiry index (`ZADD`): the commands of livedict's `set` in a layout of string entries, with
 ///   no decoding and no conditions.
 ///
-/// livedict's `set` script also decodes the old entry and keeps its fields in a hash (`HMGET`,
-/// `HSET`, `PEXPIRE`: six commands in all).
+/// livedict's `set` reads the lock and the old entry with one `MGET`, decodes the entry and
+/// writes the new one with `SET ... PX` (or `KEEPTTL`): three commands in all, `TIME` included.
 fn set_floors(
     cfg: &Config,
     raw: &mut redis::Connection,

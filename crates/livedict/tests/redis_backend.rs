@@ -84,11 +84,12 @@ fn redis_cli(args: &[&str]) -> Vec<u8> {
 
 // ---- what Redis itself shows ---------------------------------------------------------------------
 
-/// The deadline, sliding TTL and last access in the head of an entry string (format 3).
-fn entry_head(entry: &[u8]) -> (u64, u64, u64) {
+/// The deadline, sliding TTL, last access and native expiry in the head of an entry string
+/// (format 3).
+fn entry_head(entry: &[u8]) -> (u64, u64, u64, u64) {
     assert_eq!(entry[0], b'L', "{:?}", String::from_utf8_lossy(entry));
     let field = |at: usize| f64::from_be_bytes(entry[at..at + 8].try_into().unwrap()) as u64;
-    (field(1), field(9), field(17))
+    (field(1), field(9), field(17), field(25))
 }
 
 #[test]
@@ -99,15 +100,16 @@ fn redis_cli_reads_a_livedict_key_and_its_ttl() -> Result<()> {
     let key = RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(&prefix))?
         .redis_key("greeting");
     assert!(key.starts_with(&format!("{prefix}:{{")), "{key}");
-    // One string: a 25-byte head (`L`, then the deadline, the sliding TTL and the last access as
-    // big-endian doubles), then livedict's 3-byte header and the JSON text.
+    // One string: a 33-byte head (`L`, then the deadline, the sliding TTL, the last access and
+    // the native expiry as big-endian doubles), then livedict's 3-byte header and the JSON text.
     let entry = redis_cli(&["GET", &key]);
     assert!(
         entry.ends_with(b"\"hello\"\n"),
         "{:?}",
         String::from_utf8_lossy(&entry)
     );
-    let (deadline, sliding, _) = entry_head(&entry);
+    let (deadline, sliding, _, native) = entry_head(&entry);
+    assert_eq!(native, deadline + 10_000, "the deadline plus the grace");
     let pttl: u64 = String::from_utf8(redis_cli(&["PTTL", &key]))
         .unwrap()
         .trim()
@@ -124,6 +126,68 @@ fn redis_cli_reads_a_livedict_key_and_its_ttl() -> Result<()> {
         .unwrap()
         .as_millis() as u64;
     assert!(deadline > now + 3_590_000 && deadline <= now + 3_600_000);
+    Ok(())
+}
+
+#[test]
+fn writes_keep_the_native_ttl_while_it_falls_within_the_grace() -> Result<()> {
+    let prefix = fresh_prefix();
+    let clock = livedict::ManualClock::new();
+    // The default grace: 10 s.
+    let options = || RedisOptions::new().prefix(&prefix).server_clock(false);
+    let store = LiveDict::builder()
+        .backend(RedisBackend::open_with(&server_url(), options())?)
+        .clock(livedict::Clock::Manual(clock.clone()))
+        .active_expiry(false)
+        .build()?;
+    let key = RedisBackend::open_with(&server_url(), options())?.redis_key("k");
+    let mut conn = raw();
+    let mut head = || {
+        let entry: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+        let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+        let (d, s, _, n) = entry_head(&entry);
+        (d, s, n, pttl)
+    };
+    let s = Duration::from_secs(1);
+    store.set_with("k", &1, 100 * s)?;
+    let (d0, _, n0, pttl) = head();
+    assert_eq!(n0, d0 + 10_000);
+    assert!((109_000..=110_000).contains(&pttl), "{pttl}");
+    // A deadline 4 s later leaves the native expiry 6 s after it: kept.
+    clock.advance(4 * s);
+    store.set_with("k", &2, 100 * s)?;
+    let (d1, _, n1, _) = head();
+    assert_eq!((d1, n1), (d0 + 4_000, n0));
+    // 2 s later still, it would be 4 s after the deadline, under half the grace: a new one.
+    clock.advance(2 * s);
+    store.set_with("k", &3, 100 * s)?;
+    let (d2, _, n2, pttl) = head();
+    assert_eq!((d2, n2), (d0 + 6_000, d2 + 10_000));
+    assert!((109_000..=110_000).contains(&pttl), "{pttl}");
+    // A much shorter TTL: the kept expiry would be far more than the grace after it: a new one.
+    store.set_with("k", &4, s)?;
+    let (d3, _, n3, pttl) = head();
+    assert_eq!(n3, d3 + 10_000);
+    assert!((10_000..=11_000).contains(&pttl), "{pttl}");
+    // Reads that slide a deadline follow the same rule.
+    store.set_with("k", &5, WriteOptions::ttl(100 * s).sliding(true))?;
+    let (d4, _, n4, _) = head();
+    clock.advance(3 * s);
+    assert_eq!(store.get::<i32>("k")?, Some(5));
+    let (d5, s5, n5, _) = head();
+    assert_eq!((d5, s5, n5), (d4 + 3_000, 100_000, n4));
+    clock.advance(3 * s);
+    assert_eq!(store.get::<i32>("k")?, Some(5));
+    let (d6, _, n6, pttl) = head();
+    assert_eq!((d6, n6), (d4 + 6_000, d6 + 10_000));
+    assert!((109_000..=110_000).contains(&pttl), "{pttl}");
+    // So does `expire`; `persist` takes the native TTL away.
+    assert!(store.expire("k", 100 * s)?);
+    assert_eq!(head().2, n6);
+    assert!(store.persist("k")?);
+    let (d, _, n, pttl) = head();
+    assert_eq!((d, n, pttl), (0, 0, -1));
+    assert_eq!(store.get::<i32>("k")?, Some(5));
     Ok(())
 }
 
@@ -510,7 +574,7 @@ fn an_undecodable_entry_is_reported_and_kept() -> Result<()> {
     negative[9..17].copy_from_slice(&(-1000f64).to_be_bytes());
     for corrupt in [
         b"x".to_vec(),
-        good[..24].to_vec(),
+        good[..32].to_vec(),
         untagged,
         fractional,
         negative,
@@ -529,7 +593,7 @@ fn an_undecodable_entry_is_reported_and_kept() -> Result<()> {
     redis::cmd("HSET")
         .arg(&key)
         .arg("v")
-        .arg(&good[25..])
+        .arg(&good[33..])
         .arg("d")
         .arg("soon")
         .query::<()>(&mut conn)
@@ -564,10 +628,10 @@ fn an_undecodable_entry_is_reported_and_kept() -> Result<()> {
 fn to_format_2_hash(conn: &mut redis::Connection, key: &str) {
     let entry: Vec<u8> = redis::cmd("GET").arg(key).query(conn).unwrap();
     let pttl: i64 = redis::cmd("PTTL").arg(key).query(conn).unwrap();
-    let (d, s, a) = entry_head(&entry);
+    let (d, s, a, _) = entry_head(&entry);
     redis::cmd("DEL").arg(key).query::<()>(conn).unwrap();
     let mut hset = redis::cmd("HSET");
-    hset.arg(key).arg("v").arg(&entry[25..]).arg("a").arg(a);
+    hset.arg(key).arg("v").arg(&entry[33..]).arg("a").arg(a);
     if d > 0 {
         hset.arg("d").arg(d).arg("s").arg(s);
     }

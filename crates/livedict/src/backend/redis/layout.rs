@@ -1,10 +1,12 @@
 //! Where a store's data lives in Redis: the names of its keys, and which bucket a key belongs to.
 //!
 //! ```text
-//! <prefix>:meta                  hash   format = 2, buckets = N
-//! <prefix>:{<b>}:k:<key>         hash   one entry: v (bytes), d (deadline), s (sliding), a (access)
+//! <prefix>:meta                  hash   format = 3, buckets = N
+//! <prefix>:{<b>}:k:<key>         string one entry: a 33-byte head ('L', then deadline, sliding
+//!                                        TTL, last access and native expiry as big-endian
+//!                                        doubles), then the stored bytes (see store.lua)
 //! <prefix>:{<b>}:index           zset   the bucket's keys, scored by deadline (+inf: none)
-//!                                        or earlier (format 2; see store.lua)
+//!                                        or earlier (see store.lua)
 //! <prefix>:{<b>}:lock:<key>      string token of the update holding the key (with a lease)
 //! ```
 //!

@@ -142,10 +142,12 @@ impl RedisOptions {
 /// (`maxmemory` without eviction), reads, deletes and `clear` still work and writes fail with
 /// [`Error::Backend`].
 ///
-/// Upgrading: this version writes store format 2 and marks a format-1 store as format 2 when it
-/// opens it. Processes of an older livedict that opened the store before keep format 1's rules
-/// until restarted (their `len`, `keys` and `popitem` may then miss entries a newer process
-/// rewrote), so stop them before starting newer ones.
+/// Upgrading: this version writes store format 3 (an entry is one string) and marks a store of
+/// format 1 or 2 (an entry was a hash) as format 3 when it opens it. Their entries are still
+/// read, and each becomes a string when next written. Processes of an older livedict refuse to
+/// open a format-3 store, and those that opened it before fail with [`Error::Backend`] on the
+/// entries newer processes wrote (before writing anything), so stop them before starting newer
+/// ones.
 ///
 /// # Examples
 ///
@@ -265,8 +267,9 @@ impl RedisBackend {
         self.store.layout.buckets()
     }
 
-    /// The Redis key holding the entry under `key` (a hash: field `v` is the value with its
-    /// livedict header, `d` the deadline in ms since the epoch).
+    /// The Redis key holding the entry under `key`: a string, a 33-byte head (`L`, then the
+    /// deadline, the sliding TTL, the last access and the native expiry, in ms, as big-endian
+    /// doubles) and then the value with its livedict header.
     pub fn redis_key(&self, key: &str) -> String {
         let layout = &self.store.layout;
         layout.data_key(layout.bucket(key), key)

@@ -21,9 +21,12 @@
 -- alone, and the sweep, reaching the member early, moves it to the real deadline. So a score
 -- after now proves an entry live; a score that has passed proves nothing, and the entry decides.
 -- `<base>lock:<key>` holds the token of an update in progress; `<base>ulock:<name>` is a named
--- lock (`try_lock`). A key with a deadline also has a native TTL of (deadline - now + grace), so
--- that Redis removes it even when no livedict process runs; a running process sweeps it first,
--- at the deadline, with its value.
+-- lock (`try_lock`). A key with a deadline also has a native TTL, so that Redis removes it even
+-- when no livedict process runs; a running process sweeps it first, at the deadline, with its
+-- value. The native expiry falls between deadline + grace / 2 and deadline + grace: a write is
+-- given deadline + grace, and a later write whose deadline keeps the key's native expiry (kept
+-- in the head) in that range leaves it as it is (KEEPTTL), which spares Redis a new TTL on most
+-- overwrites with the same TTL.
 --
 -- Nothing is written before every entry an operation reads has been decoded: an entry that does
 -- not decode is an error (the LIVEDICT error code) and is left as it is.
@@ -61,34 +64,34 @@ local function int_field(k, name, text)
   return n
 end
 
--- An entry string's head: 'L', then the deadline, the sliding TTL and the last access as
--- big-endian doubles (whole numbers below 2^53), 25 bytes in all; the value follows. Packed
--- (struct), not written as digits: formatting and parsing numbers in Lua cost more than a
--- redis.call (~1 us an entry each way).
-local HEAD_LEN = 25
--- Offsets (from 0, for SETRANGE) of the deadline (the sliding TTL and the access follow) and of
--- the last access.
+-- An entry string's head: 'L', then the deadline, the sliding TTL, the last access and the
+-- key's native expiry (all in ms, 0 for none) as big-endian doubles (whole numbers below 2^53),
+-- 33 bytes in all; the value follows. Packed (struct), not written as digits: formatting and
+-- parsing numbers in Lua cost more than a redis.call (~1 us an entry each way).
+local HEAD_LEN = 33
+-- Offsets (from 0, for SETRANGE) of the deadline (the other three fields follow) and of the last
+-- access.
 local D_AT, A_AT = 1, 17
 local WHOLE_LIMIT = 9007199254740992 -- 2^53
 
-local function head(d, s, a)
-  return struct.pack('>c1ddd', 'L', d, s, a)
+local function head(d, s, a, n)
+  return struct.pack('>c1dddd', 'L', d, s, a, n)
 end
 
-local function whole(n)
-  return n >= 0 and n < WHOLE_LIMIT and n == math.floor(n)
-end
-
--- The entry in the string text under data key k.
+-- The entry in the string text under data key k. (Checked inline: a call per field cost more
+-- than the unpacking.)
 local function decode(k, text)
   if #text < HEAD_LEN then
     bad(k, 'not a livedict entry')
   end
-  local tag, d, s, a = struct.unpack('>c1ddd', text)
-  if tag ~= 'L' or not (whole(d) and whole(s) and whole(a)) then
+  local tag, d, s, a, n = struct.unpack('>c1dddd', text)
+  -- Whole numbers in [0, 2^53): a NaN fails every comparison.
+  if not (tag == 'L' and d >= 0 and s >= 0 and a >= 0 and n >= 0 and d < WHOLE_LIMIT
+      and s < WHOLE_LIMIT and a < WHOLE_LIMIT and n < WHOLE_LIMIT
+      and d % 1 + s % 1 + a % 1 + n % 1 == 0) then
     bad(k, 'not a livedict entry')
   end
-  return { v = string.sub(text, HEAD_LEN + 1), d = d > 0 and d or nil, s = s, a = a }
+  return { v = string.sub(text, HEAD_LEN + 1), d = d > 0 and d or nil, s = s, a = a, n = n }
 end
 
 -- The entry in the hash under data key k (format 2), or nil.
@@ -139,13 +142,47 @@ local function loaded(k, text)
   return nil
 end
 
+-- The native expiry of entry e, which has a deadline: its key's own (e.n: nil for none known)
+-- when that falls within [deadline + grace / 2, deadline + grace], else a new one; and the TTL to
+-- give the key for the new one (nil: the key keeps its own).
+local function native(e)
+  local margin = e.n and e.n - e.d
+  if margin and margin >= grace / 2 and margin <= grace then
+    return e.n, nil
+  end
+  local px = math.max(e.d - now, 1) + grace
+  return now + px, px
+end
+
 -- Writes entry e under data key k, whole, with the native TTL its deadline asks for (none
--- without one).
+-- without one). e.n is the native expiry the key has now (nil: none known).
 local function store(k, e)
-  if e.d then
-    redis.call('SET', k, head(e.d, e.s, e.a) .. e.v, 'PX', math.max(e.d - now, 1) + grace)
+  if not e.d then
+    redis.call('SET', k, head(0, 0, e.a, 0) .. e.v)
+    return
+  end
+  local n, px = native(e)
+  if px then
+    redis.call('SET', k, head(e.d, e.s, e.a, n) .. e.v, 'PX', px)
   else
-    redis.call('SET', k, head(0, 0, e.a) .. e.v)
+    redis.call('SET', k, head(e.d, e.s, e.a, n) .. e.v, 'KEEPTTL')
+  end
+end
+
+-- Writes the deadline, sliding TTL and last access of entry e (loaded from k) and the native TTL
+-- they ask for: in place for a string, whole for a hash of format 2.
+local function rewrite_head(k, e)
+  if e.hash then
+    store(k, e)
+  elseif not e.d then
+    redis.call('SETRANGE', k, D_AT, struct.pack('>dddd', 0, 0, e.a, 0))
+    redis.call('PERSIST', k)
+  else
+    local n, px = native(e)
+    redis.call('SETRANGE', k, D_AT, struct.pack('>dddd', e.d, e.s, e.a, n))
+    if px then
+      redis.call('PEXPIRE', k, px)
+    end
   end
 end
 
@@ -214,7 +251,7 @@ end
 
 -- Stores an entry over old (the entry under k before, or nil).
 local function put(k, index, m, v, d, s, old)
-  store(k, { v = v, d = d, s = s or 0, a = now })
+  store(k, { v = v, d = d, s = s or 0, a = now, n = old and old.n })
   if d then
     if not (old and score_holds(old.d, d)) then
       index_add(index, d, m)
@@ -298,13 +335,8 @@ end
 local function touch(k, index, m, e)
   if e.s > 0 then
     local d, old_d = now + e.s, e.d
-    if e.hash then
-      e.d, e.a = d, now
-      store(k, e)
-    else
-      redis.call('SETRANGE', k, D_AT, struct.pack('>ddd', d, e.s, now))
-      redis.call('PEXPIRE', k, e.s + grace)
-    end
+    e.d, e.a = d, now
+    rewrite_head(k, e)
     if not score_holds(old_d, d) then
       redis.call('ZADD', index, d, m)
     end
@@ -461,16 +493,7 @@ local function run(KEYS, ARGV)
     else
       e.d, e.s = nil, 0
     end
-    if e.hash then
-      store(KEYS[1], e)
-    else
-      redis.call('SETRANGE', KEYS[1], D_AT, struct.pack('>dd', e.d or 0, e.s))
-      if e.d then
-        redis.call('PEXPIRE', KEYS[1], ttl + grace)
-      else
-        redis.call('PERSIST', KEYS[1])
-      end
-    end
+    rewrite_head(KEYS[1], e)
     if not e.d then
       redis.call('ZADD', KEYS[2], '+inf', ARGV[4])
     elseif not score_holds(old_d, e.d) then
