@@ -109,15 +109,15 @@ fn redis_cli_reads_a_livedict_key_and_its_ttl() -> Result<()> {
         String::from_utf8_lossy(&entry)
     );
     let (deadline, sliding, _, native) = entry_head(&entry);
-    assert_eq!(native, deadline + 10_000, "the deadline plus the grace");
+    assert_eq!(native, deadline + 15_000, "the deadline plus 1.5 graces");
     let pttl: u64 = String::from_utf8(redis_cli(&["PTTL", &key]))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    // The native TTL is the deadline plus the grace (10 s by default).
+    // The native TTL is the deadline plus 1.5 graces (10 s by default).
     assert!(
-        (3_600_000..=3_610_000).contains(&pttl),
+        (3_600_000..=3_615_000).contains(&pttl),
         "native ttl {pttl} ms"
     );
     assert_eq!(sliding, 0, "a fixed deadline");
@@ -131,9 +131,80 @@ fn redis_cli_reads_a_livedict_key_and_its_ttl() -> Result<()> {
 
 #[test]
 fn writes_keep_the_native_ttl_while_it_falls_within_the_grace() -> Result<()> {
+    // The server's clock (the default), so deadlines move by changing TTLs, not by waiting; the
+    // default grace, 10 s: a native expiry is kept while it ends 10 to 15 s after the deadline.
+    let prefix = fresh_prefix();
+    let store = open(&prefix)?;
+    let key =
+        RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(&prefix))?.redis_key("k");
+    let mut conn = raw();
+    let mut head = || {
+        let entry: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+        let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+        let (d, s, _, n) = entry_head(&entry);
+        (d, s, n, pttl)
+    };
+    // Shortens the key's native TTL behind livedict's back, so that a write that keeps it shows.
+    let mark = |ms: i64| {
+        let key = RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(&prefix))
+            .unwrap()
+            .redis_key("k");
+        redis::cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ms)
+            .query::<()>(&mut raw())
+            .unwrap();
+    };
+    let s = Duration::from_secs(1);
+    store.set_with("k", &1, 100 * s)?;
+    let (d0, _, n0, pttl) = head();
+    assert_eq!(n0, d0 + 15_000);
+    assert!((114_000..=115_000).contains(&pttl), "{pttl}");
+    // A deadline ~3 s later leaves the native expiry ~12 s after it: kept.
+    mark(100_000);
+    store.set_with("k", &2, 103 * s)?;
+    let (d1, _, n1, pttl) = head();
+    assert!(d1 >= d0 + 3_000 && d1 < d0 + 4_000, "{d0} {d1}");
+    assert_eq!(n1, n0);
+    assert!((99_000..=100_000).contains(&pttl), "kept: {pttl}");
+    // ~7 s later, it would end ~8 s after the deadline, less than the grace: a new one.
+    store.set_with("k", &3, 107 * s)?;
+    let (d2, _, n2, pttl) = head();
+    assert_eq!(n2, d2 + 15_000);
+    assert!((121_000..=122_000).contains(&pttl), "new: {pttl}");
+    // A much shorter TTL: the expiry would end far more than 1.5 graces after it: a new one.
+    store.set_with("k", &4, s)?;
+    let (d3, _, n3, pttl) = head();
+    assert_eq!(n3, d3 + 15_000);
+    assert!((15_000..=16_000).contains(&pttl), "{pttl}");
+    // Reads that slide a deadline follow the same rule.
+    store.set_with("k", &5, WriteOptions::ttl(100 * s).sliding(true))?;
+    let (_, _, n4, _) = head();
+    mark(100_000);
+    assert_eq!(store.get::<i32>("k")?, Some(5));
+    let (_, s5, n5, pttl) = head();
+    assert_eq!((s5, n5), (100_000, n4));
+    assert!((99_000..=100_000).contains(&pttl), "kept: {pttl}");
+    // So does `expire`.
+    assert!(store.expire("k", 103 * s)?);
+    assert_eq!(head().2, n4);
+    assert!(store.expire("k", 200 * s)?);
+    let (d6, _, n6, pttl) = head();
+    assert_eq!(n6, d6 + 15_000);
+    assert!((214_000..=215_000).contains(&pttl), "new: {pttl}");
+    // `persist` takes the native TTL away.
+    assert!(store.persist("k")?);
+    let (d, _, n, pttl) = head();
+    assert_eq!((d, n, pttl), (0, 0, -1));
+    assert_eq!(store.get::<i32>("k")?, Some(5));
+    Ok(())
+}
+
+#[test]
+fn with_the_callers_clock_every_write_gives_a_new_native_ttl() -> Result<()> {
+    // The head's native expiry would be on the caller's clock, Redis's on its own: never kept.
     let prefix = fresh_prefix();
     let clock = livedict::ManualClock::new();
-    // The default grace: 10 s.
     let options = || RedisOptions::new().prefix(&prefix).server_clock(false);
     let store = LiveDict::builder()
         .backend(RedisBackend::open_with(&server_url(), options())?)
@@ -142,52 +213,15 @@ fn writes_keep_the_native_ttl_while_it_falls_within_the_grace() -> Result<()> {
         .build()?;
     let key = RedisBackend::open_with(&server_url(), options())?.redis_key("k");
     let mut conn = raw();
-    let mut head = || {
-        let entry: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
-        let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
-        let (d, s, _, n) = entry_head(&entry);
-        (d, s, n, pttl)
-    };
-    let s = Duration::from_secs(1);
-    store.set_with("k", &1, 100 * s)?;
-    let (d0, _, n0, pttl) = head();
-    assert_eq!(n0, d0 + 10_000);
-    assert!((109_000..=110_000).contains(&pttl), "{pttl}");
-    // A deadline 4 s later leaves the native expiry 6 s after it: kept.
-    clock.advance(4 * s);
-    store.set_with("k", &2, 100 * s)?;
-    let (d1, _, n1, _) = head();
-    assert_eq!((d1, n1), (d0 + 4_000, n0));
-    // 2 s later still, it would be 4 s after the deadline, under half the grace: a new one.
-    clock.advance(2 * s);
-    store.set_with("k", &3, 100 * s)?;
-    let (d2, _, n2, pttl) = head();
-    assert_eq!((d2, n2), (d0 + 6_000, d2 + 10_000));
-    assert!((109_000..=110_000).contains(&pttl), "{pttl}");
-    // A much shorter TTL: the kept expiry would be far more than the grace after it: a new one.
-    store.set_with("k", &4, s)?;
-    let (d3, _, n3, pttl) = head();
-    assert_eq!(n3, d3 + 10_000);
-    assert!((10_000..=11_000).contains(&pttl), "{pttl}");
-    // Reads that slide a deadline follow the same rule.
-    store.set_with("k", &5, WriteOptions::ttl(100 * s).sliding(true))?;
-    let (d4, _, n4, _) = head();
-    clock.advance(3 * s);
-    assert_eq!(store.get::<i32>("k")?, Some(5));
-    let (d5, s5, n5, _) = head();
-    assert_eq!((d5, s5, n5), (d4 + 3_000, 100_000, n4));
-    clock.advance(3 * s);
-    assert_eq!(store.get::<i32>("k")?, Some(5));
-    let (d6, _, n6, pttl) = head();
-    assert_eq!((d6, n6), (d4 + 6_000, d6 + 10_000));
-    assert!((109_000..=110_000).contains(&pttl), "{pttl}");
-    // So does `expire`; `persist` takes the native TTL away.
-    assert!(store.expire("k", 100 * s)?);
-    assert_eq!(head().2, n6);
-    assert!(store.persist("k")?);
-    let (d, _, n, pttl) = head();
-    assert_eq!((d, n, pttl), (0, 0, -1));
-    assert_eq!(store.get::<i32>("k")?, Some(5));
+    store.set_with("k", &1, Duration::from_secs(100))?;
+    redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(50_000)
+        .query::<()>(&mut conn)
+        .unwrap();
+    store.set_with("k", &2, Duration::from_secs(100))?;
+    let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+    assert!((114_000..=115_000).contains(&pttl), "{pttl}");
     Ok(())
 }
 
@@ -588,23 +622,26 @@ fn an_undecodable_entry_is_reported_and_kept() -> Result<()> {
         let kept: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
         assert_eq!(kept, corrupt, "left as it was");
     }
-    // A hash (an entry of format 2) with a field that is not a number.
-    redis::cmd("DEL").arg(&key).query::<()>(&mut conn).unwrap();
-    redis::cmd("HSET")
-        .arg(&key)
-        .arg("v")
-        .arg(&good[33..])
-        .arg("d")
-        .arg("soon")
-        .query::<()>(&mut conn)
-        .unwrap();
-    refused_everywhere(&store);
-    let d: Option<String> = redis::cmd("HGET")
-        .arg(&key)
-        .arg("d")
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(d.as_deref(), Some("soon"), "left as it was");
+    // A hash (an entry of format 2) with a field that is not a whole number of digits below 2^53
+    // (tonumber would take the last four).
+    for d in ["soon", "inf", "1e300", "0x10", "9007199254740992"] {
+        redis::cmd("DEL").arg(&key).query::<()>(&mut conn).unwrap();
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg("v")
+            .arg(&good[33..])
+            .arg("d")
+            .arg(d)
+            .query::<()>(&mut conn)
+            .unwrap();
+        refused_everywhere(&store);
+        let kept: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("d")
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(kept.as_deref(), Some(d), "left as it was");
+    }
     // Neither a string nor a hash.
     redis::cmd("DEL").arg(&key).query::<()>(&mut conn).unwrap();
     redis::cmd("RPUSH")
@@ -672,9 +709,12 @@ fn a_format_2_store_is_read_and_its_entries_become_strings_when_written() -> Res
     store.set_with("batch", &5, 100 * s)?;
     store.set("gone", &6)?;
     store.set("replaced", &7)?;
+    store.set_with("kept", &8, 100 * s)?;
+    store.set("default", &9)?;
+    store.set_with("dead", &10, 10 * s)?;
     drop(store);
     let names = [
-        "plain", "fixed", "slide", "due", "batch", "gone", "replaced",
+        "plain", "fixed", "slide", "due", "batch", "gone", "replaced", "kept", "default", "dead",
     ];
     for k in names {
         let key = backend.redis_key(k);
@@ -711,9 +751,16 @@ fn a_format_2_store_is_read_and_its_entries_become_strings_when_written() -> Res
         seen.lock().unwrap().push((event.key().to_string(), value));
         Ok(())
     })?;
+    // A batch over a dead hash entry reports its expiry, with its value, instead of the sweep.
+    let mut batch = store.batch();
+    batch.set("dead", &11)?;
+    store.apply(batch)?;
     assert_eq!(store.sweep_expired()?, 1);
+    assert_eq!(store.sweep_expired()?, 0, "once");
     store.close();
-    assert_eq!(*expired.lock().unwrap(), [("due".to_string(), 4)]);
+    let mut seen = expired.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen, [("dead".to_string(), 10), ("due".to_string(), 4)]);
 
     let store = open_manual()?;
     // Each kind of write turns the hash into a string, and sees what it held.
@@ -729,7 +776,14 @@ fn a_format_2_store_is_read_and_its_entries_become_strings_when_written() -> Res
     store.set_many([("batch", 9)])?;
     assert_eq!(store.ttl("batch")?, KeyTtl::Never);
     store.update("plain", |v: Option<i32>| v.unwrap_or(0) + 10)?;
-    for k in ["slide", "fixed", "replaced", "batch", "plain"] {
+    // A batch that keeps the existing TTL keeps the hash entry's deadline (at 100 s, 50 s from
+    // now); setdefault leaves its value.
+    let mut batch = store.batch();
+    batch.set_with("kept", &80, WriteOptions::keep_ttl())?;
+    store.apply(batch)?;
+    assert_eq!(store.ttl("kept")?, KeyTtl::Remaining(50 * s));
+    assert_eq!(store.setdefault("default", 90)?, 9);
+    for k in ["slide", "fixed", "replaced", "batch", "plain", "kept"] {
         assert_eq!(key_type(&mut conn, &backend.redis_key(k)), "string", "{k}");
     }
     assert!(store.delete("gone")?);
@@ -742,10 +796,17 @@ fn a_format_2_store_is_read_and_its_entries_become_strings_when_written() -> Res
         ),
         (Some(11), Some(2), Some(8), Some(9))
     );
-    // And their deadlines still hold: the sliding one (renewed at 50 s) is due at 150 s.
+    assert_eq!(store.get::<i32>("kept")?, Some(80));
+    // And their deadlines still hold: the sliding one (renewed at 50 s) is due at 150 s, the
+    // kept one at 100 s.
     clock.advance(101 * s);
-    assert_eq!(store.sweep_expired()?, 1);
-    assert_eq!(store.keys()?.len(), 4);
+    assert_eq!(store.sweep_expired()?, 2);
+    let mut keys = store.keys()?;
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["batch", "dead", "default", "fixed", "plain", "replaced"]
+    );
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 //! Every operation is one Lua script run atomically by the server (`store.lua`, loaded once and
 //! called by its SHA1). Deadlines are judged by the server's clock (`TIME` inside the script), so
 //! hosts with skewed clocks agree on what has expired. Each entry with a deadline also carries a
-//! native Redis TTL a grace period after its deadline, so Redis removes it even if no livedict
-//! process is running; while one runs, its expiry sweep removes the entry at the deadline,
+//! native Redis TTL ending one to one and a half grace periods after its deadline, so Redis
+//! removes it even if no livedict process is running; while one runs, its expiry sweep removes the entry at the deadline,
 //! through a per-bucket index sorted by deadline, and returns its last value — each expired entry
 //! to exactly one process, since the removal is atomic.
 //!
@@ -103,9 +103,10 @@ impl RedisOptions {
         self
     }
 
-    /// How long after its deadline Redis removes an entry natively (default 10 s). A running
-    /// store removes it at the deadline, with an `Expire` event; the native TTL is the safety net
-    /// for when none runs, and such removals have no event. At most [`MAX_TTL`](crate::MAX_TTL)
+    /// How long after its deadline, at least, Redis removes an entry natively (default 10 s; at
+    /// most one and a half times as long, as a write keeps a native TTL that still ends within
+    /// that range). A running store removes it at the deadline, with an `Expire` event; the native
+    /// TTL is the safety net for when none runs, and such removals have no event. At most [`MAX_TTL`](crate::MAX_TTL)
     /// (opening fails with [`Error::Backend`] otherwise).
     pub fn expiry_grace(mut self, grace: Duration) -> Self {
         self.expiry_grace = grace;

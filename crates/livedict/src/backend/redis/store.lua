@@ -8,10 +8,11 @@
 -- ARGV[1] the operation, ARGV[2] the time in ms since the Unix epoch ('' = the server's clock,
 -- read with TIME), ARGV[3] the native-expiry grace in ms; the operation's own arguments follow.
 --
--- Layout (see layout.rs): an entry is a string `<base>k:<key>` of format 3: a 25-byte head ('L',
+-- Layout (see layout.rs): an entry is a string `<base>k:<key>` of format 3: a 33-byte head ('L',
 -- then the deadline in ms since the epoch (0: never expires), the sliding TTL in ms (0: a fixed
--- deadline) and the last access in ms since the epoch (refreshed at most once a second by reads),
--- as big-endian doubles), then the stored bytes (livedict header + payload). The head has a fixed
+-- deadline), the last access in ms since the epoch (refreshed at most once a second by reads) and
+-- the key's native expiry in ms since the epoch (0: none), as big-endian doubles), then the
+-- stored bytes (livedict header + payload). The head has a fixed
 -- size so that a read rewrites its fields in place (SETRANGE) without copying the value. Stores
 -- of format 2 kept an entry in a hash with fields v, d, s, a: such an entry is still read, and
 -- becomes a string when next written.
@@ -23,16 +24,18 @@
 -- `<base>lock:<key>` holds the token of an update in progress; `<base>ulock:<name>` is a named
 -- lock (`try_lock`). A key with a deadline also has a native TTL, so that Redis removes it even
 -- when no livedict process runs; a running process sweeps it first, at the deadline, with its
--- value. The native expiry falls between deadline + grace / 2 and deadline + grace: a write is
--- given deadline + grace, and a later write whose deadline keeps the key's native expiry (kept
--- in the head) in that range leaves it as it is (KEEPTTL), which spares Redis a new TTL on most
--- overwrites with the same TTL.
+-- value. The native expiry falls between deadline + grace and deadline + 1.5 grace: a write gives
+-- deadline + 1.5 grace, and with the server's clock a later write whose deadline leaves the key's
+-- native expiry (kept in the head) in that range leaves it as it is (KEEPTTL), which spares Redis
+-- a new TTL on most overwrites with the same TTL. With the caller's clock every write gives a
+-- new one: the head's expiry would be on that clock, Redis's is on its own.
 --
 -- Nothing is written before every entry an operation reads has been decoded: an entry that does
 -- not decode is an error (the LIVEDICT error code) and is left as it is.
 
--- The call's operation, time (ms since the epoch) and native-expiry grace (ms).
-local op, now, grace
+-- The call's operation, time (ms since the epoch), whether that time is the server's, and
+-- native-expiry grace (ms).
+local op, now, server_time, grace
 local ACCESS_GRANULARITY = 1000
 
 -- Numbers are passed to redis.call as they are: the server writes a whole number below 2^53
@@ -53,12 +56,16 @@ local function bad(k, why)
   error({ err = 'LIVEDICT undecodable entry ' .. k .. ': ' .. why })
 end
 
+-- Whole numbers in entries stay below 2^53 (doubles hold them exactly).
+local WHOLE_LIMIT = 9007199254740992
+
+-- A number field of a hash entry (format 2): digits only ('inf', '1e300' and '0x10' are not).
 local function int_field(k, name, text)
   if not text then
     return nil
   end
-  local n = tonumber(text)
-  if not n or n ~= math.floor(n) or n < 0 then
+  local n = string.find(text, '^%d+$') and tonumber(text)
+  if not n or n >= WHOLE_LIMIT then
     bad(k, 'field ' .. name .. ' is not a whole number')
   end
   return n
@@ -72,7 +79,6 @@ local HEAD_LEN = 33
 -- Offsets (from 0, for SETRANGE) of the deadline (the other three fields follow) and of the last
 -- access.
 local D_AT, A_AT = 1, 17
-local WHOLE_LIMIT = 9007199254740992 -- 2^53
 
 local function head(d, s, a, n)
   return struct.pack('>c1dddd', 'L', d, s, a, n)
@@ -143,14 +149,14 @@ local function loaded(k, text)
 end
 
 -- The native expiry of entry e, which has a deadline: its key's own (e.n: nil for none known)
--- when that falls within [deadline + grace / 2, deadline + grace], else a new one; and the TTL to
--- give the key for the new one (nil: the key keeps its own).
+-- when the time is the server's and that falls within [deadline + grace, deadline + 1.5 grace],
+-- else a new one; and the TTL to give the key for the new one (nil: the key keeps its own).
 local function native(e)
   local margin = e.n and e.n - e.d
-  if margin and margin >= grace / 2 and margin <= grace then
+  if server_time and margin and margin >= grace and margin <= grace + math.floor(grace / 2) then
     return e.n, nil
   end
-  local px = math.max(e.d - now, 1) + grace
+  local px = math.max(e.d - now, 1) + grace + math.floor(grace / 2)
   return now + px, px
 end
 
@@ -353,7 +359,8 @@ end
 -- One operation: KEYS and ARGV as described above.
 local function run(KEYS, ARGV)
   op = ARGV[1]
-  if ARGV[2] == '' then
+  server_time = ARGV[2] == ''
+  if server_time then
     local t = redis.call('TIME')
     now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   else
