@@ -1,7 +1,8 @@
 //! The client's cost of one `set` on the Redis backend, for instruction counting: N overwrites
 //! of 1,000 keys with 64-byte values and a one-hour TTL through livedict (`set`), or the same as
 //! raw redis-rs `SET key value PX ttl` on one connection (`peer-set`), against the server at
-//! `$LIVEDICT_BENCH_REDIS_URL`.
+//! `$LIVEDICT_BENCH_REDIS_URL`. `batch` and `peer-pipeline` make the same writes 1,000 at a time:
+//! livedict's `Batch` (one atomic call) against a pipeline of `SET`s.
 //!
 //! ```text
 //! cargo build --release -p livedict --features redis --example redis_call_cost
@@ -40,6 +41,43 @@ fn main() {
                     .expect("set");
             }
         }
+        "batch" => {
+            let backend = livedict::RedisBackend::open_with(
+                &url,
+                livedict::RedisOptions::new().prefix("livedict-call-cost"),
+            )
+            .expect("open the store");
+            let store = livedict::LiveDict::builder()
+                .backend(backend)
+                .build()
+                .expect("build the store");
+            for round in 0..n.div_ceil(keys.len()) {
+                let mut batch = store.batch();
+                for i in round * keys.len()..((round + 1) * keys.len()).min(n) {
+                    batch
+                        .set_bytes_with(&keys[i % keys.len()], &value, ttl)
+                        .expect("batch set");
+                }
+                store.apply(batch).expect("apply");
+            }
+        }
+        "peer-pipeline" => {
+            let mut conn = redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .expect("connect");
+            for round in 0..n.div_ceil(keys.len()) {
+                let mut pipe = redis::pipe();
+                for i in round * keys.len()..((round + 1) * keys.len()).min(n) {
+                    pipe.cmd("SET")
+                        .arg(&keys[i % keys.len()])
+                        .arg(&value[..])
+                        .arg("PX")
+                        .arg(ttl.as_millis() as u64)
+                        .ignore();
+                }
+                pipe.query::<()>(&mut conn).expect("pipeline");
+            }
+        }
         "peer-set" => {
             let mut conn = redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection())
@@ -54,6 +92,6 @@ fn main() {
                     .expect("SET");
             }
         }
-        other => panic!("unknown mode {other:?}: set or peer-set"),
+        other => panic!("unknown mode {other:?}: set, peer-set, batch or peer-pipeline"),
     }
 }
