@@ -1285,3 +1285,104 @@ fn a_cluster_store_spreads_over_every_master() -> Result<()> {
     assert_eq!(tag("user:{42}:name"), tag("user:{42}:email"));
     Ok(())
 }
+
+// ---- fuzzing the entry decoder ---------------------------------------------------------------------
+
+mod entry_fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Edits of a well-formed entry string: bytes overwritten, cut or appended.
+    #[derive(Clone, Debug)]
+    enum Edit {
+        Set(usize, u8),
+        Truncate(usize),
+        Append(Vec<u8>),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            4 => (0usize..48, any::<u8>()).prop_map(|(at, b)| Edit::Set(at, b)),
+            1 => (0usize..48).prop_map(Edit::Truncate),
+            1 => proptest::collection::vec(any::<u8>(), 1..8).prop_map(Edit::Append),
+        ]
+    }
+
+    fn apply(mut entry: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+        for e in edits {
+            match e {
+                Edit::Set(at, b) => {
+                    if let Some(x) = entry.get_mut(*at) {
+                        *x = *b;
+                    }
+                }
+                Edit::Truncate(len) => entry.truncate(*len),
+                Edit::Append(bytes) => entry.extend_from_slice(bytes),
+            }
+        }
+        entry
+    }
+
+    /// Whether an entry string's head is well formed: `L` and four whole numbers in [0, 2^53).
+    fn head_is_valid(entry: &[u8]) -> bool {
+        entry.len() >= 33
+            && entry[0] == b'L'
+            && (0..4).all(|i| {
+                let x = f64::from_be_bytes(entry[1 + 8 * i..9 + 8 * i].try_into().unwrap());
+                (0.0..9_007_199_254_740_992.0).contains(&x) && x.fract() == 0.0
+            })
+    }
+
+    /// What a call may answer for bytes livedict did not write: a value, or a decoding error.
+    fn acceptable<T: std::fmt::Debug>(r: &Result<T>) -> bool {
+        matches!(r, Ok(_) | Err(Error::Format(_) | Error::Decode { .. }))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Every read and write of a damaged entry string either works or fails with a decoding
+        /// error, and a write that fails leaves the bytes as they were.
+        #[test]
+        fn a_damaged_entry_string_is_read_or_refused_never_half_written(
+            edits in proptest::collection::vec(edit(), 1..4),
+            next in any::<i32>(),
+        ) {
+            let prefix = fresh_prefix();
+            let store = open(&prefix).unwrap();
+            store.set_with("k", &12345, Duration::from_secs(60)).unwrap();
+            let key = RedisBackend::open_with(&server_url(), RedisOptions::new().prefix(&prefix))
+                .unwrap()
+                .redis_key("k");
+            let mut conn = raw();
+            let good: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+            let damaged = apply(good, &edits);
+            redis::cmd("SET").arg(&key).arg(&damaged).query::<()>(&mut conn).unwrap();
+            if !head_is_valid(&damaged) {
+                // Refused by every path, and left as it is.
+                prop_assert!(matches!(store.get::<i32>("k"), Err(Error::Format(_))));
+                prop_assert!(matches!(store.ttl("k"), Err(Error::Format(_))));
+                prop_assert!(matches!(store.set("k", &next), Err(Error::Format(_))));
+                prop_assert!(matches!(store.delete("k"), Err(Error::Format(_))));
+                let now: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+                prop_assert_eq!(now, damaged);
+                return Ok(());
+            }
+            let read = store.get::<i32>("k");
+            prop_assert!(acceptable(&read), "{read:?}");
+            let ttl = store.ttl("k");
+            prop_assert!(acceptable(&ttl), "{ttl:?}");
+            let written = store.set("k", &next);
+            prop_assert!(acceptable(&written), "{written:?}");
+            if written.is_ok() {
+                prop_assert_eq!(store.get::<i32>("k").unwrap(), Some(next));
+            } else {
+                let now: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+                prop_assert_eq!(now, damaged, "a refused write changed nothing");
+                let deleted = store.delete("k");
+                prop_assert!(matches!(deleted, Err(Error::Format(_))), "{deleted:?}");
+            }
+            store.clear().ok();
+        }
+    }
+}
