@@ -26,15 +26,7 @@ fn main() {
     let ttl = Duration::from_secs(3600);
     match mode.as_str() {
         "set" => {
-            let backend = livedict::RedisBackend::open_with(
-                &url,
-                livedict::RedisOptions::new().prefix("livedict-call-cost"),
-            )
-            .expect("open the store");
-            let store = livedict::LiveDict::builder()
-                .backend(backend)
-                .build()
-                .expect("build the store");
+            let store = open(&url);
             for i in 0..n {
                 store
                     .set_bytes_with(&keys[i % keys.len()], &value, ttl)
@@ -42,15 +34,7 @@ fn main() {
             }
         }
         "batch" => {
-            let backend = livedict::RedisBackend::open_with(
-                &url,
-                livedict::RedisOptions::new().prefix("livedict-call-cost"),
-            )
-            .expect("open the store");
-            let store = livedict::LiveDict::builder()
-                .backend(backend)
-                .build()
-                .expect("build the store");
+            let store = open(&url);
             for round in 0..n.div_ceil(keys.len()) {
                 let mut batch = store.batch();
                 for i in round * keys.len()..((round + 1) * keys.len()).min(n) {
@@ -94,4 +78,17 @@ fn main() {
         }
         other => panic!("unknown mode {other:?}: set, peer-set, batch or peer-pipeline"),
     }
+}
+
+/// The store the livedict modes write to.
+fn open(url: &str) -> livedict::LiveDict {
+    let backend = livedict::RedisBackend::open_with(
+        url,
+        livedict::RedisOptions::new().prefix("livedict-call-cost"),
+    )
+    .expect("open the store");
+    livedict::LiveDict::builder()
+        .backend(backend)
+        .build()
+        .expect("build the store")
 }

@@ -484,6 +484,24 @@ fn popitem_finds_a_live_entry_behind_many_unswept_dead_ones() -> Result<()> {
     Ok(())
 }
 
+/// Marks the store whose metadata is `meta` as of `format`, as an older livedict left it.
+fn set_format(conn: &mut redis::Connection, meta: &str, format: &str) {
+    redis::cmd("HSET")
+        .arg(meta)
+        .arg("format")
+        .arg(format)
+        .query::<()>(conn)
+        .unwrap();
+}
+
+fn format_of(conn: &mut redis::Connection, meta: &str) -> String {
+    redis::cmd("HGET")
+        .arg(meta)
+        .arg("format")
+        .query(conn)
+        .unwrap()
+}
+
 #[test]
 fn a_format_1_store_is_upgraded_when_opened() -> Result<()> {
     // A format-1 store: what format 2 writes, with exact scores and the format field at 1.
@@ -506,19 +524,9 @@ fn a_format_1_store_is_upgraded_when_opened() -> Result<()> {
     store.set_with("t", &2, 10 * s)?;
     drop(store);
     let meta = format!("{prefix}:meta");
-    redis::cmd("HSET")
-        .arg(&meta)
-        .arg("format")
-        .arg("1")
-        .query::<()>(&mut conn)
-        .unwrap();
+    set_format(&mut conn, &meta, "1");
     let store = open_manual()?;
-    let format: String = redis::cmd("HGET")
-        .arg(&meta)
-        .arg("format")
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(format, "3");
+    assert_eq!(format_of(&mut conn, &meta), "3");
     assert_eq!(store.get::<i32>("k")?, Some(1));
     // Its entries follow format 2's rules from now on: a later deadline leaves the score.
     clock.advance(5 * s);
@@ -722,20 +730,10 @@ fn a_format_2_store_is_read_and_its_entries_become_strings_when_written() -> Res
         assert_eq!(key_type(&mut conn, &key), "hash");
     }
     let meta = format!("{prefix}:meta");
-    redis::cmd("HSET")
-        .arg(&meta)
-        .arg("format")
-        .arg("2")
-        .query::<()>(&mut conn)
-        .unwrap();
+    set_format(&mut conn, &meta, "2");
 
     let store = open_manual()?;
-    let format: String = redis::cmd("HGET")
-        .arg(&meta)
-        .arg("format")
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(format, "3");
+    assert_eq!(format_of(&mut conn, &meta), "3");
     // Read as they are, deadlines included; a read that is no access rewrites nothing.
     assert_eq!(store.get::<i32>("plain")?, Some(1));
     assert_eq!(store.peek::<i32>("slide")?, Some(3));
