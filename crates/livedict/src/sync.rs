@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{Backend, KeyTtl};
+use crate::backend::{Backend, KeyTtl, ReadMode};
 use crate::batch::Batch;
 use crate::builder::Builder;
 use crate::crypto::Keyring;
@@ -260,7 +260,7 @@ impl LiveDict {
     /// ```
     #[inline]
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.dict().get_ready(key)
+        self.dict().get_ready(key, ReadMode::Touch)
     }
 
     /// Raw bytes stored with [`set_bytes`](Self::set_bytes), sharing the stored buffer.
@@ -277,7 +277,7 @@ impl LiveDict {
     /// # Errors
     /// As [`get`](Self::get).
     pub fn peek<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.dict().peek_ready(key)
+        self.dict().get_ready(key, ReadMode::Peek)
     }
 
     /// The value under `key`, which must exist.

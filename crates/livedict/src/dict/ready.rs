@@ -35,11 +35,15 @@ impl<'s> Dict<'s, SyncPort<'s>> {
         Ok(found)
     }
 
-    /// [`get`](Dict::get), at once.
+    /// [`get`](Dict::get) (`Touch`) or [`peek`](Dict::peek) (`Peek`), at once.
     #[inline(always)]
-    pub(crate) fn get_ready<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+    pub(crate) fn get_ready<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        mode: ReadMode,
+    ) -> Result<Option<T>> {
         let key = self.allowed(Operation::Read, key)?;
-        let found = self.read_full_ready(&key, ReadMode::Touch)?;
+        let found = self.read_full_ready(&key, mode)?;
         self.engine.decode_opt(&key, found.map(|(value, _)| value))
     }
 
@@ -49,14 +53,6 @@ impl<'s> Dict<'s, SyncPort<'s>> {
         let key = self.allowed(Operation::Read, key)?;
         let found = self.read_full_ready(&key, ReadMode::Touch)?;
         self.engine.decode_raw_found(&key, found)
-    }
-
-    /// [`peek`](Dict::peek), at once.
-    #[inline(always)]
-    pub(crate) fn peek_ready<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let key = self.allowed(Operation::Read, key)?;
-        let found = self.read_full_ready(&key, ReadMode::Peek)?;
-        self.engine.decode_opt(&key, found.map(|(value, _)| value))
     }
 
     /// [`write`](Dict::write), at once, for a write that needs neither an entry-hook lock (it

@@ -12,14 +12,15 @@
 -- then the deadline in ms since the epoch (0: never expires), the sliding TTL in ms (0: a fixed
 -- deadline), the last access in ms since the epoch (refreshed at most once a second by reads) and
 -- the key's native expiry in ms since the epoch (0: none), as big-endian doubles), then the
--- stored bytes (livedict header + payload). The head has a fixed
--- size so that a read rewrites its fields in place (SETRANGE) without copying the value. Stores
--- of format 2 kept an entry in a hash with fields v, d, s, a: such an entry is still read, and
--- becomes a string when next written.
--- and a member `<key>` of its bucket's index `<base>index`, a sorted set scored by deadline
--- ('+inf' for none). A score is never later than its entry's deadline but may be earlier: a write
--- that moves a deadline later (the common case: the same TTL, written again) leaves the score
--- alone, and the sweep, reaching the member early, moves it to the real deadline. So a score
+-- stored bytes (livedict header + payload). The head has a fixed size so that a read rewrites its
+-- fields in place (SETRANGE) without copying the value. Stores of format 2 kept an entry in a
+-- hash with fields v, d, s, a: such an entry is still read, and becomes a string when next
+-- written.
+-- Each entry also has a member `<key>` in its bucket's index `<base>index`, a sorted set scored
+-- by deadline ('+inf' for none). A score is never later than its entry's deadline but may be
+-- earlier: a write that moves a deadline later (the common case: the same TTL, written again)
+-- leaves the score alone, and the sweep, reaching the member early, moves it to the real
+-- deadline. So a score
 -- after now proves an entry live; a score that has passed proves nothing, and the entry decides.
 -- `<base>lock:<key>` holds the token of an update in progress; `<base>ulock:<name>` is a named
 -- lock (`try_lock`). A key with a deadline also has a native TTL, so that Redis removes it even
@@ -137,7 +138,9 @@ local function load(k)
 end
 
 -- The entry under data key k, whose string value (or nil: none, or not a string) a multi-key
--- read (MGET) returned as text.
+-- read (MGET) returned as text. A nil is looked at again: it may be a hash of format 2, or a key
+-- of another type that must be refused, never overwritten (in any store, so not only in those
+-- upgraded from format 2).
 local function loaded(k, text)
   if text then
     return decode(k, text)
@@ -168,10 +171,11 @@ local function store(k, e)
     return
   end
   local n, px = native(e)
+  local text = head(e.d, e.s, e.a, n) .. e.v
   if px then
-    redis.call('SET', k, head(e.d, e.s, e.a, n) .. e.v, 'PX', px)
+    redis.call('SET', k, text, 'PX', px)
   else
-    redis.call('SET', k, head(e.d, e.s, e.a, n) .. e.v, 'KEEPTTL')
+    redis.call('SET', k, text, 'KEEPTTL')
   end
 end
 
@@ -370,9 +374,9 @@ local function run(KEYS, ARGV)
   formatted = {}
   deferred = nil
   if op == 'open' then
-    -- KEYS: meta. ARGV: format, buckets. Creates the store's metadata unless it exists; returns it.
-    -- A store of format 1 or 2 becomes format 3 as it is: format 1 kept every score equal to its
-    -- deadline, which later formats allow, and the hash entries of both are read as they are.
+    -- KEYS: meta. ARGV: format, buckets. Creates the store's metadata unless it exists; returns
+    -- it. A store of format 1 or 2 becomes format 3 as it is: format 1 kept every score equal to
+    -- its deadline, which later formats allow, and the hash entries of both are read as they are.
     if redis.call('EXISTS', KEYS[1]) == 0 then
       redis.call('HSET', KEYS[1], 'format', ARGV[4], 'buckets', ARGV[5])
     elseif ARGV[4] == '3' then
@@ -534,7 +538,8 @@ local function run(KEYS, ARGV)
         end
       end
     end
-    -- Keys MGET found no string under: absent, unless some hold an entry of format 2.
+    -- Keys MGET found no string under: absent, unless some hold an entry of format 2 or a key of
+    -- another type (refused by load).
     local hashes = {}
     for first = 1, #unread, 500 do
       local ks = {}
