@@ -529,6 +529,92 @@ pub fn batch_rewrites_keep_expiry_exact(h: &Harness) -> Result<()> {
     Ok(())
 }
 
+/// A batch over many keys (every bucket of a sharded backend) whose writes differ in kind and
+/// expiry reports each key's own outcome and gives each key its own write's expiry: each `Set`
+/// event carries that key's previous value, each `Delete` its removed value, each dead entry an
+/// `Expire` with its value, and each key ends with the TTL its operation asked for.
+pub fn wide_mixed_batch_gives_each_key_its_own_outcome(h: &Harness) -> Result<()> {
+    let (store, clock) = h.manual();
+    let n = 60;
+    for i in 0..n {
+        // Every seventh key is written to be dead when the batch runs.
+        let ttl = if i % 7 == 0 { secs(1) } else { secs(100) };
+        store.set_with(&format!("w{i}"), &(1000 + i), ttl)?;
+    }
+    let c = Collector::new();
+    for kind in [EventKind::Set, EventKind::Delete, EventKind::Expire] {
+        store.on(kind, c.hook())?;
+    }
+    // The dead ones expire once each: by the background sweep or by the batch, whichever
+    // reaches them first.
+    clock.advance(secs(2));
+    let mut b = store.batch();
+    for i in 0..n {
+        let k = format!("w{i}");
+        match i % 4 {
+            0 => b.set_with(&k, &i, secs(10))?,
+            1 => b.set_with(&k, &i, WriteOptions::ttl(secs(20)).sliding(true))?,
+            2 => b.set_with(&k, &i, WriteOptions::keep_ttl())?,
+            _ => b.delete(&k)?,
+        };
+    }
+    store.apply(b)?;
+    let dead = (0..n).filter(|i| i % 7 == 0).count();
+    let deletes = (0..n).filter(|i| i % 4 == 3 && i % 7 != 0).count();
+    let seen = c.wait(n - (0..n).filter(|i| i % 4 == 3).count() + deletes + dead);
+    for i in 0..n {
+        let k = format!("w{i}");
+        let old = serde_json::json!(1000 + i);
+        let of = |kind| -> Vec<&Seen> {
+            seen.iter()
+                .filter(|s| s.kind == kind && s.key == k)
+                .collect()
+        };
+        let (sets, deleted, expired) = (
+            of(EventKind::Set),
+            of(EventKind::Delete),
+            of(EventKind::Expire),
+        );
+        if i % 7 == 0 {
+            assert_eq!(expired.len(), 1, "{k}: {seen:?}");
+            assert_eq!(expired[0].value, Some(old.clone()), "{k}");
+        } else {
+            assert!(expired.is_empty(), "{k}: {expired:?}");
+        }
+        let live_old = (i % 7 != 0).then_some(old);
+        if i % 4 == 3 {
+            assert!(sets.is_empty(), "{k}: {sets:?}");
+            assert_eq!(
+                deleted.len(),
+                usize::from(live_old.is_some()),
+                "{k}: {deleted:?}"
+            );
+            if let Some(d) = deleted.first() {
+                assert_eq!(d.value, live_old, "{k}");
+            }
+            assert!(!store.contains(&k)?, "{k}");
+            continue;
+        }
+        assert!(deleted.is_empty(), "{k}: {deleted:?}");
+        assert_eq!(sets.len(), 1, "{k}: {seen:?}");
+        assert_eq!(sets[0].value, Some(serde_json::json!(i)), "{k}");
+        assert_eq!(sets[0].previous, live_old, "{k}");
+        let ttl = match i % 4 {
+            0 => secs(10),
+            1 => secs(20),
+            // Keeps a live entry's remaining 98 s; a dead entry has none to keep, so the write
+            // takes no deadline.
+            _ if i % 7 == 0 => {
+                assert_eq!(store.ttl(&k)?, livedict::KeyTtl::Never, "{k}");
+                continue;
+            }
+            _ => secs(98),
+        };
+        assert_eq!(store.ttl(&k)?, livedict::KeyTtl::Remaining(ttl), "{k}");
+    }
+    Ok(())
+}
+
 pub fn full_queue_drops_oldest(h: &Harness) -> Result<()> {
     let (store, gate, c) = gated_store(h, QueueFullPolicy::DropOldest);
     store.set("k", &0)?;

@@ -265,6 +265,7 @@ macro_rules! conformance_suite {
             full_queue_drops_oldest,
             events_no_hook_accepts_take_no_room,
             batch_rewrites_keep_expiry_exact,
+            wide_mixed_batch_gives_each_key_its_own_outcome,
             full_queue_blocks_publisher_and_loses_nothing,
             entry_hooks_on_access_and_on_expire,
             hooks_may_use_the_store,

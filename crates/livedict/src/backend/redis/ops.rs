@@ -654,48 +654,80 @@ impl<T: Transport> Ops<'_, T> {
         if self.store.cluster && ops.iter().any(|op| layout.bucket(op.key()) != first_bucket) {
             return self.apply_batch_across_slots(ops, now).await;
         }
-        let positions: Vec<usize> = (0..ops.len()).collect();
-        let cmd = self.batch_cmd(ops, &positions, "", now);
-        self.while_locked(ops[0].key(), &cmd, |reply| batch_reply(reply, ops.len()))
-            .await
+        let by_bucket = self.by_bucket(ops);
+        let groups: Vec<(usize, &[usize])> = by_bucket.iter().map(|(&b, p)| (b, &p[..])).collect();
+        let (cmd, sent) = self.batch_cmd(ops, &groups, "", now);
+        let removed = self
+            .while_locked(ops[0].key(), &cmd, |reply| batch_reply(reply, ops.len()))
+            .await?;
+        Ok(in_order(removed, &sent))
     }
 
-    /// The `batch` script over `ops[positions]`, with the lock token the batch holds (or "").
+    /// The positions in `ops` of each bucket's operations, by bucket.
+    fn by_bucket(&self, ops: &[BatchOp]) -> BTreeMap<usize, Vec<usize>> {
+        let mut by_bucket: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            by_bucket
+                .entry(self.store.layout.bucket(op.key()))
+                .or_default()
+                .push(i);
+        }
+        by_bucket
+    }
+
+    /// The `batch` script over the operations of `groups` (positions in `ops`, by bucket), with
+    /// the lock token the batch holds (or ""), and the positions in the order the script
+    /// replies in. Each operation takes three arguments (its shape's number, member and value):
+    /// the kinds and expiries, usually one for the whole batch, are sent once as shapes, and the
+    /// script builds the entry and lock keys from the bucket's index (store.lua).
     fn batch_cmd(
         &self,
         ops: &[BatchOp],
-        positions: &[usize],
+        groups: &[(usize, &[usize])],
         token: &str,
         now: Millis,
-    ) -> redis::Cmd {
+    ) -> (redis::Cmd, Vec<usize>) {
         let layout = &self.store.layout;
-        let mut keys = Vec::with_capacity(positions.len() * 3);
-        for &i in positions {
-            let key = ops[i].key();
-            let b = layout.bucket(key);
-            keys.push(layout.data_key(b, key));
-            keys.push(layout.index(b).to_owned());
-            keys.push(layout.lock_key(b, key));
-        }
-        let mut cmd = self.cmd("batch", now, &keys);
+        let indexes: Vec<&str> = groups.iter().map(|&(b, _)| layout.index(b)).collect();
+        let mut cmd = self.cmd("batch", now, &indexes);
         cmd.arg(token);
-        for &i in positions {
-            match &ops[i] {
-                BatchOp::Set { key, value, expiry } => {
+        // (kind, ttl, sliding, keep)
+        let mut shapes: Vec<(&str, Millis, u8, u8)> = Vec::new();
+        let mut numbers = vec![0; ops.len()];
+        for &i in groups.iter().flat_map(|(_, positions)| positions.iter()) {
+            let shape = match &ops[i] {
+                BatchOp::Set { expiry, .. } => {
                     let (ttl, sliding) = expiry_args(expiry.expiry);
-                    cmd.arg("s")
-                        .arg(key.as_str())
-                        .arg(&value[..])
-                        .arg(ttl)
-                        .arg(sliding)
-                        .arg(u8::from(expiry.keep_existing));
+                    ("s", ttl, sliding, u8::from(expiry.keep_existing))
                 }
-                BatchOp::Delete { key } => {
-                    cmd.arg("d").arg(key.as_str()).arg("").arg(0).arg(0).arg(0);
+                BatchOp::Delete { .. } => ("d", 0, 0, 0),
+            };
+            let number = match shapes.iter().position(|s| *s == shape) {
+                Some(i) => i + 1,
+                None => {
+                    shapes.push(shape);
+                    shapes.len()
                 }
+            };
+            numbers[i] = number;
+        }
+        cmd.arg(shapes.len());
+        for (kind, ttl, sliding, keep) in &shapes {
+            cmd.arg(*kind).arg(*ttl).arg(*sliding).arg(*keep);
+        }
+        let mut sent = Vec::with_capacity(ops.len());
+        for (_, positions) in groups {
+            cmd.arg(positions.len());
+            for &i in *positions {
+                let value: &[u8] = match &ops[i] {
+                    BatchOp::Set { value, .. } => value,
+                    BatchOp::Delete { .. } => b"",
+                };
+                cmd.arg(numbers[i]).arg(ops[i].key()).arg(value);
+                sent.push(i);
             }
         }
-        cmd
+        (cmd, sent)
     }
 
     /// A batch over several buckets of a cluster, in two phases: lock every key, bucket by bucket
@@ -705,24 +737,18 @@ impl<T: Transport> Ops<'_, T> {
     /// between two buckets' commits leaves the batch partly applied: the one case where a
     /// batch is not all-or-nothing (see the module documentation).
     async fn apply_batch_across_slots(&self, ops: &[BatchOp], now: Millis) -> Result<Vec<Removed>> {
-        let mut by_bucket: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, op) in ops.iter().enumerate() {
-            by_bucket
-                .entry(self.store.layout.bucket(op.key()))
-                .or_default()
-                .push(i);
-        }
+        let by_bucket = self.by_bucket(ops);
         let token = format!("b:{:032x}", rand::random::<u128>());
         let mut backoff = Backoff::new(self.store);
         while !self.prepare_batch(ops, &by_bucket, &token, now).await? {
             backoff.pause(self.io, ops[0].key()).await?;
         }
         let mut out = vec![Removed::default(); ops.len()];
-        for positions in by_bucket.values() {
-            let cmd = self.batch_cmd(ops, positions, &token, now);
+        for (&b, positions) in &by_bucket {
+            let (cmd, sent) = self.batch_cmd(ops, &[(b, positions)], &token, now);
             let removed = batch_reply(self.run(&cmd).await?, positions.len())?
                 .ok_or_else(|| unexpected("batch"))?;
-            for (&i, r) in positions.iter().zip(removed) {
+            for (i, r) in sent.into_iter().zip(removed) {
                 out[i] = r;
             }
         }
@@ -939,6 +965,16 @@ fn done(o: Outcome) -> Option<Written> {
 
 /// The reply of a `batch` script over `n` operations: `None` while another holds a lock on one
 /// of its keys.
+/// `removed`, listed in the order of `sent` (positions in a batch, each once), in the batch's
+/// order.
+fn in_order(removed: Vec<Removed>, sent: &[usize]) -> Vec<Removed> {
+    let mut out = vec![Removed::default(); sent.len()];
+    for (&i, r) in sent.iter().zip(removed) {
+        out[i] = r;
+    }
+    out
+}
+
 fn batch_reply(reply: Value, n: usize) -> Result<Option<Vec<Removed>>> {
     let mut items = array(reply)?.into_iter();
     if int(&items.next().ok_or_else(|| unexpected("batch"))?)? == -1 {

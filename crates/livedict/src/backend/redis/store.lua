@@ -512,19 +512,45 @@ local function run(KEYS, ARGV)
     end
     return 1
   elseif op == 'batch' then
-    -- KEYS: (data, index, lock) per operation. ARGV: the batch's lock token ('' if it holds no
-    -- locks), then per operation kind (s|d), member, value, ttl, sliding, keep. All or nothing:
+    -- KEYS: the index of each bucket the batch writes. ARGV: the batch's lock token ('' if it
+    -- holds no locks); the number of shapes, then each shape: kind (s|d), ttl, sliding, keep;
+    -- then per bucket (in the order of KEYS) its number of operations, then per operation its
+    -- shape's number (from 1), member and value ('' for a removal). An operation's entry and
+    -- lock keys are its bucket's, built here from the index's name (the same slot: the bucket's
+    -- hash tag), so that a batch sends three arguments per operation, not nine. All or nothing:
     -- refused as a whole while another holds a lock on any key. Releases the batch's locks.
-    local n = #KEYS / 3
+    -- Returns 1, then the live value replaced or removed and the dead value removed of each
+    -- operation, in the order sent.
     local token = ARGV[4]
+    local shapes, a = {}, 6
+    for i = 1, tonumber(ARGV[5]) do
+      shapes[tostring(i)] = { kind = ARGV[a], ttl = tonumber(ARGV[a + 1]), sliding = ARGV[a + 2], keep = ARGV[a + 3] }
+      a = a + 4
+    end
+    -- Per operation (from 1): entry key, lock key, index, member, value, shape.
+    local ks, locks, indexes, ms, vs, shape = {}, {}, {}, {}, {}, {}
+    local n = 0
+    for j = 1, #KEYS do
+      local index = KEYS[j]
+      local base = base_of(index)
+      local count = tonumber(ARGV[a])
+      a = a + 1
+      for _ = 1, count do
+        n = n + 1
+        local m = ARGV[a + 1]
+        shape[n], ms[n], vs[n] = shapes[ARGV[a]], m, ARGV[a + 2]
+        ks[n], locks[n], indexes[n] = base .. 'k:' .. m, base .. 'lock:' .. m, index
+        a = a + 3
+      end
+    end
     -- The locks and the entries, read a few hundred at a time.
     local texts, unread = {}, {}
-    for first = 0, n - 1, 250 do
-      local last = math.min(first + 249, n - 1)
+    for first = 1, n, 250 do
+      local last = math.min(first + 249, n)
       local read = {}
       for i = first, last do
-        read[#read + 1] = KEYS[3 * i + 3]
-        read[#read + 1] = KEYS[3 * i + 1]
+        read[#read + 1] = locks[i]
+        read[#read + 1] = ks[i]
       end
       local r = redis.call('MGET', unpack(read))
       for i = first, last do
@@ -542,19 +568,19 @@ local function run(KEYS, ARGV)
     -- another type (refused by load).
     local hashes = {}
     for first = 1, #unread, 500 do
-      local ks = {}
+      local some = {}
       for j = first, math.min(first + 499, #unread) do
-        ks[#ks + 1] = KEYS[3 * unread[j] + 1]
+        some[#some + 1] = ks[unread[j]]
       end
-      if redis.call('EXISTS', unpack(ks)) > 0 then
+      if redis.call('EXISTS', unpack(some)) > 0 then
         for j = first, math.min(first + 499, #unread) do
           hashes[unread[j]] = true
         end
       end
     end
     local entries, repeated, seen = {}, {}, {}
-    for i = 0, n - 1 do
-      local k = KEYS[3 * i + 1]
+    for i = 1, n do
+      local k = ks[i]
       if texts[i] then
         entries[i] = decode(k, texts[i])
       elseif hashes[i] then
@@ -567,28 +593,27 @@ local function run(KEYS, ARGV)
     end
     local out = { 1 }
     deferred = {}
-    for i = 0, n - 1 do
-      local a = 4 + 6 * i
-      local k, index, m = KEYS[3 * i + 1], KEYS[3 * i + 2], ARGV[a + 2]
+    for i = 1, n do
+      local k, sh = ks[i], shape[i]
       local p, x
-      if ARGV[a + 1] == 's' then
+      if sh.kind == 's' then
         local _
         local e = entries[i] or nil
         if repeated[i] then
           e = load(k) -- written earlier in this batch
         end
-        _, p, x = write(k, index, m, ARGV[a + 3], 'a', tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6], e)
+        _, p, x = write(k, indexes[i], ms[i], vs[i], 'a', sh.ttl, sh.sliding, sh.keep, e)
       else
-        p, x = delete(k, index, m)
+        p, x = delete(k, indexes[i], ms[i])
       end
       out[#out + 1] = p
       out[#out + 1] = x
     end
     flush_deferred()
     if token ~= '' then
-      for i = 0, n - 1 do
-        if redis.call('GET', KEYS[3 * i + 3]) == token then
-          redis.call('DEL', KEYS[3 * i + 3])
+      for i = 1, n do
+        if redis.call('GET', locks[i]) == token then
+          redis.call('DEL', locks[i])
         end
       end
     end
