@@ -151,27 +151,29 @@ local function loaded(k, text)
   return nil
 end
 
--- The native expiry of entry e, which has a deadline: its key's own (e.n: nil for none known)
--- when the time is the server's and that falls within [deadline + grace, deadline + 1.5 grace],
--- else a new one; and the TTL to give the key for the new one (nil: the key keeps its own).
-local function native(e)
-  local margin = e.n and e.n - e.d
+-- The native expiry of an entry with deadline d whose key's own native expiry is n (nil: none
+-- known): n when the time is the server's and n falls within [d + grace, d + 1.5 grace], else a
+-- new one; and the TTL to give the key for the new one (nil: the key keeps its own).
+local function native(d, n)
+  local margin = n and n - d
   if server_time and margin and margin >= grace and margin <= grace + math.floor(grace / 2) then
-    return e.n, nil
+    return n, nil
   end
-  local px = math.max(e.d - now, 1) + grace + math.floor(grace / 2)
+  local px = math.max(d - now, 1) + grace + math.floor(grace / 2)
   return now + px, px
 end
 
--- Writes entry e under data key k, whole, with the native TTL its deadline asks for (none
--- without one). e.n is the native expiry the key has now (nil: none known).
-local function store(k, e)
-  if not e.d then
-    redis.call('SET', k, head(0, 0, e.a, 0) .. e.v)
+-- Writes an entry under data key k, whole: value v, deadline d (nil: none), sliding TTL s, last
+-- access a, with the native TTL its deadline asks for (none without one); n is the native
+-- expiry the key has now (nil: none known). Fields as arguments, not an entry table: a write
+-- builds no table.
+local function store(k, v, d, s, a, n)
+  if not d then
+    redis.call('SET', k, head(0, 0, a, 0) .. v)
     return
   end
-  local n, px = native(e)
-  local text = head(e.d, e.s, e.a, n) .. e.v
+  local native_at, px = native(d, n)
+  local text = head(d, s, a, native_at) .. v
   if px then
     redis.call('SET', k, text, 'PX', px)
   else
@@ -179,16 +181,21 @@ local function store(k, e)
   end
 end
 
+-- Writes entry e (loaded) under data key k.
+local function store_entry(k, e)
+  store(k, e.v, e.d, e.s, e.a, e.n)
+end
+
 -- Writes the deadline, sliding TTL and last access of entry e (loaded from k) and the native TTL
 -- they ask for: in place for a string, whole for a hash of format 2.
 local function rewrite_head(k, e)
   if e.hash then
-    store(k, e)
+    store_entry(k, e)
   elseif not e.d then
     redis.call('SETRANGE', k, D_AT, struct.pack('>dddd', 0, 0, e.a, 0))
     redis.call('PERSIST', k)
   else
-    local n, px = native(e)
+    local n, px = native(e.d, e.n)
     redis.call('SETRANGE', k, D_AT, struct.pack('>dddd', e.d, e.s, e.a, n))
     if px then
       redis.call('PEXPIRE', k, px)
@@ -261,7 +268,7 @@ end
 
 -- Stores an entry over old (the entry under k before, or nil).
 local function put(k, index, m, v, d, s, old)
-  store(k, { v = v, d = d, s = s or 0, a = now, n = old and old.n })
+  store(k, v, d, s or 0, now, old and old.n)
   if d then
     if not (old and score_holds(old.d, d)) then
       index_add(index, d, m)
@@ -353,7 +360,7 @@ local function touch(k, index, m, e)
   elseif now >= e.a + ACCESS_GRANULARITY then
     if e.hash then
       e.a = now
-      store(k, e)
+      store_entry(k, e)
     else
       redis.call('SETRANGE', k, A_AT, struct.pack('>d', now))
     end
@@ -468,7 +475,7 @@ local function run(KEYS, ARGV)
         p = e.v
         if change == 'replace' then
           e.v = ARGV[7]
-          store(KEYS[1], e)
+          store_entry(KEYS[1], e)
         end
       end
     end
@@ -606,8 +613,8 @@ local function run(KEYS, ARGV)
       else
         p, x = delete(k, indexes[i], ms[i])
       end
-      out[#out + 1] = p
-      out[#out + 1] = x
+      out[2 * i] = p
+      out[2 * i + 1] = x
     end
     flush_deferred()
     if token ~= '' then
