@@ -49,7 +49,7 @@ impl Clock {
     #[inline]
     pub fn now(&self) -> Millis {
         match self {
-            Clock::System => system_now(),
+            Clock::System => precise_now(),
             Clock::Manual(m) => m.now(),
         }
     }
@@ -66,9 +66,89 @@ impl Clock {
 
 #[inline]
 fn system_now() -> Millis {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() * 1000 + u64::from(d.subsec_millis()),
-        Err(_) => 0,
+    wall_nanos() / NANOS_PER_MILLI
+}
+
+const NANOS_PER_MILLI: u64 = 1_000_000;
+
+/// The wall clock in nanoseconds since the Unix epoch (0 before it).
+#[inline]
+fn wall_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos())
+    })
+}
+
+/// The precise wall-clock time: from the processor's counter while the ticker runs (see
+/// [`CounterWall`]), else from the system clock.
+#[inline]
+fn precise_now() -> Millis {
+    if RECENT.running()
+        && let Some(counter) = COUNTER_WALL.get()
+    {
+        counter.now()
+    } else {
+        system_now()
+    }
+}
+
+/// The wall clock read from the processor's time-stamp counter, through `quanta` (which
+/// calibrates the counter against the OS's monotonic clock, and falls back to that clock where
+/// the counter is not invariant), at an offset from the wall clock that the ticker measures every
+/// millisecond (so clock adjustments reach it within a tick, and the counter's drift, a few
+/// microseconds a second here, never accumulates).
+///
+/// Why not `SystemTime::now` on every write: the system clock (`clock_gettime` through the vDSO)
+/// reads the counter with an ordering barrier that waits for every earlier load, so a write that
+/// read it lost the overlap of its cache misses with the previous write's; the memory
+/// benchmark's inserts went from 2.0 M to 2.3 M a second without it (docs/design.md, "Time").
+/// The counter itself is read without a barrier.
+struct CounterWall {
+    clock: quanta::Clock,
+    /// The counter's reading when this was made; its nanoseconds are counted from there.
+    start: u64,
+    /// Wall-clock nanoseconds since the epoch minus counter nanoseconds since `start`, measured
+    /// by the ticker.
+    offset: AtomicU64,
+}
+
+/// Made by the ticker thread when it first starts (quanta's calibration takes about a
+/// millisecond, at most 200); until then the precise time comes from the system clock.
+static COUNTER_WALL: OnceLock<CounterWall> = OnceLock::new();
+
+impl CounterWall {
+    fn new() -> Self {
+        let clock = quanta::Clock::new();
+        let start = clock.raw();
+        let counter = CounterWall {
+            clock,
+            start,
+            offset: AtomicU64::new(0),
+        };
+        counter.measure();
+        counter
+    }
+
+    #[inline]
+    fn since_start(&self) -> u64 {
+        self.clock.delta_as_nanos(self.start, self.clock.raw())
+    }
+
+    /// Measures the offset and returns the wall-clock time read. The counter is read before the
+    /// wall clock, so the time it gives later is never behind that wall-clock reading (nor the
+    /// cached time taken from it), and ahead of the wall clock by the few tens of nanoseconds
+    /// that reading takes at most (plus the counter's drift since, nanoseconds a millisecond).
+    fn measure(&self) -> u64 {
+        let counter = self.since_start();
+        let wall = wall_nanos();
+        self.offset
+            .store(wall.saturating_sub(counter), Ordering::Relaxed);
+        wall
+    }
+
+    #[inline]
+    fn now(&self) -> Millis {
+        (self.offset.load(Ordering::Relaxed) + self.since_start()) / NANOS_PER_MILLI
     }
 }
 
@@ -98,15 +178,35 @@ impl RecentClock {
     /// The cached time, if the ticker is running.
     #[inline]
     fn get(&self) -> Option<Millis> {
+        if self.running() {
+            Some(self.ms.load(Ordering::Relaxed))
+        } else {
+            None
+        }
+    }
+
+    /// Whether the ticker is running (it is woken if not). Counts as a use, which keeps it
+    /// running.
+    #[inline]
+    fn running(&self) -> bool {
         if !self.used.load(Ordering::Relaxed) {
             self.used.store(true, Ordering::Relaxed);
         }
         if self.ticking.load(Ordering::Acquire) {
-            Some(self.ms.load(Ordering::Relaxed))
+            true
         } else {
             self.wake();
-            None
+            false
         }
+    }
+
+    /// Stores the wall clock (and the counter's offset from it, once the counter is ready).
+    fn refresh(&self) {
+        let wall = match COUNTER_WALL.get() {
+            Some(counter) => counter.measure(),
+            None => wall_nanos(),
+        };
+        self.ms.store(wall / NANOS_PER_MILLI, Ordering::Relaxed);
     }
 
     #[cold]
@@ -126,9 +226,12 @@ impl RecentClock {
 
     fn tick(&self) {
         loop {
+            // Fresh before readers may use it: after a long park the counter's offset is old.
+            self.refresh();
             self.ticking.store(true, Ordering::Release);
+            COUNTER_WALL.get_or_init(CounterWall::new);
             for _ in 0..1000 {
-                self.ms.store(system_now(), Ordering::Relaxed);
+                self.refresh();
                 std::thread::sleep(Duration::from_millis(1));
             }
             if !self.used.swap(false, Ordering::Relaxed) {
@@ -361,13 +464,40 @@ mod tests {
     }
 
     #[test]
+    fn the_counter_gives_the_wall_clock_time() {
+        let _ = RECENT.get(); // starts the ticker, which makes the counter
+        let started = std::time::Instant::now();
+        while COUNTER_WALL.get().is_none() || !RECENT.running() {
+            assert!(started.elapsed() < Duration::from_secs(5), "no counter");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let counter = COUNTER_WALL.get().unwrap();
+        for i in 0..20_000 {
+            let recent = RECENT.ms.load(Ordering::Relaxed);
+            let before = system_now();
+            let t = counter.now();
+            let after = system_now();
+            // Within the system clock's readings around it, give or take the millisecond one
+            // reading may straddle, and never behind the cached time.
+            assert!(before <= t + 1 && t <= after + 1, "{before} {t} {after}");
+            assert!(recent <= t, "cached {recent} ahead of {t}");
+            assert!(precise_now().abs_diff(t) <= 1);
+            if i % 100 == 0 {
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        }
+    }
+
+    #[test]
     fn now_answers_like_the_precise_clock() {
         let clock = Clock::System;
         let now = Now::of(&clock);
         let t = system_now();
         assert!(now.before(t + 10 * RECENT_MARGIN)); // far: no precise read needed
         assert!(!now.before(t.saturating_sub(1000)));
-        assert!(now.exact() >= t);
+        // The precise time comes from the processor's counter, which may be a few nanoseconds
+        // behind the system clock: a millisecond's leeway.
+        assert!(now.exact() + 1 >= t);
         assert!(now.recent() <= now.exact());
         let fixed = Now::fixed(42);
         assert!(fixed.before(43) && !fixed.before(42));
