@@ -125,10 +125,10 @@ impl Slot {
         }
     }
 
-    /// Sets the deadline and keeps the timer record in step. A record due no later than the new
-    /// deadline is kept: it fires early and the sweep moves it to the real deadline, which spares
-    /// a B-tree removal and insertion on every overwrite with a TTL.
-    fn set_deadline(&mut self, timers: &mut TimerQueue, deadline: Option<Millis>) {
+    /// Sets the deadline and keeps the timer record in step (`hash`: the key's). A record due no
+    /// later than the new deadline is kept: it fires early and the sweep moves it to the real
+    /// deadline, which spares a heap removal and insertion on every overwrite with a TTL.
+    fn set_deadline(&mut self, timers: &mut TimerQueue, hash: u64, deadline: Option<Millis>) {
         match (self.timer, deadline) {
             (Some(t), Some(d)) if t.deadline <= d => {}
             (_, deadline) => {
@@ -136,7 +136,7 @@ impl Slot {
                     timers.cancel(old);
                 }
                 if let Some(d) = deadline {
-                    self.timer = Some(timers.schedule(d, self.key.clone()));
+                    self.timer = Some(timers.schedule(d, hash));
                 }
             }
         }
@@ -204,7 +204,7 @@ impl Shard {
                 } else {
                     expiry.expiry.deadline_at(now)
                 };
-                slot.set_deadline(timers, deadline);
+                slot.set_deadline(timers, hash, deadline);
                 slot.sliding = sliding;
                 *slot.last_access.get_mut() = now;
                 let old = std::mem::replace(&mut slot.value, StoredValue::new(value)).bytes;
@@ -228,7 +228,7 @@ impl Shard {
                 }
                 let (deadline, sliding) = expiry.expiry.deadline_at(now);
                 let key = Key::new(key);
-                let timer = deadline.map(|d| timers.schedule(d, key.clone()));
+                let timer = deadline.map(|d| timers.schedule(d, hash));
                 let slot = Slot {
                     key,
                     value: StoredValue::new(value),
@@ -285,8 +285,9 @@ impl Shard {
     fn dead_count(&self, now: Millis) -> usize {
         self.timers
             .due(now)
-            .filter(|key| {
-                self.find(self.hasher.hash_one(key.as_str()), key)
+            .filter(|&(id, hash)| {
+                self.table
+                    .find(hash, |s| s.timer == Some(id))
                     .is_some_and(|s| !s.is_live(now))
             })
             .count()
@@ -458,7 +459,7 @@ impl Backend for MemoryBackend {
         match table.find_mut(hash, |s| s.holds(key)) {
             Some(slot) if slot.is_live(now) => {
                 let (deadline, sliding) = expiry.deadline_at(now);
-                slot.set_deadline(timers, deadline);
+                slot.set_deadline(timers, hash, deadline);
                 slot.sliding = sliding;
                 Ok(true)
             }
@@ -568,11 +569,12 @@ impl Backend for MemoryBackend {
             let mut shard = shard.write();
             let Shard { table, timers, .. } = &mut *shard;
             while out.len() < limit {
-                let Some((_, key)) = timers.pop_due(now) else {
+                let Some((id, hash)) = timers.pop_due(now) else {
                     break;
                 };
-                let hash = self.hasher.hash_one(key.as_str());
-                let Ok(mut occupied) = table.find_entry(hash, |s| s.holds(&key)) else {
+                // The entry whose slot holds this record's id (a record is cancelled whenever its
+                // entry goes or takes another).
+                let Ok(mut occupied) = table.find_entry(hash, |s| s.timer == Some(id)) else {
                     debug_assert!(false, "timer record without its entry");
                     continue;
                 };
@@ -583,13 +585,13 @@ impl Backend for MemoryBackend {
                     d if d <= now => {
                         let (slot, _) = occupied.remove();
                         out.push(ExpiredEntry {
-                            key: Arc::from(key.as_str()),
+                            key: Arc::from(slot.key.as_str()),
                             value: slot.value.bytes,
                             deadline: d,
                         });
                     }
                     // A sliding entry read since it was scheduled: follow its new deadline.
-                    d => slot.timer = Some(timers.schedule(d, key)),
+                    d => slot.timer = Some(timers.schedule(d, hash)),
                 }
             }
         }
@@ -716,6 +718,78 @@ mod tests {
         assert_eq!(b.next_deadline().unwrap(), Some(190));
         assert!(sweep(189).is_empty());
         assert_eq!(sweep(190).len(), 1);
+        assert_eq!(timer_records(&b), 0);
+    }
+
+    /// Timer records hold key hashes, not keys: the sweep finds each due entry by its hash and
+    /// record id, among many entries of one shard, short keys and long ones (stored apart from
+    /// the slot), rewritten, slid and deleted ones, and reports it with its own key and value.
+    #[test]
+    fn the_sweep_finds_each_due_entry_by_its_records_hash() {
+        let b = MemoryBackend::with_shards(1);
+        let key = |i: usize| {
+            if i % 2 == 0 {
+                format!("k{i}")
+            } else {
+                format!("a-key-long-enough-to-live-outside-the-slot:{i}")
+            }
+        };
+        let ttl = |t| {
+            WriteExpiry::replace(Expiry::After {
+                ttl: t,
+                sliding: false,
+            })
+        };
+        for i in 0..2000 {
+            let value = Bytes::from(key(i).into_bytes());
+            b.set(
+                &key(i),
+                value,
+                ttl(100 + i as u64 % 50),
+                Condition::Always,
+                0,
+            )
+            .unwrap();
+        }
+        // Rewritten later (their records stay early and are moved), deleted, or made permanent.
+        for i in (0..2000).step_by(3) {
+            let value = Bytes::from(key(i).into_bytes());
+            b.set(&key(i), value, ttl(1000), Condition::Always, 10)
+                .unwrap();
+        }
+        for i in (0..2000).step_by(7) {
+            b.delete(&key(i), 10).unwrap();
+        }
+        for i in (0..2000).step_by(11) {
+            b.set_expiry(&key(i), Expiry::Never, 10).unwrap();
+        }
+        let live_at = |i: usize, now: u64| {
+            if i % 7 == 0 {
+                false
+            } else if i % 11 == 0 {
+                true
+            } else if i % 3 == 0 {
+                now < 1010
+            } else {
+                now < 100 + i as u64 % 50
+            }
+        };
+        for now in [120, 149, 150, 1009, 1010] {
+            let mut out = Vec::new();
+            while b.sweep(now, 64, &mut out).unwrap() {}
+            for e in &out {
+                let i: usize = e.key.rsplit(['k', ':']).next().unwrap().parse().unwrap();
+                assert_eq!(&*e.key, key(i));
+                assert_eq!(&e.value[..], key(i).as_bytes());
+                assert!(!live_at(i, now), "{} swept at {now}", e.key);
+            }
+            for i in 0..2000 {
+                let stored = b.get(&key(i), &Now::fixed(0), ReadMode::Peek).unwrap();
+                assert_eq!(stored.is_some(), live_at(i, now), "{} at {now}", key(i));
+            }
+        }
+        let permanent = (0..2000).filter(|i| i % 11 == 0 && i % 7 != 0).count();
+        assert_eq!(b.len(u64::MAX).unwrap(), permanent);
         assert_eq!(timer_records(&b), 0);
     }
 

@@ -1,8 +1,10 @@
 //! The per-shard timer queue: one record per entry that has a deadline, popped in deadline order.
 //!
 //! Records live in a slab (a vector of reusable slots) and are ordered by a binary min-heap of
-//! small `(deadline, slot, generation)` items. Cancelling a record frees its slot at once (the key
-//! is dropped and the slot reused by the next record); its heap item stays behind, recognised as
+//! small `(deadline, slot, generation)` items. A record holds its entry's key hash, not its key:
+//! the shard finds the entry by that hash and by the record's id, which the entry's slot holds
+//! (so scheduling copies no key, and a long key is not allocated twice). Cancelling a record
+//! frees its slot at once (reused by the next record); its heap item stays behind, recognised as
 //! stale by its generation, and is discarded when it reaches the top or when stale items outnumber
 //! live records (an in-place rebuild). So the queue holds the entries with a deadline, never keys
 //! without a TTL or deleted keys, with at most as many stale heap items as live ones; popping
@@ -12,14 +14,13 @@
 //! with glibc's allocator the free of a node next to free memory starts a consolidation of every
 //! small chunk freed since the last one (the expired values): single pops took 5-160 ms under a
 //! stream of expirations. The slab and the heap keep their memory (their capacity stays at the
-//! largest number of timers the shard has held, as a hash table's does), so popping frees nothing
-//! but the record's key when it is too long to be stored inline.
+//! largest number of timers the shard has held, as a hash table's does), so popping frees
+//! nothing.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::num::NonZeroU32;
 
-use super::Key;
 use crate::clock::Millis;
 
 /// Identifies one record: its deadline, its slab slot and the slot's generation when it was
@@ -31,11 +32,11 @@ pub(super) struct TimerId {
     generation: NonZeroU32,
 }
 
-/// A slab slot: the key of the record it holds, if any, and its generation (bumped on every
-/// release, so that the heap items of released records are known as stale).
+/// A slab slot: the key hash of the record it holds (or held), and its generation (bumped on
+/// every release, so that the heap items and ids of released records are known as stale).
 #[derive(Debug)]
 struct Record {
-    key: Option<Key>,
+    hash: u64,
     generation: NonZeroU32,
 }
 
@@ -52,17 +53,18 @@ pub(super) struct TimerQueue {
 const MIN_STALE_TO_COMPACT: usize = 1024;
 
 impl TimerQueue {
-    pub(super) fn schedule(&mut self, deadline: Millis, key: Key) -> TimerId {
+    /// Schedules a record for the entry whose key has `hash`.
+    pub(super) fn schedule(&mut self, deadline: Millis, hash: u64) -> TimerId {
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.records[slot as usize].key = Some(key);
+                self.records[slot as usize].hash = hash;
                 slot
             }
             None => {
                 let slot =
                     u32::try_from(self.records.len()).expect("fewer than 2^32 timers in one shard");
                 self.records.push(Record {
-                    key: Some(key),
+                    hash,
                     generation: NonZeroU32::MIN,
                 });
                 slot
@@ -81,16 +83,15 @@ impl TimerQueue {
         self.records[id.slot as usize].generation == id.generation
     }
 
-    /// Frees the record's slot and returns its key.
-    fn release(&mut self, id: TimerId) -> Option<Key> {
+    /// Frees the record's slot and returns its key hash; `None` if it was freed already.
+    fn release(&mut self, id: TimerId) -> Option<u64> {
         let record = &mut self.records[id.slot as usize];
         if record.generation != id.generation {
             return None;
         }
         record.generation = record.generation.checked_add(1).unwrap_or(NonZeroU32::MIN);
-        let key = record.key.take();
         self.free.push(id.slot);
-        key
+        Some(record.hash)
     }
 
     pub(super) fn cancel(&mut self, id: TimerId) {
@@ -124,22 +125,23 @@ impl TimerQueue {
         self.heap.peek().map(|Reverse(id)| id.deadline)
     }
 
-    /// Removes and returns the earliest record if it is due at `now`.
-    pub(super) fn pop_due(&mut self, now: Millis) -> Option<(TimerId, Key)> {
+    /// Removes and returns the earliest record (its id and key hash) if it is due at `now`.
+    pub(super) fn pop_due(&mut self, now: Millis) -> Option<(TimerId, u64)> {
         let Reverse(top) = *self.heap.peek()?;
         if top.deadline > now {
             return None;
         }
         self.heap.pop();
-        let key = self.release(top);
+        let hash = self.release(top);
         self.discard_stale_top();
-        debug_assert!(key.is_some(), "the top of the timer heap is never stale");
-        key.map(|key| (top, key))
+        debug_assert!(hash.is_some(), "the top of the timer heap is never stale");
+        hash.map(|hash| (top, hash))
     }
 
-    /// The keys of records due at `now`, in no particular order: the part of the heap whose
-    /// deadlines are at most `now` (a subtree at its root), so the cost follows what is due.
-    pub(super) fn due(&self, now: Millis) -> impl Iterator<Item = &Key> {
+    /// The records due at `now` (ids and key hashes), in no particular order: the part of the
+    /// heap whose deadlines are at most `now` (a subtree at its root), so the cost follows what
+    /// is due.
+    pub(super) fn due(&self, now: Millis) -> impl Iterator<Item = (TimerId, u64)> {
         let items = self.heap.as_slice();
         let mut pending = Vec::new();
         if !items.is_empty() {
@@ -156,10 +158,8 @@ impl TimerQueue {
                         .into_iter()
                         .filter(|&c| c < items.len()),
                 );
-                if let Some(key) = self.records[id.slot as usize].key.as_ref()
-                    && self.is_current(id)
-                {
-                    return Some(key);
+                if self.is_current(id) {
+                    return Some((*id, self.records[id.slot as usize].hash));
                 }
             }
             None
@@ -194,17 +194,17 @@ mod tests {
     #[test]
     fn pops_in_deadline_order_only_when_due() {
         let mut q = TimerQueue::default();
-        let b = q.schedule(20, Key::new("b"));
-        q.schedule(10, Key::new("a"));
-        q.schedule(20, Key::new("c"));
+        let b = q.schedule(20, 2);
+        q.schedule(10, 1);
+        q.schedule(20, 3);
         assert_eq!(q.first_deadline(), Some(10));
         assert!(q.pop_due(9).is_none());
-        assert_eq!(&*q.pop_due(10).unwrap().1, "a");
+        assert_eq!(q.pop_due(10).unwrap().1, 1);
         assert_eq!(q.due(20).count(), 2);
         q.cancel(b);
         assert_eq!(q.len(), 1);
         assert_eq!(q.due(20).count(), 1);
-        assert_eq!(&*q.pop_due(100).unwrap().1, "c");
+        assert_eq!(q.pop_due(100).unwrap().1, 3);
         assert!(q.pop_due(u64::MAX).is_none());
         assert_eq!(q.first_deadline(), None);
     }
@@ -212,23 +212,22 @@ mod tests {
     #[test]
     fn a_cancelled_record_never_fires_even_when_its_slot_is_reused() {
         let mut q = TimerQueue::default();
-        let old = q.schedule(10, Key::new("old"));
+        let old = q.schedule(10, 1);
         q.cancel(old);
         q.cancel(old); // twice: no effect
-        let new = q.schedule(30, Key::new("new"));
+        let new = q.schedule(30, 2);
         assert_eq!(q.first_deadline(), Some(30), "the stale top was discarded");
         q.cancel(old); // the slot now belongs to `new`
         assert_eq!(q.len(), 1);
         assert!(q.pop_due(20).is_none());
-        let (id, key) = q.pop_due(30).unwrap();
-        assert_eq!((id, &*key), (new, "new"));
+        assert_eq!(q.pop_due(30).unwrap(), (new, 2));
     }
 
     #[test]
     fn stale_items_never_outnumber_live_records_by_much() {
         let mut q = TimerQueue::default();
         let ids: Vec<TimerId> = (0..10_000)
-            .map(|i| q.schedule(1_000 + (i * 7919) % 10_000, Key::new(format!("k{i}"))))
+            .map(|i| q.schedule(1_000 + (i * 7919) % 10_000, i))
             .collect();
         for id in &ids[..9_990] {
             q.cancel(*id);
@@ -239,7 +238,7 @@ mod tests {
         // The slots are reused: scheduling as many again allocates no new ones.
         let slots = q.records.len();
         for i in 0..9_990 {
-            q.schedule(5, Key::new(format!("again{i}")));
+            q.schedule(5, i);
         }
         assert_eq!(q.records.len(), slots);
     }
@@ -253,14 +252,14 @@ mod tests {
             ops in proptest::collection::vec((0u8..4, 0u64..50, 0usize..64), 0..400)
         ) {
             let mut q = TimerQueue::default();
-            let mut model: BTreeMap<(Millis, u32, u32), String> = BTreeMap::new();
+            let mut model: BTreeMap<(Millis, u32, u32), u64> = BTreeMap::new();
             let mut live: Vec<TimerId> = Vec::new();
             for (n, (op, t, pick)) in ops.into_iter().enumerate() {
                 match op {
                     0 | 1 => {
-                        let key = format!("k{n}");
-                        let id = q.schedule(t, Key::new(&key));
-                        model.insert((id.deadline, id.slot, id.generation.get()), key);
+                        let hash = n as u64;
+                        let id = q.schedule(t, hash);
+                        model.insert((id.deadline, id.slot, id.generation.get()), hash);
                         live.push(id);
                     }
                     2 if !live.is_empty() => {
@@ -271,11 +270,11 @@ mod tests {
                     _ => {
                         let want_due = model.range(..=(t, u32::MAX, u32::MAX)).count();
                         proptest::prop_assert_eq!(q.due(t).count(), want_due);
-                        while let Some((id, key)) = q.pop_due(t) {
+                        while let Some((id, hash)) = q.pop_due(t) {
                             let first = model.keys().next().copied().expect("a record in the model");
                             proptest::prop_assert_eq!(id.deadline, first.0);
                             let removed = model.remove(&(id.deadline, id.slot, id.generation.get()));
-                            proptest::prop_assert_eq!(removed.as_deref(), Some(key.as_str()));
+                            proptest::prop_assert_eq!(removed, Some(hash));
                             live.retain(|l| *l != id);
                         }
                     }
