@@ -728,7 +728,7 @@ mod tests {
     fn the_sweep_finds_each_due_entry_by_its_records_hash() {
         let b = MemoryBackend::with_shards(1);
         let key = |i: usize| {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 format!("k{i}")
             } else {
                 format!("a-key-long-enough-to-live-outside-the-slot:{i}")
@@ -764,11 +764,11 @@ mod tests {
             b.set_expiry(&key(i), Expiry::Never, 10).unwrap();
         }
         let live_at = |i: usize, now: u64| {
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 false
-            } else if i % 11 == 0 {
+            } else if i.is_multiple_of(11) {
                 true
-            } else if i % 3 == 0 {
+            } else if i.is_multiple_of(3) {
                 now < 1010
             } else {
                 now < 100 + i as u64 % 50
@@ -788,7 +788,9 @@ mod tests {
                 assert_eq!(stored.is_some(), live_at(i, now), "{} at {now}", key(i));
             }
         }
-        let permanent = (0..2000).filter(|i| i % 11 == 0 && i % 7 != 0).count();
+        let permanent = (0..2000)
+            .filter(|&i: &usize| i.is_multiple_of(11) && !i.is_multiple_of(7))
+            .count();
         assert_eq!(b.len(u64::MAX).unwrap(), permanent);
         assert_eq!(timer_records(&b), 0);
     }
