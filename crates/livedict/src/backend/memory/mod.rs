@@ -12,7 +12,7 @@ mod timers;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,10 +35,11 @@ type Hasher = foldhash::fast::RandomState;
 type Key = compact_str::CompactString;
 
 /// Reads refresh an entry's last-access time (from the cached clock) only when it is this much
-/// older, so that reads do not dirty the entry's cache line; `remove_inactive` allows for both (it
-/// never removes an entry read within the idle time, and may keep one a little longer).
+/// older, so that reads do not dirty the entry's cache line; the time is stored in whole seconds.
+/// `remove_inactive` allows for all three (it never removes an entry read within the idle time,
+/// and may keep one a little longer).
 const ACCESS_GRANULARITY: Millis = 1000;
-const ACCESS_SLACK: Millis = ACCESS_GRANULARITY + RECENT_MARGIN;
+const ACCESS_SLACK: Millis = ACCESS_GRANULARITY + 1000 + RECENT_MARGIN;
 
 /// The in-memory backend (the default of [`LiveDict::new`](crate::LiveDict::new)).
 ///
@@ -58,35 +59,70 @@ pub struct MemoryBackend {
     locks: locks::Locks,
 }
 
-/// A stored value and a copy of its head (see [`Backend::get_with_head`]), which a read hands
-/// out with it so that the caller need not read the value's own buffer to check its header. Built
-/// only by [`StoredValue::new`], so the copy always matches.
-struct StoredValue {
-    bytes: Bytes,
-    head: Option<ValueHead>,
+/// The head of a stored value, as a read hands it out (see [`Backend::get_with_head`]).
+#[inline]
+fn head_of(value: &Bytes) -> Option<ValueHead> {
+    value.first_chunk::<VALUE_HEAD_LEN>().copied()
 }
 
-impl StoredValue {
-    #[inline]
-    fn new(bytes: Bytes) -> Self {
-        let head = bytes.first_chunk::<VALUE_HEAD_LEN>().copied();
-        StoredValue { bytes, head }
-    }
-}
-
+/// One entry, 96 bytes (a test checks the size).
 struct Slot {
     key: Key,
-    value: StoredValue,
+    value: Bytes,
+    /// A copy of the value's head, which a read hands out with it so that the caller need not
+    /// read the value's own buffer to check its header. Set only with the value ([`Slot::new`],
+    /// [`Slot::replace_value`]), so the copy always matches.
+    head: Option<ValueHead>,
+    /// The last access, in whole seconds since the epoch (reads refresh it at most once a
+    /// second): four bytes, which fill what the head leaves of eight.
+    last_access: AtomicU32,
     /// Deadline in ms since the epoch; 0 = none.
     deadline: AtomicU64,
     /// Sliding TTL in ms; 0 = the deadline is fixed.
     sliding: Millis,
-    last_access: AtomicU64,
     /// This entry's record in the shard's timer queue (present iff it has a deadline).
     timer: Option<TimerId>,
 }
 
+/// Whole seconds of `t` (ms since the epoch), as stored in [`Slot::last_access`].
+#[inline]
+fn access_seconds(t: Millis) -> u32 {
+    u32::try_from(t / 1000).unwrap_or(u32::MAX)
+}
+
 impl Slot {
+    fn new(
+        key: Key,
+        value: Bytes,
+        deadline: Option<Millis>,
+        sliding: Millis,
+        now: Millis,
+        timer: Option<TimerId>,
+    ) -> Self {
+        Slot {
+            key,
+            head: head_of(&value),
+            value,
+            last_access: AtomicU32::new(access_seconds(now)),
+            deadline: AtomicU64::new(deadline.unwrap_or(0)),
+            sliding,
+            timer,
+        }
+    }
+
+    /// Stores `value` (and its head) and returns the value it replaces.
+    #[inline]
+    fn replace_value(&mut self, value: Bytes) -> Bytes {
+        self.head = head_of(&value);
+        std::mem::replace(&mut self.value, value)
+    }
+
+    /// The last access in ms since the epoch, rounded down to the second.
+    #[inline]
+    fn last_access(&self) -> Millis {
+        Millis::from(self.last_access.load(Relaxed)) * 1000
+    }
+
     /// Whether this slot holds `key`. Compared eight bytes at a time, inline: a lookup's key is
     /// short, and a call to `memcmp` cost more than the comparison (~25 instructions a read).
     #[inline(always)]
@@ -177,7 +213,7 @@ impl Shard {
                 if live && condition == Condition::IfAbsent {
                     return Written {
                         written: false,
-                        previous: Some(slot.value.bytes.clone()),
+                        previous: Some(slot.value.clone()),
                         expired: None,
                     };
                 }
@@ -189,7 +225,7 @@ impl Shard {
                     return Written {
                         written: false,
                         previous: None,
-                        expired: Some(dead.value.bytes),
+                        expired: Some(dead.value),
                     };
                 }
                 let (deadline, sliding) = if live && expiry.keep_existing {
@@ -206,8 +242,8 @@ impl Shard {
                 };
                 slot.set_deadline(timers, hash, deadline);
                 slot.sliding = sliding;
-                *slot.last_access.get_mut() = now;
-                let old = std::mem::replace(&mut slot.value, StoredValue::new(value)).bytes;
+                *slot.last_access.get_mut() = access_seconds(now);
+                let old = slot.replace_value(value);
                 if live {
                     Written {
                         written: true,
@@ -229,14 +265,7 @@ impl Shard {
                 let (deadline, sliding) = expiry.expiry.deadline_at(now);
                 let key = Key::new(key);
                 let timer = deadline.map(|d| timers.schedule(d, hash));
-                let slot = Slot {
-                    key,
-                    value: StoredValue::new(value),
-                    deadline: AtomicU64::new(deadline.unwrap_or(0)),
-                    sliding,
-                    last_access: AtomicU64::new(now),
-                    timer,
-                };
+                let slot = Slot::new(key, value, deadline, sliding, now, timer);
                 absent
                     .into_table()
                     .insert_unique(hash, slot, |s| hasher.hash_one(s.key.as_str()));
@@ -258,13 +287,13 @@ impl Shard {
                 }
                 if slot.is_live(now) {
                     Removed {
-                        previous: Some(slot.value.bytes),
+                        previous: Some(slot.value),
                         expired: None,
                     }
                 } else {
                     Removed {
                         previous: None,
-                        expired: Some(slot.value.bytes),
+                        expired: Some(slot.value),
                     }
                 }
             }
@@ -371,11 +400,11 @@ impl Backend for MemoryBackend {
                 slot.deadline.fetch_max(now.exact() + slot.sliding, Relaxed);
             }
             let recent = now.recent();
-            if slot.last_access.load(Relaxed) + ACCESS_GRANULARITY <= recent {
-                slot.last_access.store(recent, Relaxed);
+            if slot.last_access() + ACCESS_GRANULARITY <= recent {
+                slot.last_access.store(access_seconds(recent), Relaxed);
             }
         }
-        Ok(Some((slot.value.bytes.clone(), slot.value.head)))
+        Ok(Some((slot.value.clone(), slot.head)))
     }
 
     fn contains(&self, key: &str, now: &Now<'_>) -> Result<bool> {
@@ -416,7 +445,7 @@ impl Backend for MemoryBackend {
         let current = shard
             .find(hash, key)
             .filter(|s| s.is_live(now))
-            .map(|s| s.value.bytes.clone());
+            .map(|s| s.value.clone());
         match f(current.as_ref())? {
             Change::Keep => Ok(Updated {
                 previous: current,
@@ -430,7 +459,7 @@ impl Backend for MemoryBackend {
                 if let Some(slot) = shard.table.find_mut(hash, |s| s.holds(key))
                     && slot.is_live(now)
                 {
-                    slot.value = StoredValue::new(value);
+                    slot.replace_value(value);
                 }
                 Ok(Updated {
                     previous: current,
@@ -476,12 +505,7 @@ impl Backend for MemoryBackend {
                     .table
                     .iter()
                     .filter(|s| s.is_live(now) && s.key.starts_with(prefix))
-                    .map(|s| {
-                        (
-                            s.key.to_string(),
-                            with_values.then(|| s.value.bytes.clone()),
-                        )
-                    }),
+                    .map(|s| (s.key.to_string(), with_values.then(|| s.value.clone()))),
             );
         }
         Ok(out)
@@ -508,7 +532,7 @@ impl Backend for MemoryBackend {
                 } else {
                     cleared.expired.push(ExpiredEntry {
                         key: Arc::from(slot.key.as_str()),
-                        value: slot.value.bytes,
+                        value: slot.value,
                         deadline: slot.deadline.load(Relaxed),
                     });
                 }
@@ -586,7 +610,7 @@ impl Backend for MemoryBackend {
                         let (slot, _) = occupied.remove();
                         out.push(ExpiredEntry {
                             key: Arc::from(slot.key.as_str()),
-                            value: slot.value.bytes,
+                            value: slot.value,
                             deadline: d,
                         });
                     }
@@ -618,13 +642,13 @@ impl Backend for MemoryBackend {
             let Shard { table, timers, .. } = &mut *shard;
             for slot in table.extract_if(|s| {
                 s.is_live(now)
-                    && s.last_access.load(Relaxed) + ACCESS_SLACK <= idle_since
+                    && s.last_access() + ACCESS_SLACK <= idle_since
                     && s.key.starts_with(prefix)
             }) {
                 if let Some(t) = slot.timer {
                     timers.cancel(t);
                 }
-                out.push((slot.key.to_string(), slot.value.bytes));
+                out.push((slot.key.to_string(), slot.value));
             }
         }
         Ok(out)
@@ -660,6 +684,12 @@ mod tests {
 
     fn timer_records(b: &MemoryBackend) -> usize {
         b.shards.iter().map(|s| s.read().timers.len()).sum()
+    }
+
+    #[test]
+    fn a_slot_takes_96_bytes() {
+        // No padding: the head and the last access share eight bytes.
+        assert_eq!(std::mem::size_of::<Slot>(), 96);
     }
 
     #[test]
@@ -908,14 +938,7 @@ mod tests {
             other in "[a-c]{0,40}",
             flip in 0usize..40,
         ) {
-            let slot = |key: &str| Slot {
-                key: key.into(),
-                value: StoredValue::new(Bytes::new()),
-                deadline: AtomicU64::new(0),
-                sliding: 0,
-                last_access: AtomicU64::new(0),
-                timer: None,
-            };
+            let slot = |key: &str| Slot::new(key.into(), Bytes::new(), None, 0, 0, None);
             let s = slot(&stored);
             proptest::prop_assert_eq!(s.holds(&other), stored == other);
             proptest::prop_assert!(s.holds(&stored));
