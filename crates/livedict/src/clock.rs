@@ -54,6 +54,21 @@ impl Clock {
         }
     }
 
+    /// [`now`](Self::now) for an operation of a store: it also counts as a use of the cached
+    /// clock, which keeps its ticker running (as reads do), so that the operations that follow
+    /// get the precise time from the processor's counter. Background work (the expiry driver's
+    /// rounds) reads [`now`](Self::now) instead, so that an idle store lets the ticker park.
+    #[inline]
+    pub(crate) fn now_of_operation(&self) -> Millis {
+        match self {
+            Clock::System => {
+                RECENT.running();
+                precise_now()
+            }
+            Clock::Manual(m) => m.now(),
+        }
+    }
+
     /// Calls `wake` whenever this clock jumps forward (manual clocks only); dropped with `wake`.
     pub(crate) fn on_advance(&self, wake: &Arc<dyn Fn() + Send + Sync>) {
         if let Clock::Manual(m) = self {
@@ -80,10 +95,11 @@ fn wall_nanos() -> u64 {
 }
 
 /// The precise wall-clock time: from the processor's counter while the ticker runs (see
-/// [`CounterWall`]), else from the system clock.
+/// [`CounterWall`]), else from the system clock. Does not count as a use of the ticker (see
+/// [`Clock::now_of_operation`]).
 #[inline]
 fn precise_now() -> Millis {
-    if RECENT.running()
+    if RECENT.ticking.load(Ordering::Acquire)
         && let Some(counter) = COUNTER_WALL.get()
     {
         counter.now()

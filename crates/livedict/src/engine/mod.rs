@@ -99,7 +99,7 @@ impl Engine {
             return Err(Error::Closed);
         }
         reentrancy::check(self.id)?;
-        Ok(self.clock.now())
+        Ok(self.clock.now_of_operation())
     }
 
     /// [`begin`](Self::begin) plus key validation.
