@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use livedict::LiveDict;
-use serde::{Deserialize, Serialize};
 
 use crate::alloc_counter;
 use crate::harness::{Config, Run, XorShift, compare, print_figure, timed_threads};
@@ -26,8 +25,7 @@ const THREADS: [usize; 2] = [1, 2];
 /// Marks a set in a mixed order (key indices stay below 2^31).
 const SET_FLAG: u32 = 1 << 31;
 
-type Moka<V> = moka::sync::Cache<String, V>;
-type Quick = quick_cache::sync::Cache<String, Bytes>;
+use livedict_bench_peers::{Item, MokaBytes, MokaItems, QuickBytes};
 
 struct Sizes {
     /// Keys of the throughput cases.
@@ -104,10 +102,10 @@ impl ByteStore for LiveDict {
     }
 }
 
-impl ByteStore for Moka<Bytes> {
+impl ByteStore for MokaBytes {
     #[inline]
     fn fetch(&self, key: &str) -> Option<Bytes> {
-        Moka::get(self, key)
+        MokaBytes::get(self, key)
     }
 
     #[inline]
@@ -116,10 +114,10 @@ impl ByteStore for Moka<Bytes> {
     }
 }
 
-impl ByteStore for Quick {
+impl ByteStore for QuickBytes {
     #[inline]
     fn fetch(&self, key: &str) -> Option<Bytes> {
-        Quick::get(self, key)
+        QuickBytes::get(self, key)
     }
 
     #[inline]
@@ -134,17 +132,14 @@ fn new_livedict() -> LiveDict {
 
 /// A moka cache with the TTL of livedict's writes and twice the capacity the case needs, so that
 /// it never works near its eviction threshold.
-fn new_moka<V: Clone + Send + Sync + 'static>(keys: usize) -> Moka<V> {
-    Moka::builder()
-        .max_capacity(2 * keys as u64)
-        .time_to_live(TTL)
-        .build()
+fn new_moka(keys: usize) -> MokaBytes {
+    MokaBytes::new(2 * keys as u64, TTL)
 }
 
 /// quick_cache shards its capacity, so a tight capacity could evict before it is full; twice the
 /// keys keeps every key resident (the hit counts check it).
-fn new_quick(keys: usize) -> Quick {
-    Quick::new(2 * keys)
+fn new_quick(keys: usize) -> QuickBytes {
+    QuickBytes::new(2 * keys)
 }
 
 // ---- the cases ---------------------------------------------------------------------------------
@@ -302,13 +297,6 @@ fn compare_op<P: ByteStore>(
 
 // ---- typed values --------------------------------------------------------------------------------
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Item {
-    id: u64,
-    name: String,
-    score: f64,
-}
-
 /// typed_get / typed_set at one thread: livedict with its default JSON codec against moka holding
 /// the struct itself. Not the same work, and meant so: livedict pays an encode on every set and a
 /// decode on every get, moka only clones the struct (one `String` allocation each way); this shows
@@ -326,7 +314,7 @@ fn typed(cfg: &Config, sizes: &Sizes, data: &Data) {
         })
         .collect();
     let store = new_livedict();
-    let cache: Moka<Item> = new_moka(sizes.keys);
+    let cache = MokaItems::new(2 * sizes.keys as u64, TTL);
     for (k, item) in keys.iter().zip(&items) {
         store.set_with(k, item, TTL).expect("livedict set_with");
         cache.insert(k.clone(), item.clone());
@@ -399,10 +387,7 @@ fn bytes_per_entry(n: usize, data: &Data) {
         (after - before, len)
     });
     let (moka, count) = alloc_counter::counting(|| {
-        let cache: Moka<Bytes> = Moka::builder()
-            .max_capacity(n as u64)
-            .time_to_live(TTL)
-            .build();
+        let cache = MokaBytes::new(n as u64, TTL);
         let before = alloc_counter::live_bytes();
         for k in keys {
             cache.put(k, &data.value);
@@ -491,10 +476,10 @@ pub fn run(cfg: &Config) {
 
     let livedict = new_livedict();
     populate(&livedict, &data, sizes.keys);
-    let moka: Moka<Bytes> = new_moka(sizes.keys);
+    let moka = new_moka(sizes.keys);
     populate(&moka, &data, sizes.keys);
     moka.run_pending_tasks();
-    let fresh_moka = || new_moka::<Bytes>(sizes.keys);
+    let fresh_moka = || new_moka(sizes.keys);
     for op in [
         Op::GetHit,
         Op::GetMiss,
