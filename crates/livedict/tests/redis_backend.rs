@@ -869,6 +869,38 @@ fn an_existing_store_keeps_its_bucket_count() -> Result<()> {
 
 /// On a server of its own: `CLIENT KILL` of every other client would also cut the connections
 /// of the tests running beside it on the shared server (it did, now and then).
+/// A batch whose every write has its own TTL sends as many shapes (numbered past one digit),
+/// and each key gets its own TTL, on a single server and on a cluster.
+#[test]
+fn a_batch_of_many_shapes_gives_each_write_its_own() -> Result<()> {
+    for backend in [server_backend(), cluster_backend()] {
+        let (clock, _handle) = livedict::Clock::manual();
+        let store = LiveDict::builder()
+            .shared_backend(backend)
+            .clock(clock)
+            .build()?;
+        let mut batch = store.batch();
+        for i in 0..300u64 {
+            let ttl = Duration::from_secs(100 + i);
+            if i % 10 == 9 {
+                batch.set_with(&format!("s{i}"), &i, WriteOptions::ttl(ttl).sliding(true))?;
+            } else {
+                batch.set_with(&format!("s{i}"), &i, ttl)?;
+            }
+        }
+        store.apply(batch)?;
+        for i in 0..300u64 {
+            assert_eq!(store.get::<u64>(&format!("s{i}"))?, Some(i));
+            assert_eq!(
+                store.ttl(&format!("s{i}"))?,
+                KeyTtl::Remaining(Duration::from_secs(100 + i)),
+                "s{i}"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn a_killed_connection_fails_one_call_then_the_store_works_again() -> Result<()> {
     let server = OwnServer::start();

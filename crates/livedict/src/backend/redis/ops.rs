@@ -7,7 +7,8 @@
 //! ([`run_ready`](crate::dict::run_ready)); the
 //! [`AsyncBackend`](crate::backend::AsyncBackend) awaits them on the async connection.
 
-use std::collections::{BTreeMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -678,8 +679,14 @@ impl<T: Transport> Ops<'_, T> {
     /// The `batch` script over the operations of `groups` (positions in `ops`, by bucket), with
     /// the lock token the batch holds (or ""), and the positions in the order the script
     /// replies in. Each operation takes three arguments (its shape's number, member and value):
-    /// the kinds and expiries, usually one for the whole batch, are sent once as shapes, and the
-    /// script builds the entry and lock keys from the bucket's index (store.lua).
+    /// the kinds and expiries, usually one for the whole batch, are sent once as shapes.
+    ///
+    /// Against a single server the declared keys are the buckets' indexes only, and the script
+    /// builds each operation's entry and lock names from its bucket's index. Against a cluster
+    /// every key is declared (each operation's entry and lock after the index): while a slot
+    /// migrates, a script that reaches a key it did not declare and that is not on the node is
+    /// refused outright, where one whose declared keys are missing is redirected (`ASK`), which
+    /// the cluster client follows.
     fn batch_cmd(
         &self,
         ops: &[BatchOp],
@@ -688,27 +695,45 @@ impl<T: Transport> Ops<'_, T> {
         now: Millis,
     ) -> (redis::Cmd, Vec<usize>) {
         let layout = &self.store.layout;
-        let indexes: Vec<&str> = groups.iter().map(|&(b, _)| layout.index(b)).collect();
-        let mut cmd = self.cmd("batch", now, &indexes);
-        cmd.arg(token);
-        // (kind, ttl, sliding, keep)
-        let mut shapes: Vec<(&str, Millis, u8, u8)> = Vec::new();
-        let mut numbers = vec![0; ops.len()];
-        for &i in groups.iter().flat_map(|(_, positions)| positions.iter()) {
-            let shape = match &ops[i] {
-                BatchOp::Set { expiry, .. } => {
-                    let (ttl, sliding) = expiry_args(expiry.expiry);
-                    ("s", ttl, sliding, u8::from(expiry.keep_existing))
+        let mut keys: Vec<Cow<'_, str>> = groups
+            .iter()
+            .map(|&(b, _)| Cow::Borrowed(layout.index(b)))
+            .collect();
+        if self.store.cluster {
+            for &(b, positions) in groups {
+                for &i in positions {
+                    let key = ops[i].key();
+                    keys.push(Cow::Owned(layout.data_key(b, key)));
+                    keys.push(Cow::Owned(layout.lock_key(b, key)));
                 }
-                BatchOp::Delete { .. } => ("d", 0, 0, 0),
-            };
-            let number = match shapes.iter().position(|s| *s == shape) {
-                Some(i) => i + 1,
-                None => {
+            }
+        }
+        let mut cmd = self.cmd("batch", now, &keys);
+        cmd.arg(token).arg(groups.len());
+        // The distinct (kind, ttl, sliding, keep), numbered from 1 in order of first use. An
+        // operation is usually of the previous one's shape; others are looked up in a map, so
+        // a batch whose every operation has its own TTL stays linear.
+        let shape_of = |op: &BatchOp| match op {
+            BatchOp::Set { expiry, .. } => {
+                let (ttl, sliding) = expiry_args(expiry.expiry);
+                ("s", ttl, sliding, u8::from(expiry.keep_existing))
+            }
+            BatchOp::Delete { .. } => ("d", 0, 0, 0),
+        };
+        let mut shapes: Vec<Shape> = Vec::new();
+        let mut numbers_of: HashMap<Shape, usize> = HashMap::new();
+        let mut numbers = vec![0; ops.len()];
+        let mut last: Option<(Shape, usize)> = None;
+        for &i in groups.iter().flat_map(|(_, positions)| positions.iter()) {
+            let shape = shape_of(&ops[i]);
+            let number = match last {
+                Some((previous, number)) if previous == shape => number,
+                _ => *numbers_of.entry(shape).or_insert_with(|| {
                     shapes.push(shape);
                     shapes.len()
-                }
+                }),
             };
+            last = Some((shape, number));
             numbers[i] = number;
         }
         cmd.arg(shapes.len());
@@ -963,8 +988,10 @@ fn done(o: Outcome) -> Option<Written> {
     }
 }
 
-/// The reply of a `batch` script over `n` operations: `None` while another holds a lock on one
-/// of its keys.
+/// A batch operation's kind (`s` or `d`), TTL, sliding flag and keep-TTL flag, as the `batch`
+/// script takes them.
+type Shape = (&'static str, Millis, u8, u8);
+
 /// `removed`, listed in the order of `sent` (positions in a batch, each once), in the batch's
 /// order.
 fn in_order(removed: Vec<Removed>, sent: &[usize]) -> Vec<Removed> {
@@ -975,6 +1002,8 @@ fn in_order(removed: Vec<Removed>, sent: &[usize]) -> Vec<Removed> {
     out
 }
 
+/// The reply of a `batch` script over `n` operations: `None` while another holds a lock on one
+/// of its keys.
 fn batch_reply(reply: Value, n: usize) -> Result<Option<Vec<Removed>>> {
     let mut items = array(reply)?.into_iter();
     if int(&items.next().ok_or_else(|| unexpected("batch"))?)? == -1 {

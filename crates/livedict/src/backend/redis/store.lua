@@ -519,25 +519,29 @@ local function run(KEYS, ARGV)
     end
     return 1
   elseif op == 'batch' then
-    -- KEYS: the index of each bucket the batch writes. ARGV: the batch's lock token ('' if it
-    -- holds no locks); the number of shapes, then each shape: kind (s|d), ttl, sliding, keep;
-    -- then per bucket (in the order of KEYS) its number of operations, then per operation its
-    -- shape's number (from 1), member and value ('' for a removal). An operation's entry and
-    -- lock keys are its bucket's, built here from the index's name (the same slot: the bucket's
-    -- hash tag), so that a batch sends three arguments per operation, not nine. All or nothing:
-    -- refused as a whole while another holds a lock on any key. Releases the batch's locks.
-    -- Returns 1, then the live value replaced or removed and the dead value removed of each
-    -- operation, in the order sent.
+    -- KEYS: the index of each bucket the batch writes; then, against a cluster only, each
+    -- operation's entry and lock keys (in the order of the operations below). ARGV: the batch's
+    -- lock token ('' if it holds no locks); the number of buckets; the number of shapes, then
+    -- each shape: kind (s|d), ttl, sliding, keep; then per bucket (in the order of KEYS) its
+    -- number of operations, then per operation its shape's number (from 1), member and value
+    -- ('' for a removal). Without the cluster's keys, an operation's entry and lock keys are
+    -- its bucket's, built here from the index's name (the same hash tag, so the same slot), so
+    -- that a batch sends three arguments per operation, not nine. All or nothing: refused as a
+    -- whole while another holds a lock on any key. Releases the batch's locks. Returns 1, then
+    -- the live value replaced or removed and the dead value removed of each operation, in the
+    -- order sent.
     local token = ARGV[4]
-    local shapes, a = {}, 6
-    for i = 1, tonumber(ARGV[5]) do
+    local buckets = tonumber(ARGV[5])
+    local shapes, a = {}, 7
+    for i = 1, tonumber(ARGV[6]) do
       shapes[tostring(i)] = { kind = ARGV[a], ttl = tonumber(ARGV[a + 1]), sliding = ARGV[a + 2], keep = ARGV[a + 3] }
       a = a + 4
     end
+    local declared = #KEYS > buckets
     -- Per operation (from 1): entry key, lock key, index, member, value, shape.
     local ks, locks, indexes, ms, vs, shape = {}, {}, {}, {}, {}, {}
     local n = 0
-    for j = 1, #KEYS do
+    for j = 1, buckets do
       local index = KEYS[j]
       local base = base_of(index)
       local count = tonumber(ARGV[a])
@@ -545,8 +549,12 @@ local function run(KEYS, ARGV)
       for _ = 1, count do
         n = n + 1
         local m = ARGV[a + 1]
-        shape[n], ms[n], vs[n] = shapes[ARGV[a]], m, ARGV[a + 2]
-        ks[n], locks[n], indexes[n] = base .. 'k:' .. m, base .. 'lock:' .. m, index
+        shape[n], ms[n], vs[n], indexes[n] = shapes[ARGV[a]], m, ARGV[a + 2], index
+        if declared then
+          ks[n], locks[n] = KEYS[buckets + 2 * n - 1], KEYS[buckets + 2 * n]
+        else
+          ks[n], locks[n] = base .. 'k:' .. m, base .. 'lock:' .. m
+        end
         a = a + 3
       end
     end
