@@ -62,7 +62,9 @@ impl Clock {
     pub(crate) fn now_of_operation(&self) -> Millis {
         match self {
             Clock::System => {
-                RECENT.running();
+                if RECENT.running() {
+                    RECENT.check(RECENT.ms.load(Ordering::Relaxed));
+                }
                 precise_now()
             }
             Clock::Manual(m) => m.now(),
@@ -128,9 +130,15 @@ struct CounterWall {
     offset: AtomicU64,
 }
 
-/// Made by the ticker thread when it first starts (quanta's calibration takes about a
-/// millisecond, at most 200); until then the precise time comes from the system clock.
+/// Made by the ticker thread when it first starts; until then the precise time comes from the
+/// system clock. quanta's calibration takes about a millisecond here and at most 200 ms, during
+/// which the cached time is not refreshed (it stays within [`RECENT_MARGIN`], and
+/// [`RecentClock::check`] repairs it beyond half of that).
 static COUNTER_WALL: OnceLock<CounterWall> = OnceLock::new();
+
+/// The longest a measurement of [`CounterWall`]'s offset may take to be used: the bound on how
+/// far ahead of the wall clock the counter's time may be.
+const MAX_MEASURE_NANOS: u64 = 20_000;
 
 impl CounterWall {
     fn new() -> Self {
@@ -141,7 +149,19 @@ impl CounterWall {
             start,
             offset: AtomicU64::new(0),
         };
-        counter.measure();
+        // A first offset, from a measurement short enough if one of a few is (else the last).
+        for _ in 0..16 {
+            counter.measure();
+            if counter.offset.load(Ordering::Relaxed) != 0 {
+                break;
+            }
+        }
+        if counter.offset.load(Ordering::Relaxed) == 0 {
+            counter.offset.store(
+                wall_nanos().saturating_sub(counter.since_start()),
+                Ordering::Relaxed,
+            );
+        }
         counter
     }
 
@@ -150,15 +170,21 @@ impl CounterWall {
         self.clock.delta_as_nanos(self.start, self.clock.raw())
     }
 
-    /// Measures the offset and returns the wall-clock time read. The counter is read before the
-    /// wall clock, so the time it gives later is never behind that wall-clock reading (nor the
-    /// cached time taken from it), and ahead of the wall clock by the few tens of nanoseconds
-    /// that reading takes at most (plus the counter's drift since, nanoseconds a millisecond).
+    /// Measures the offset and returns the wall-clock time read. The counter is read before and
+    /// after the wall clock, and the offset taken from the first reading, so the time it gives
+    /// later is never behind that wall-clock reading (nor the cached time taken from it), and
+    /// ahead of the wall clock by at most the time between the two counter readings (plus the
+    /// counter's drift since, nanoseconds a millisecond). A measurement whose readings lie more
+    /// than [`MAX_MEASURE_NANOS`] apart (the thread was preempted between them) is not used:
+    /// the offset stays as it was, and the wall-clock time is returned all the same.
     fn measure(&self) -> u64 {
-        let counter = self.since_start();
+        let before = self.since_start();
         let wall = wall_nanos();
-        self.offset
-            .store(wall.saturating_sub(counter), Ordering::Relaxed);
+        let after = self.since_start();
+        if after.saturating_sub(before) <= MAX_MEASURE_NANOS {
+            self.offset
+                .store(wall.saturating_sub(before), Ordering::Relaxed);
+        }
         wall
     }
 
@@ -260,8 +286,9 @@ impl RecentClock {
         }
     }
 
-    /// Every 4096th use on a thread compares the cache with the precise clock, and repairs it if a
-    /// stalled ticker let it fall behind by more than half the margin.
+    /// Every 4096th use on a thread compares the cache (and the counter's time) with the system
+    /// clock, and repairs the cache if a stalled ticker let it fall behind by more than half the
+    /// margin (the counter's offset if it is over a millisecond off).
     #[inline]
     fn check(&self, recent: Millis) {
         thread_local! {
@@ -274,6 +301,14 @@ impl RecentClock {
             if precise.saturating_sub(recent) > RECENT_MARGIN / 2 {
                 self.ms.fetch_max(precise, Ordering::Relaxed);
                 tracing::debug!(recent, precise, "livedict: the clock ticker fell behind");
+            }
+            // The counter's offset too, should the ticker have stopped measuring it (a forked
+            // child has no ticker thread) while the wall clock was adjusted.
+            if let Some(counter) = COUNTER_WALL.get()
+                && counter.now().abs_diff(precise) > 1
+            {
+                counter.measure();
+                tracing::debug!(precise, "livedict: the counter's offset was measured again");
             }
         }
     }
