@@ -15,47 +15,59 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// `moka::sync::Cache<String, Bytes>` with a time to live.
-pub struct MokaBytes {
-    cache: moka::sync::Cache<String, Bytes>,
-}
-
-impl MokaBytes {
-    /// A cache of at most `max_capacity` entries, each living `ttl`.
-    #[inline(never)]
-    pub fn new(max_capacity: u64, ttl: Duration) -> Self {
-        MokaBytes {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(max_capacity)
-                .time_to_live(ttl)
-                .build(),
+/// A wrapper around `moka::sync::Cache<String, $value>` with a time to live, whose methods
+/// are compiled here (see the crate's documentation).
+macro_rules! moka_cache {
+    ($(#[$doc:meta])* $name:ident, $value:ty) => {
+        $(#[$doc])*
+        pub struct $name {
+            cache: moka::sync::Cache<String, $value>,
         }
-    }
 
-    /// The value under `key`, if any.
-    #[inline(never)]
-    pub fn get(&self, key: &str) -> Option<Bytes> {
-        self.cache.get(key)
-    }
+        impl $name {
+            /// A cache of at most `max_capacity` entries, each living `ttl`.
+            #[inline(never)]
+            pub fn new(max_capacity: u64, ttl: Duration) -> Self {
+                $name {
+                    cache: moka::sync::Cache::builder()
+                        .max_capacity(max_capacity)
+                        .time_to_live(ttl)
+                        .build(),
+                }
+            }
 
-    /// Stores `value` under `key`.
-    #[inline(never)]
-    pub fn insert(&self, key: String, value: Bytes) {
-        self.cache.insert(key, value);
-    }
+            /// The value under `key`, if any.
+            #[inline(never)]
+            pub fn get(&self, key: &str) -> Option<$value> {
+                self.cache.get(key)
+            }
 
-    /// Applies moka's pending bookkeeping (so that `entry_count` is exact).
-    #[inline(never)]
-    pub fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks();
-    }
+            /// Stores `value` under `key`.
+            #[inline(never)]
+            pub fn insert(&self, key: String, value: $value) {
+                self.cache.insert(key, value);
+            }
 
-    /// The number of entries (exact after `run_pending_tasks`).
-    #[inline(never)]
-    pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
-    }
+            /// Applies moka's pending bookkeeping (so that `entry_count` is exact).
+            #[inline(never)]
+            pub fn run_pending_tasks(&self) {
+                self.cache.run_pending_tasks();
+            }
+
+            /// The number of entries (exact after `run_pending_tasks`).
+            #[inline(never)]
+            pub fn entry_count(&self) -> u64 {
+                self.cache.entry_count()
+            }
+        }
+    };
 }
+
+moka_cache!(
+    /// `moka::sync::Cache<String, Bytes>` with a time to live.
+    MokaBytes,
+    Bytes
+);
 
 /// The typed value of the memory suite's `typed_get` and `typed_set`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,41 +80,11 @@ pub struct Item {
     pub score: f64,
 }
 
-/// `moka::sync::Cache<String, Item>` with a time to live: moka holding the struct itself.
-pub struct MokaItems {
-    cache: moka::sync::Cache<String, Item>,
-}
-
-impl MokaItems {
-    /// A cache of at most `max_capacity` entries, each living `ttl`.
-    #[inline(never)]
-    pub fn new(max_capacity: u64, ttl: Duration) -> Self {
-        MokaItems {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(max_capacity)
-                .time_to_live(ttl)
-                .build(),
-        }
-    }
-
-    /// The value under `key`, if any.
-    #[inline(never)]
-    pub fn get(&self, key: &str) -> Option<Item> {
-        self.cache.get(key)
-    }
-
-    /// Stores `value` under `key`.
-    #[inline(never)]
-    pub fn insert(&self, key: String, value: Item) {
-        self.cache.insert(key, value);
-    }
-
-    /// Applies moka's pending bookkeeping.
-    #[inline(never)]
-    pub fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks();
-    }
-}
+moka_cache!(
+    /// `moka::sync::Cache<String, Item>` with a time to live: moka holding the struct itself.
+    MokaItems,
+    Item
+);
 
 /// `quick_cache::sync::Cache<String, Bytes>` (no time to live).
 pub struct QuickBytes {
