@@ -188,6 +188,7 @@ struct Shard {
 }
 
 impl Shard {
+    #[inline]
     fn find(&self, hash: u64, key: &str) -> Option<&Slot> {
         self.table.find(hash, |s| s.holds(key))
     }
