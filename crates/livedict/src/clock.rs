@@ -149,19 +149,16 @@ impl CounterWall {
             start,
             offset: AtomicU64::new(0),
         };
-        // A first offset, from a measurement short enough if one of a few is (else the last).
+        // A first offset: from the first short reading of a few, else from the last.
+        let mut offset = 0;
         for _ in 0..16 {
-            counter.measure();
-            if counter.offset.load(Ordering::Relaxed) != 0 {
+            let (measured, _, short) = counter.reading();
+            offset = measured;
+            if short {
                 break;
             }
         }
-        if counter.offset.load(Ordering::Relaxed) == 0 {
-            counter.offset.store(
-                wall_nanos().saturating_sub(counter.since_start()),
-                Ordering::Relaxed,
-            );
-        }
+        counter.offset.store(offset, Ordering::Relaxed);
         counter
     }
 
@@ -170,20 +167,30 @@ impl CounterWall {
         self.clock.delta_as_nanos(self.start, self.clock.raw())
     }
 
-    /// Measures the offset and returns the wall-clock time read. The counter is read before and
-    /// after the wall clock, and the offset taken from the first reading, so the time it gives
-    /// later is never behind that wall-clock reading (nor the cached time taken from it), and
-    /// ahead of the wall clock by at most the time between the two counter readings (plus the
-    /// counter's drift since, nanoseconds a millisecond). A measurement whose readings lie more
-    /// than [`MAX_MEASURE_NANOS`] apart (the thread was preempted between them) is not used:
-    /// the offset stays as it was, and the wall-clock time is returned all the same.
-    fn measure(&self) -> u64 {
+    /// One reading of the offset: the counter before and after the wall clock, the offset taken
+    /// from the first, so the time it gives later is never behind that wall-clock reading (nor
+    /// the cached time taken from it), and ahead of the wall clock by at most the time between
+    /// the two counter readings (plus the counter's drift since, nanoseconds a millisecond).
+    /// Returns the offset, the wall-clock time read, and whether the readings lay at most
+    /// [`MAX_MEASURE_NANOS`] apart.
+    fn reading(&self) -> (u64, u64, bool) {
         let before = self.since_start();
         let wall = wall_nanos();
         let after = self.since_start();
-        if after.saturating_sub(before) <= MAX_MEASURE_NANOS {
-            self.offset
-                .store(wall.saturating_sub(before), Ordering::Relaxed);
+        (
+            wall.saturating_sub(before),
+            wall,
+            after.saturating_sub(before) <= MAX_MEASURE_NANOS,
+        )
+    }
+
+    /// Measures the offset and returns the wall-clock time read. A reading whose counter
+    /// readings lie too far apart (the thread was preempted between them) is not used: the
+    /// offset stays as it was.
+    fn measure(&self) -> u64 {
+        let (offset, wall, short) = self.reading();
+        if short {
+            self.offset.store(offset, Ordering::Relaxed);
         }
         wall
     }

@@ -720,36 +720,42 @@ impl<T: Transport> Ops<'_, T> {
             }
             BatchOp::Delete { .. } => ("d", 0, 0, 0),
         };
+        let sent: Vec<usize> = groups
+            .iter()
+            .flat_map(|(_, positions)| positions.iter().copied())
+            .collect();
         let mut shapes: Vec<Shape> = Vec::new();
         let mut numbers_of: HashMap<Shape, usize> = HashMap::new();
-        let mut numbers = vec![0; ops.len()];
         let mut last: Option<(Shape, usize)> = None;
-        for &i in groups.iter().flat_map(|(_, positions)| positions.iter()) {
-            let shape = shape_of(&ops[i]);
-            let number = match last {
-                Some((previous, number)) if previous == shape => number,
-                _ => *numbers_of.entry(shape).or_insert_with(|| {
-                    shapes.push(shape);
-                    shapes.len()
-                }),
-            };
-            last = Some((shape, number));
-            numbers[i] = number;
-        }
+        // The shape number of each operation, in the order sent.
+        let numbers: Vec<usize> = sent
+            .iter()
+            .map(|&i| {
+                let shape = shape_of(&ops[i]);
+                let number = match last {
+                    Some((previous, number)) if previous == shape => number,
+                    _ => *numbers_of.entry(shape).or_insert_with(|| {
+                        shapes.push(shape);
+                        shapes.len()
+                    }),
+                };
+                last = Some((shape, number));
+                number
+            })
+            .collect();
         cmd.arg(shapes.len());
         for (kind, ttl, sliding, keep) in &shapes {
             cmd.arg(*kind).arg(*ttl).arg(*sliding).arg(*keep);
         }
-        let mut sent = Vec::with_capacity(ops.len());
+        let mut next = sent.iter().zip(&numbers);
         for (_, positions) in groups {
             cmd.arg(positions.len());
-            for &i in *positions {
+            for (&i, &number) in next.by_ref().take(positions.len()) {
                 let value: &[u8] = match &ops[i] {
                     BatchOp::Set { value, .. } => value,
                     BatchOp::Delete { .. } => b"",
                 };
-                cmd.arg(numbers[i]).arg(ops[i].key()).arg(value);
-                sent.push(i);
+                cmd.arg(number).arg(ops[i].key()).arg(value);
             }
         }
         (cmd, sent)
@@ -773,9 +779,7 @@ impl<T: Transport> Ops<'_, T> {
             let (cmd, sent) = self.batch_cmd(ops, &[(b, positions)], &token, now);
             let removed = batch_reply(self.run(&cmd).await?, positions.len())?
                 .ok_or_else(|| unexpected("batch"))?;
-            for (i, r) in sent.into_iter().zip(removed) {
-                out[i] = r;
-            }
+            place(&mut out, removed, &sent);
         }
         Ok(out)
     }
@@ -996,10 +1000,15 @@ type Shape = (&'static str, Millis, u8, u8);
 /// order.
 fn in_order(removed: Vec<Removed>, sent: &[usize]) -> Vec<Removed> {
     let mut out = vec![Removed::default(); sent.len()];
+    place(&mut out, removed, sent);
+    out
+}
+
+/// Puts each of `removed` (listed in the order of `sent`) at its position in the batch.
+fn place(out: &mut [Removed], removed: Vec<Removed>, sent: &[usize]) {
     for (&i, r) in sent.iter().zip(removed) {
         out[i] = r;
     }
-    out
 }
 
 /// The reply of a `batch` script over `n` operations: `None` while another holds a lock on one
