@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, O
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex};
 use smallvec::SmallVec;
 use spin::mutex::SpinMutex;
 
-use super::queue::{EventLog, Job, Published};
+use super::queue::{EventLog, Job, Published, reclaim};
 use super::registry::{HookListCache, Registry};
 use super::{Event, HookFn};
 use crate::crypto::Sealer;
@@ -595,20 +596,28 @@ fn wait_for_batch(s: &Shared, lane: &Lane) {
     }
 }
 
-/// Moves the lane's queued events into its work list (`spare`: the emptied buffer of the last
-/// batch, reused). False when the executor stops and nothing is left.
-fn refill(s: &Shared, lane: &Lane, generation: u64, spare: &mut Vec<u8>) -> bool {
+/// Moves the lane's queued events into its work list (`last`: the buffer of the last batch,
+/// whose events share it, reused if they are gone). False when the executor stops and nothing is
+/// left.
+fn refill(s: &Shared, lane: &Lane, generation: u64, last: &mut Option<Bytes>) -> bool {
     wait_for_batch(s, lane);
     loop {
         if lane.generation.load(SeqCst) != generation {
             return false;
         }
+        // The last batch's buffer, for the publishers' next one: its events were delivered.
+        let spare = last
+            .take()
+            .map(reclaim)
+            // A backlog's buffer: not kept once it is drained.
+            .filter(|v| v.capacity() <= SPARE_MAX)
+            .unwrap_or_default();
         let mut q = lane.queue.lock();
         if lane.sleeping.load(Relaxed) {
             lane.sleeping.store(false, Relaxed);
         }
         if !q.is_empty() {
-            let batch = q.take(std::mem::take(spare));
+            let batch = q.take(spare);
             lane.queued.store(0, Relaxed);
             drop(q);
             lane.takes.fetch_add(1, SeqCst);
@@ -622,11 +631,7 @@ fn refill(s: &Shared, lane: &Lane, generation: u64, spare: &mut Vec<u8>) -> bool
                 // A backlog's work list: not kept once it is done.
                 rest = VecDeque::new();
             }
-            *spare = batch.unpack(s.sealer.as_ref(), &mut rest);
-            if spare.capacity() > SPARE_MAX {
-                // A backlog's buffer: not kept once it is drained.
-                *spare = Vec::new();
-            }
+            *last = Some(batch.unpack(s.sealer.as_ref(), &mut rest));
             lane.work.lock().rest = rest;
             return true;
         }
@@ -653,14 +658,14 @@ fn refill(s: &Shared, lane: &Lane, generation: u64, spare: &mut Vec<u8>) -> bool
 /// watchdog already took it off the live count).
 fn worker(s: &Shared, lane_index: usize, generation: u64) -> bool {
     let lane = &s.lanes[lane_index];
-    let mut spare = Vec::new();
+    let mut last = None;
     let mut hooks = HookListCache::default();
     loop {
         // Finish what the lane's work list holds (a stuck predecessor's leftovers first).
         if run_work(s, lane, generation, &mut hooks) == WorkEnd::Abandoned {
             return false;
         }
-        if !refill(s, lane, generation, &mut spare) {
+        if !refill(s, lane, generation, &mut last) {
             return lane.generation.load(SeqCst) == generation;
         }
     }

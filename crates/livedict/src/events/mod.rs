@@ -131,7 +131,9 @@ impl Cause {
 /// assert_eq!(rx.recv().unwrap(), ("n".to_string(), Some(1), Some(2)));
 /// # Ok::<(), livedict::Error>(())
 /// ```
-#[derive(Clone)]
+///
+/// Cloning an event copies its values up to 1 KiB, which the event otherwise shares with the
+/// events delivered with it: a clone kept long does not keep the others' bytes alive.
 pub struct Event {
     pub(crate) kind: EventKind,
     pub(crate) cause: Cause,
@@ -151,6 +153,20 @@ impl fmt::Debug for Event {
             .field("key", &self.key)
             .field("time", &self.time)
             .finish_non_exhaustive()
+    }
+}
+
+impl Clone for Event {
+    fn clone(&self) -> Self {
+        Event {
+            kind: self.kind,
+            cause: self.cause,
+            key: self.key.clone(),
+            value: self.value.as_ref().map(queue::detached),
+            previous: self.previous.as_ref().map(queue::detached),
+            time: self.time,
+            sealer: self.sealer.clone(),
+        }
     }
 }
 
@@ -197,7 +213,11 @@ impl Event {
     /// # Errors
     /// [`Error::Decode`](crate::Error::Decode) if it is a typed value.
     pub fn value_bytes(&self) -> Result<Option<Bytes>> {
-        self.opened(&self.value)?.map(codec::decode_raw).transpose()
+        Ok(self
+            .opened(&self.value)?
+            .map(codec::decode_raw)
+            .transpose()?
+            .map(|b| queue::detached(&b)))
     }
 
     /// A value as stored, decrypted if need be.

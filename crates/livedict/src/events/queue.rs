@@ -6,8 +6,9 @@
 //! travels between cores and between the allocator's per-thread caches: that, not the hand-off
 //! itself, was most of an event's cost on the caller's thread. Here a publisher appends a record
 //! (kind, cause, time, key, value, previous value) to the lane's log; the worker takes the whole
-//! log at once and rebuilds owned [`Event`]s from it, allocating and freeing on its own thread.
-//! Values larger than [`INLINE_MAX`] and entry hooks travel beside the log, in order.
+//! log at once and rebuilds [`Event`]s from it on its own thread, their values slices of the
+//! log's buffer, which goes back to the publishers once the events are gone. Values larger than
+//! [`INLINE_MAX`] and entry hooks travel beside the log, in order.
 
 use std::collections::VecDeque;
 
@@ -198,6 +199,7 @@ impl EventLog {
     fn past_dropped(&mut self) -> Reader<'_> {
         let mut reader = Reader {
             bytes: &self.bytes,
+            shared: None,
             at: 0,
             beside: &mut self.beside,
         };
@@ -221,10 +223,21 @@ impl EventLog {
         }
     }
 
-    /// Rebuilds the events of a taken log, in order, into `jobs`; returns the emptied buffer.
-    pub(crate) fn unpack(mut self, sealer: Option<&Sealer>, jobs: &mut VecDeque<Job>) -> Vec<u8> {
+    /// Rebuilds the events of a taken log, in order, into `jobs`; returns the log's buffer, which
+    /// the events' values (up to [`INLINE_MAX`] bytes) share, to be [`reclaim`]ed once they are
+    /// gone. Sharing it costs an event two reference counts where copies of its values cost two
+    /// allocations and two frees: that difference decides whether a worker keeps up with a
+    /// publisher.
+    pub(crate) fn unpack(mut self, sealer: Option<&Sealer>, jobs: &mut VecDeque<Job>) -> Bytes {
         let live = self.dropped_front..self.records;
-        let mut reader = self.past_dropped();
+        let skip = self.past_dropped().at;
+        let shared = Bytes::from(std::mem::take(&mut self.bytes));
+        let mut reader = Reader {
+            bytes: &shared,
+            shared: Some(&shared),
+            at: skip,
+            beside: &mut self.beside,
+        };
         for _ in live {
             match reader.record(sealer) {
                 Some(job) => jobs.push_back(job),
@@ -237,9 +250,29 @@ impl EventLog {
                 }
             }
         }
-        self.bytes.clear();
-        self.bytes
+        shared
     }
+}
+
+/// `value` as a hook may keep it: values up to [`INLINE_MAX`] bytes are slices of a whole
+/// batch's buffer, and are copied.
+pub(crate) fn detached(value: &Bytes) -> Bytes {
+    if value.len() <= INLINE_MAX {
+        Bytes::copy_from_slice(value)
+    } else {
+        value.clone()
+    }
+}
+
+/// The buffer of an unpacked log back, emptied, if none of its events is still alive (a hook
+/// call the watchdog gave up on may hold one); else a new one.
+pub(crate) fn reclaim(mut batch: Bytes) -> Vec<u8> {
+    if !batch.is_unique() {
+        return Vec::new();
+    }
+    // Emptied first: turning it back into a vector moves what it holds to the front.
+    batch.truncate(0);
+    Vec::from(batch)
 }
 
 fn kind_code(kind: EventKind) -> u8 {
@@ -271,6 +304,8 @@ fn cause_of(code: u8) -> Option<Cause> {
 
 struct Reader<'a> {
     bytes: &'a [u8],
+    /// `bytes` as shared: values are slices of it instead of copies.
+    shared: Option<&'a Bytes>,
     at: usize,
     beside: &'a mut VecDeque<Beside>,
 }
@@ -319,8 +354,13 @@ impl Reader<'_> {
                 Beside::Hook(_) => None,
             }
         } else {
-            self.take(h.lens[i])
-                .map(|b| Some(Bytes::copy_from_slice(b)))
+            let start = self.at;
+            let shared = self.shared;
+            let b = self.take(h.lens[i])?;
+            Some(Some(match shared {
+                Some(shared) => shared.slice(start..start + b.len()),
+                None => Bytes::copy_from_slice(b),
+            }))
         }
     }
 
@@ -392,8 +432,7 @@ mod tests {
 
     fn unpack(log: &mut EventLog) -> Vec<Job> {
         let mut jobs = VecDeque::new();
-        let spare = log.take(Vec::new()).unpack(None, &mut jobs);
-        assert!(spare.is_empty());
+        log.take(Vec::new()).unpack(None, &mut jobs);
         jobs.into()
     }
 
@@ -443,6 +482,39 @@ mod tests {
             (e.kind, e.key(), e.value.as_ref(), e.previous.as_ref()),
             (EventKind::Clear, "", None, Some(&large))
         );
+    }
+
+    #[test]
+    fn events_share_their_batch_buffer_until_cloned_or_taken() {
+        let small = crate::codec::encode_raw(&[5u8; 40]);
+        let mut log = EventLog::default();
+        for k in ["a", "b"] {
+            log.push(published(k, Some(&small), Some(&small)));
+        }
+        let mut jobs = VecDeque::new();
+        let batch = log.take(Vec::new()).unpack(None, &mut jobs);
+        let buffer = batch.as_ptr_range();
+        let in_batch = |b: &Bytes| buffer.contains(&b.as_ptr());
+        let event = &jobs[0].event;
+        assert!(in_batch(event.value.as_ref().unwrap()));
+        assert!(in_batch(event.previous.as_ref().unwrap()));
+        // What a hook can keep is its own.
+        let kept = event.clone();
+        assert!(!in_batch(kept.value.as_ref().unwrap()));
+        assert!(!in_batch(kept.previous.as_ref().unwrap()));
+        let bytes = event.value_bytes().unwrap().unwrap();
+        assert!(!in_batch(&bytes));
+        assert_eq!(kept.value, event.value);
+        // The buffer comes back only once its events are gone.
+        let capacity = batch.len();
+        let alive = batch.clone();
+        assert_eq!(reclaim(batch).capacity(), 0);
+        drop(jobs);
+        let spare = reclaim(alive);
+        assert!(spare.is_empty() && spare.capacity() >= capacity);
+        assert_eq!(spare.as_ptr(), buffer.start);
+        assert_eq!(kept.value.unwrap(), small);
+        assert_eq!(&bytes[..], &[5u8; 40][..]);
     }
 
     #[test]
@@ -520,7 +592,7 @@ mod tests {
             let mut spare = Vec::new();
             let check = |log: &mut EventLog, model: &mut VecDeque<Expected>, spare: &mut Vec<u8>| {
                 let mut jobs = VecDeque::new();
-                *spare = log.take(std::mem::take(spare)).unpack(None, &mut jobs);
+                let batch = log.take(std::mem::take(spare)).unpack(None, &mut jobs);
                 let got: Vec<Expected> = jobs
                     .into_iter()
                     .map(|j| Expected {
@@ -530,6 +602,7 @@ mod tests {
                         hook: j.entry_hook.is_some(),
                     })
                     .collect();
+                *spare = reclaim(batch);
                 let want: Vec<Expected> = model.drain(..).collect();
                 proptest::prop_assert_eq!(got, want);
                 proptest::prop_assert!(log.is_empty());
