@@ -458,7 +458,15 @@ impl<'s, P: Port> Dict<'s, P> {
         } else {
             self.port.set(key, value, expiry, condition, now).await?
         };
-        engine.wrote(key, &written, event_value, expiry, now, lock, hooks);
+        engine.wrote(
+            key,
+            &written,
+            event_value.as_ref(),
+            expiry,
+            now,
+            lock,
+            hooks,
+        );
         Ok(written)
     }
 

@@ -78,7 +78,15 @@ impl<'s> Dict<'s, SyncPort<'s>> {
         } = w;
         let event_value = engine.events.copy_for_set(&key, &value);
         let written = self.port.backend.set(&key, value, expiry, condition, now)?;
-        engine.wrote(&key, &written, event_value, expiry, now, None, hooks);
+        engine.wrote(
+            &key,
+            &written,
+            event_value.as_ref(),
+            expiry,
+            now,
+            None,
+            hooks,
+        );
         Ok(written)
     }
 

@@ -362,7 +362,7 @@ impl Engine {
         &self,
         key: &str,
         written: &Written,
-        value: Option<KeptValue>,
+        value: Option<&KeptValue>,
         expiry: WriteExpiry,
         now: Millis,
         mut lock: Option<EntryLock<'_>>,
@@ -387,7 +387,7 @@ impl Engine {
             self.counters.add(Counter::Set, 1);
             self.schedule(expiry, now);
             self.changes.notify();
-            if let Some(value) = &value {
+            if let Some(value) = value {
                 self.events
                     .publish_set(key, value, written.previous.as_ref(), now);
             }
@@ -530,7 +530,15 @@ impl Engine {
                     expired: removed.expired,
                 };
                 let hooks = EntryHooks::default();
-                self.wrote(&op.key, &written, event_value, expiry, now, lock, hooks);
+                self.wrote(
+                    &op.key,
+                    &written,
+                    event_value.as_ref(),
+                    expiry,
+                    now,
+                    lock,
+                    hooks,
+                );
             }
             None => self.removed(&op.key, &removed, now, lock),
         }

@@ -78,6 +78,7 @@ pub(crate) enum KeptValue {
 const KEPT_INLINE: usize = 128;
 
 impl KeptValue {
+    #[inline]
     pub(crate) fn of(value: &Bytes) -> KeptValue {
         if value.len() <= KEPT_INLINE {
             KeptValue::Copy(SmallVec::from_slice(value))
