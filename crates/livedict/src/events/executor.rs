@@ -8,20 +8,18 @@
 //! costs its timeout once, and neither other hooks nor later events wait for it longer.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex};
 use smallvec::SmallVec;
 use spin::mutex::SpinMutex;
 
-use super::queue::{EventLog, Job, Published, reclaim};
+use super::queue::{Batch, EventLog, Job, Published, reclaim};
 use super::registry::{HookListCache, Registry};
 use super::{Event, HookFn};
 use crate::crypto::Sealer;
@@ -158,7 +156,7 @@ type Calls = SmallVec<[(HookFn, Duration); 4]>;
 #[derive(Default)]
 struct Work {
     current: Option<Current>,
-    rest: VecDeque<Job>,
+    rest: Batch,
 }
 
 /// How a thread waits for a lane's queue lock held by another: the holder's critical section is a
@@ -603,43 +601,36 @@ fn wait_for_batch(s: &Shared, lane: &Lane) {
     }
 }
 
-/// Moves the lane's queued events into its work list (`last`: the buffer of the last batch,
-/// whose events share it, reused if they are gone). False when the executor stops and nothing is
-/// left.
-fn refill(s: &Shared, lane: &Lane, generation: u64, last: &mut Option<Bytes>) -> bool {
+/// Moves the lane's queued events into its work list, whose last batch was delivered (its
+/// buffer, which its events shared, is reused if they are gone). False when the executor stops
+/// and nothing is left.
+fn refill(s: &Shared, lane: &Lane, generation: u64) -> bool {
     wait_for_batch(s, lane);
+    // The work list is empty here: this worker finished it, and the watchdog takes work only
+    // from a running hook call.
+    let last = std::mem::take(&mut lane.work.lock().rest);
+    let mut spare = reclaim(last.into_buffer());
+    if spare.capacity() > SPARE_MAX {
+        // A backlog's buffer: not kept once it is drained.
+        spare = Vec::new();
+    }
     loop {
         if lane.generation.load(SeqCst) != generation {
             return false;
         }
-        // The last batch's buffer, for the publishers' next one: its events were delivered.
-        let spare = last
-            .take()
-            .map(reclaim)
-            // A backlog's buffer: not kept once it is drained.
-            .filter(|v| v.capacity() <= SPARE_MAX)
-            .unwrap_or_default();
         let mut q = lane.queue.lock();
         if lane.sleeping.load(Relaxed) {
             lane.sleeping.store(false, Relaxed);
         }
         if !q.is_empty() {
-            let batch = q.take(spare);
+            let batch = q.take(std::mem::take(&mut spare));
             lane.queued.store(0, Relaxed);
             drop(q);
             lane.takes.fetch_add(1, SeqCst);
             if lane.space_waiters.load(SeqCst) > 0 {
                 lane.wake_space_waiters();
             }
-            // The work list is empty here: this worker finished it, and the watchdog takes work
-            // only from a running hook call.
-            let mut rest = std::mem::take(&mut lane.work.lock().rest);
-            if rest.capacity() > SPARE_MAX / 64 {
-                // A backlog's work list: not kept once it is done.
-                rest = VecDeque::new();
-            }
-            *last = Some(batch.unpack(s.sealer.as_ref(), &mut rest));
-            lane.work.lock().rest = rest;
+            lane.work.lock().rest = batch.into_batch();
             return true;
         }
         if s.stopping.load(SeqCst) {
@@ -665,14 +656,13 @@ fn refill(s: &Shared, lane: &Lane, generation: u64, last: &mut Option<Bytes>) ->
 /// watchdog already took it off the live count).
 fn worker(s: &Shared, lane_index: usize, generation: u64) -> bool {
     let lane = &s.lanes[lane_index];
-    let mut last = None;
     let mut hooks = HookListCache::default();
     loop {
         // Finish what the lane's work list holds (a stuck predecessor's leftovers first).
         if run_work(s, lane, generation, &mut hooks) == WorkEnd::Abandoned {
             return false;
         }
-        if !refill(s, lane, generation, &mut last) {
+        if !refill(s, lane, generation) {
             return lane.generation.load(SeqCst) == generation;
         }
     }
@@ -748,7 +738,7 @@ fn next_call(
                 s.counters.dropped.fetch_add(n as u64, Relaxed);
                 return None;
             }
-            let job = work.rest.pop_front()?;
+            let job = work.rest.next_job(s.sealer.as_ref())?;
             work.current = Some(start_event(s, hooks, job));
         }
         let current = work.current.as_mut()?;

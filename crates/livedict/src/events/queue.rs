@@ -224,34 +224,66 @@ impl EventLog {
         }
     }
 
-    /// Rebuilds the events of a taken log, in order, into `jobs`; returns the log's buffer, which
-    /// the events' values (up to [`INLINE_MAX`] bytes) share, to be [`reclaim`]ed once they are
-    /// gone. Sharing it costs an event two reference counts where copies of its values cost two
-    /// allocations and two frees: that difference decides whether a worker keeps up with a
-    /// publisher.
-    pub(crate) fn unpack(mut self, sealer: Option<&Sealer>, jobs: &mut VecDeque<Job>) -> Bytes {
-        let live = self.dropped_front..self.records;
-        let skip = self.past_dropped().at;
-        let shared = Bytes::from(std::mem::take(&mut self.bytes));
+    /// The taken log as a batch for a worker, which reads its events one at a time.
+    pub(crate) fn into_batch(mut self) -> Batch {
+        let left = self.len();
+        let at = self.past_dropped().at;
+        Batch {
+            bytes: Bytes::from(std::mem::take(&mut self.bytes)),
+            at,
+            left,
+            beside: std::mem::take(&mut self.beside),
+        }
+    }
+}
+
+/// A taken log, which the worker turns into events one at a time as it delivers them (not all
+/// at once: a backlog's million events would be a million owned events in memory before the
+/// first is delivered). Events' values up to [`INLINE_MAX`] bytes are slices of the log's
+/// buffer, which goes back to the publishers ([`reclaim`]) once they are gone: two reference
+/// counts instead of two allocations and two frees an event, which is what lets one worker keep
+/// up with a publisher.
+#[derive(Default)]
+pub(crate) struct Batch {
+    bytes: Bytes,
+    /// Where the next record starts.
+    at: usize,
+    /// Records not read yet.
+    left: usize,
+    beside: VecDeque<Beside>,
+}
+
+impl Batch {
+    /// Events not read yet.
+    pub(crate) fn len(&self) -> usize {
+        self.left
+    }
+
+    /// The next event (`None` when all were read).
+    pub(crate) fn next_job(&mut self, sealer: Option<&Sealer>) -> Option<Job> {
+        if self.left == 0 {
+            return None;
+        }
         let mut reader = Reader {
-            bytes: &shared,
-            shared: Some(&shared),
-            at: skip,
+            bytes: &self.bytes,
+            shared: Some(&self.bytes),
+            at: self.at,
             beside: &mut self.beside,
         };
-        for _ in live {
-            match reader.record(sealer) {
-                Some(job) => jobs.push_back(job),
-                None => {
-                    // Only this module writes the log; a record it cannot read is a bug.
-                    tracing::error!(
-                        "livedict: unreadable event record; the rest of the batch is lost"
-                    );
-                    break;
-                }
-            }
-        }
-        shared
+        let Some(job) = reader.record(sealer) else {
+            // Only this module writes the log; a record it cannot read is a bug.
+            tracing::error!("livedict: unreadable event record; the rest of the batch is lost");
+            self.left = 0;
+            return None;
+        };
+        self.at = reader.at;
+        self.left -= 1;
+        Some(job)
+    }
+
+    /// The log's buffer, for [`reclaim`] once the batch's events are gone.
+    pub(crate) fn into_buffer(self) -> Bytes {
+        self.bytes
     }
 }
 
@@ -431,10 +463,13 @@ mod tests {
         }
     }
 
+    /// Every event of `batch`, read.
+    fn read_all(batch: &mut Batch) -> Vec<Job> {
+        std::iter::from_fn(|| batch.next_job(None)).collect()
+    }
+
     fn unpack(log: &mut EventLog) -> Vec<Job> {
-        let mut jobs = VecDeque::new();
-        log.take(Vec::new()).unpack(None, &mut jobs);
-        jobs.into()
+        read_all(&mut log.take(Vec::new()).into_batch())
     }
 
     #[test]
@@ -492,8 +527,9 @@ mod tests {
         for k in ["a", "b"] {
             log.push(published(k, Some(&small), Some(&small)));
         }
-        let mut jobs = VecDeque::new();
-        let batch = log.take(Vec::new()).unpack(None, &mut jobs);
+        let mut batch = log.take(Vec::new()).into_batch();
+        let jobs = read_all(&mut batch);
+        let batch = batch.into_buffer();
         let buffer = batch.as_ptr_range();
         let in_batch = |b: &Bytes| buffer.contains(&b.as_ptr());
         let event = &jobs[0].event;
@@ -592,8 +628,11 @@ mod tests {
             let mut model: VecDeque<Expected> = VecDeque::new();
             let mut spare = Vec::new();
             let check = |log: &mut EventLog, model: &mut VecDeque<Expected>, spare: &mut Vec<u8>| {
-                let mut jobs = VecDeque::new();
-                let batch = log.take(std::mem::take(spare)).unpack(None, &mut jobs);
+                let mut batch = log.take(std::mem::take(spare)).into_batch();
+                proptest::prop_assert_eq!(batch.len(), model.len());
+                let jobs = read_all(&mut batch);
+                proptest::prop_assert_eq!(batch.len(), 0);
+                let batch = batch.into_buffer();
                 let got: Vec<Expected> = jobs
                     .into_iter()
                     .map(|j| Expected {
