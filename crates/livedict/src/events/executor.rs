@@ -738,7 +738,13 @@ fn next_call(
                 s.counters.dropped.fetch_add(n as u64, Relaxed);
                 return None;
             }
-            let job = work.rest.next_job(s.sealer.as_ref())?;
+            let Some(job) = work.rest.next_job(s.sealer.as_ref()) else {
+                let lost = work.rest.take_lost();
+                if lost > 0 {
+                    s.counters.dropped.fetch_add(lost as u64, Relaxed);
+                }
+                return None;
+            };
             work.current = Some(start_event(s, hooks, job));
         }
         let current = work.current.as_mut()?;
@@ -869,8 +875,10 @@ fn watchdog(s: &Arc<Shared>) {
             // The new worker joined the live count before the stuck one leaves it, so a shutdown
             // waiting for the count to reach zero never sees it there in between.
             // The receiver lives in the new thread until it has received (it does nothing before).
-            if hand.send((generation, resume)).is_err() {
+            if let Err(mpsc::SendError((_, lost))) = hand.send((generation, resume)) {
                 tracing::error!("livedict: a new hook worker was gone before its hand-over");
+                let events = lost.rest.len() + usize::from(lost.current.is_some());
+                s.counters.dropped.fetch_add(events as u64, Relaxed);
             }
             leave(s);
         }

@@ -132,8 +132,10 @@ impl Cause {
 /// # Ok::<(), livedict::Error>(())
 /// ```
 ///
-/// Cloning an event copies its values up to 1 KiB, which the event otherwise shares with the
-/// events delivered with it: a clone kept long does not keep the others' bytes alive.
+/// An event may share the bytes of its values (stored values up to 1 KiB, header included) with
+/// the events delivered with it. What a hook can keep of it is its own: cloning the event and
+/// [`value_bytes`](Self::value_bytes) copy such values, so a kept clone or value does not keep
+/// the others' bytes alive.
 pub struct Event {
     pub(crate) kind: EventKind,
     pub(crate) cause: Cause,
@@ -208,7 +210,7 @@ impl Event {
         self.decoded(&self.previous)
     }
 
-    /// The value of an entry stored as raw bytes.
+    /// The value of an entry stored as raw bytes (a copy when it is small, see [`Event`]).
     ///
     /// # Errors
     /// [`Error::Decode`](crate::Error::Decode) if it is a typed value.

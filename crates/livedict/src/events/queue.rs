@@ -6,9 +6,10 @@
 //! travels between cores and between the allocator's per-thread caches: that, not the hand-off
 //! itself, was most of an event's cost on the caller's thread. Here a publisher appends a record
 //! (kind, cause, time, key, value, previous value) to the lane's log; the worker takes the whole
-//! log at once and rebuilds [`Event`]s from it on its own thread, their values slices of the
-//! log's buffer, which goes back to the publishers once the events are gone. Values larger than
-//! [`INLINE_MAX`] and entry hooks travel beside the log, in order.
+//! log at once and rebuilds [`Event`]s from it on its own thread, one at a time. Their values
+//! are slices of the log's buffer (unless the log grew past [`SHARED_BATCH_MAX`]), and the buffer
+//! goes back to the publishers once no event holds it. Values larger than [`INLINE_MAX`] and
+//! entry hooks travel beside the log, in order.
 
 use std::collections::VecDeque;
 
@@ -23,6 +24,11 @@ use crate::crypto::Sealer;
 /// Values up to this size are copied into the log; larger ones are shared (a copy would cost
 /// more than the reference count).
 pub(crate) const INLINE_MAX: usize = 1024;
+
+/// The largest batch whose events share its buffer. A hook call the watchdog gives up on keeps
+/// its event, and with it a shared buffer, for as long as it runs: this bounds what it can keep
+/// (a batch is ~64 events, ~7 KiB, unless a backlog built up; a backlog's events are copies).
+const SHARED_BATCH_MAX: usize = 256 * 1024;
 
 const HAS_VALUE: u8 = 1;
 const VALUE_BESIDE: u8 = 2;
@@ -228,10 +234,13 @@ impl EventLog {
     pub(crate) fn into_batch(mut self) -> Batch {
         let left = self.len();
         let at = self.past_dropped().at;
+        let share = self.bytes.len() <= SHARED_BATCH_MAX;
         Batch {
             bytes: Bytes::from(std::mem::take(&mut self.bytes)),
+            share,
             at,
             left,
+            lost: 0,
             beside: std::mem::take(&mut self.beside),
         }
     }
@@ -246,10 +255,14 @@ impl EventLog {
 #[derive(Default)]
 pub(crate) struct Batch {
     bytes: Bytes,
+    /// Whether events share the buffer (else their values are copies).
+    share: bool,
     /// Where the next record starts.
     at: usize,
     /// Records not read yet.
     left: usize,
+    /// Records lost to an unreadable one, not yet counted.
+    lost: usize,
     beside: VecDeque<Beside>,
 }
 
@@ -266,19 +279,24 @@ impl Batch {
         }
         let mut reader = Reader {
             bytes: &self.bytes,
-            shared: Some(&self.bytes),
+            shared: self.share.then_some(&self.bytes),
             at: self.at,
             beside: &mut self.beside,
         };
         let Some(job) = reader.record(sealer) else {
             // Only this module writes the log; a record it cannot read is a bug.
             tracing::error!("livedict: unreadable event record; the rest of the batch is lost");
-            self.left = 0;
+            self.lost += std::mem::take(&mut self.left);
             return None;
         };
         self.at = reader.at;
         self.left -= 1;
         Some(job)
+    }
+
+    /// Events lost to an unreadable record since the last call (to count them as dropped).
+    pub(crate) fn take_lost(&mut self) -> usize {
+        std::mem::take(&mut self.lost)
     }
 
     /// The log's buffer, for [`reclaim`] once the batch's events are gone.
@@ -297,15 +315,17 @@ pub(crate) fn detached(value: &Bytes) -> Bytes {
     }
 }
 
-/// The buffer of an unpacked log back, emptied, if none of its events is still alive (a hook
-/// call the watchdog gave up on may hold one); else a new one.
-pub(crate) fn reclaim(mut batch: Bytes) -> Vec<u8> {
-    if !batch.is_unique() {
-        return Vec::new();
+/// The buffer of a read batch back, emptied, if none of its events is still alive (a hook call
+/// the watchdog gave up on may hold one); else a new one.
+pub(crate) fn reclaim(batch: Bytes) -> Vec<u8> {
+    match batch.try_into_mut() {
+        Ok(mut buffer) => {
+            // Emptied first: turning it back into a vector moves what it holds to the front.
+            buffer.clear();
+            Vec::from(buffer)
+        }
+        Err(_) => Vec::new(),
     }
-    // Emptied first: turning it back into a vector moves what it holds to the front.
-    batch.truncate(0);
-    Vec::from(batch)
 }
 
 fn kind_code(kind: EventKind) -> u8 {
@@ -429,12 +449,25 @@ impl Reader<'_> {
         })
     }
 
-    /// Passes over one record (and what it has beside the log).
+    /// Passes over one record (and what it has beside the log), building nothing.
     fn skip_record(&mut self) -> Option<()> {
         let h = self.header()?;
         self.take(h.key_len)?;
-        for i in 0..2 {
-            self.value(&h, i)?;
+        for (i, (has, beside)) in [(HAS_VALUE, VALUE_BESIDE), (HAS_PREVIOUS, PREVIOUS_BESIDE)]
+            .into_iter()
+            .enumerate()
+        {
+            if h.flags & has == 0 {
+                continue;
+            }
+            if h.flags & beside != 0 {
+                match self.beside.pop_front()? {
+                    Beside::Value(_) => {}
+                    Beside::Hook(_) => return None,
+                }
+            } else {
+                self.take(h.lens[i])?;
+            }
         }
         self.hook(h.flags)?;
         Some(())
@@ -543,15 +576,55 @@ mod tests {
         assert!(!in_batch(&bytes));
         assert_eq!(kept.value, event.value);
         // The buffer comes back only once its events are gone.
-        let capacity = batch.len();
-        let alive = batch.clone();
-        assert_eq!(reclaim(batch).capacity(), 0);
+        assert!(!batch.is_unique());
         drop(jobs);
-        let spare = reclaim(alive);
-        assert!(spare.is_empty() && spare.capacity() >= capacity);
+        assert!(batch.is_unique());
+        let length = batch.len();
+        let spare = reclaim(batch);
+        assert!(spare.is_empty() && spare.capacity() >= length);
         assert_eq!(spare.as_ptr(), buffer.start);
         assert_eq!(kept.value.unwrap(), small);
         assert_eq!(&bytes[..], &[5u8; 40][..]);
+    }
+
+    /// A log of one record fills its buffer exactly (a form `bytes` keeps apart): it comes back
+    /// all the same.
+    #[test]
+    fn an_exactly_full_buffer_comes_back() {
+        let value = Bytes::from_static(b"v");
+        let mut log = EventLog::default();
+        log.push(published("k", Some(&value), None));
+        let mut batch = log.take(Vec::new()).into_batch();
+        drop(read_all(&mut batch));
+        let batch = batch.into_buffer();
+        let (start, length) = (batch.as_ptr(), batch.len());
+        let spare = reclaim(batch);
+        assert!(spare.capacity() >= length);
+        assert_eq!(spare.as_ptr(), start);
+    }
+
+    /// A backlog's batch is not shared: an event a stuck hook keeps holds only its own values.
+    #[test]
+    fn a_large_batch_gives_its_events_copies() {
+        let value = Bytes::from(vec![9u8; 1000]);
+        let mut log = EventLog::default();
+        let keys: Vec<String> = (0..SHARED_BATCH_MAX / 1000 + 1)
+            .map(|i| format!("k{i}"))
+            .collect();
+        for k in &keys {
+            log.push(published(k, Some(&value), None));
+        }
+        let mut batch = log.take(Vec::new()).into_batch();
+        let jobs = read_all(&mut batch);
+        assert_eq!(jobs.len(), keys.len());
+        let batch = batch.into_buffer();
+        assert!(batch.len() > SHARED_BATCH_MAX);
+        let buffer = batch.as_ptr_range();
+        assert!(jobs.iter().all(|j| {
+            let v = j.event.value.as_ref().unwrap();
+            v == &value && !buffer.contains(&v.as_ptr())
+        }));
+        assert!(batch.is_unique());
     }
 
     #[test]
