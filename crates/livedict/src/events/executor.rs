@@ -20,7 +20,7 @@ use smallvec::SmallVec;
 use spin::mutex::SpinMutex;
 
 use super::queue::{Batch, EventLog, Job, Published, reclaim};
-use super::registry::{HookListCache, Registry};
+use super::registry::{HookList, HookListCache, Registry};
 use super::{Event, HookFn};
 use crate::crypto::Sealer;
 
@@ -132,11 +132,14 @@ pub(crate) struct DeliveryCounters {
 
 /// The event a lane is delivering: its hook calls left, and when the running one must return.
 struct Current {
-    /// Shared with the running hook call (the watchdog may hand the event to a new worker while
-    /// an abandoned call still reads it).
+    /// Shared with the worker delivering it, once an event, not once a call (the watchdog may
+    /// hand the event to a new worker while an abandoned call still reads it).
     event: Arc<Event>,
-    /// In reverse order: the next call is the last.
-    calls: Calls,
+    /// The positions, in the lane's hook list ([`Work::hooks`]), of the store-wide hooks the
+    /// event gets, decided when it started; in reverse order: the next call is the last.
+    calls: SmallVec<[u32; 8]>,
+    /// The entry hook, called after the store-wide ones.
+    entry_hook: Option<HookFn>,
     /// When the running call must have returned; `None` between calls (and for no timeout).
     /// Read from the processor's counter (`quanta`): the OS clock cost a worker about as much as
     /// the rest of a trivial hook's call, and a worker slower than its publishers lets their
@@ -148,15 +151,30 @@ struct Current {
     overran: bool,
 }
 
-/// The hook calls of an event, with their timeouts.
-type Calls = SmallVec<[(HookFn, Duration); 4]>;
-
 /// What a lane's worker has taken from the queue: shared with the watchdog, which hands it to a
 /// replacement worker if the worker gets stuck.
 #[derive(Default)]
 struct Work {
     current: Option<Current>,
     rest: Batch,
+    /// The store-wide hooks `current` was started with (the worker's cached list, also here so
+    /// that a replacement worker makes the same calls). A worker calls them from its own copy of
+    /// the list, through a reference: no reference count a call.
+    hooks: Option<HookList>,
+}
+
+/// A hook call to make.
+enum Call {
+    /// The store-wide hook at this position of the worker's hook list.
+    Listed(usize),
+    Entry(HookFn),
+}
+
+/// What [`next_call`] found: the call, and the event it is for when the worker does not hold
+/// that event yet.
+struct NextCall {
+    call: Call,
+    event: Option<Arc<Event>>,
 }
 
 /// How a thread waits for a lane's queue lock held by another: the holder's critical section is a
@@ -676,6 +694,8 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
     // The call that just returned, counted at the next look at the work list (where the
     // watchdog's verdict on it can be read).
     let mut returned: Option<Returned> = None;
+    // The event being delivered (shared with the work list's `current`).
+    let mut event: Option<Arc<Event>> = None;
     loop {
         let (next, count_returned) = {
             let mut work = lane.work.lock();
@@ -693,15 +713,31 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
                 .current
                 .as_mut()
                 .is_some_and(|c| std::mem::take(&mut c.overran));
-            (next_call(s, &mut work, hooks), count_returned)
+            (
+                next_call(s, &mut work, hooks, event.as_ref()),
+                count_returned,
+            )
         };
         if let Some(r) = returned.take()
             && count_returned
         {
-            r.count(s);
+            r.count(s, event.as_deref());
         }
-        let Some((f, event)) = next else {
+        let Some(next) = next else {
+            // The batch's buffer goes back to the publishers only once no event holds it.
+            drop(event);
             return WorkEnd::Empty;
+        };
+        if next.event.is_some() {
+            event = next.event;
+        }
+        let Some(current) = event.as_deref() else {
+            // `next_call` gives the event with its first call to this worker.
+            unreachable!("a hook call without its event");
+        };
+        let f = match &next.call {
+            Call::Listed(i) => &hooks.hooks()[*i].hook.f,
+            Call::Entry(f) => f,
         };
         // SeqCst, after the work lock is released: the watchdog sets the flag (SeqCst) and then
         // looks at the lanes once more before it sleeps long, so either it sees this call's
@@ -709,8 +745,8 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
         if s.watchdog_deep.load(SeqCst) {
             wake_watchdog(s);
         }
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(&event)));
-        returned = Some(Returned { outcome, event });
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(current)));
+        returned = Some(Returned { outcome });
     }
 }
 
@@ -725,12 +761,13 @@ enum WorkEnd {
 
 /// The next hook call of the lane's work list (its deadline set), moving on from finished events
 /// and starting new ones; `None` when the list is empty, or dropped (and counted) because the
-/// shutdown's grace period is over. The work lock is held.
+/// shutdown's grace period is over. `have`: the event the worker holds. The work lock is held.
 fn next_call(
     s: &Shared,
     work: &mut Work,
     hooks: &mut HookListCache,
-) -> Option<(HookFn, Arc<Event>)> {
+    have: Option<&Arc<Event>>,
+) -> Option<NextCall> {
     loop {
         if work.current.is_none() {
             if s.gave_up.load(Relaxed) {
@@ -745,30 +782,49 @@ fn next_call(
                 }
                 return None;
             };
-            work.current = Some(start_event(s, hooks, job));
+            start_event(s, work, hooks, job);
+        } else if !same_list(hooks.list(), work.hooks.as_ref()) {
+            // An event a stuck worker began: its calls are positions in the list it began with.
+            *hooks = HookListCache::stale(work.hooks.clone());
         }
         let current = work.current.as_mut()?;
         current.deadline = None;
-        if let Some((f, timeout)) = current.calls.pop() {
-            // A timeout too long to add to the clock means: no timeout.
-            current.deadline = quanta::Instant::now().checked_add(timeout);
-            return Some((f, Arc::clone(&current.event)));
-        }
-        work.current = None;
+        let (call, timeout) = if let Some(i) = current.calls.pop() {
+            let i = i as usize;
+            let timeout = hooks.hooks()[i].hook.timeout;
+            (Call::Listed(i), timeout.unwrap_or(s.settings.hook_timeout))
+        } else if let Some(f) = current.entry_hook.take() {
+            (Call::Entry(f), s.settings.hook_timeout)
+        } else {
+            work.current = None;
+            continue;
+        };
+        // A timeout too long to add to the clock means: no timeout.
+        current.deadline = quanta::Instant::now().checked_add(timeout);
+        let event = (!have.is_some_and(|e| Arc::ptr_eq(e, &current.event)))
+            .then(|| Arc::clone(&current.event));
+        return Some(NextCall { call, event });
+    }
+}
+
+fn same_list(a: Option<&HookList>, b: Option<&HookList>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }
 
 /// How a hook call ended.
 struct Returned {
     outcome: std::thread::Result<crate::events::HookResult>,
-    event: Arc<Event>,
 }
 
 impl Returned {
     /// Counts the call as delivered or failed, and logs a failure (the hook's error or panic
-    /// message is formatted under `catch_unwind` too: it is the application's code).
-    fn count(self, s: &Shared) {
-        let event = &self.event;
+    /// message is formatted under `catch_unwind` too: it is the application's code). `event`:
+    /// the event of the call.
+    fn count(self, s: &Shared, event: Option<&Event>) {
         let why = match self.outcome {
             Ok(Ok(())) => {
                 s.counters.delivered.fetch_add(1, Relaxed);
@@ -786,36 +842,34 @@ impl Returned {
             }
         };
         s.counters.failed.fetch_add(1, Relaxed);
-        tracing::warn!(key = event.key(), kind = ?event.kind, error = %why, "livedict: hook failed");
+        tracing::warn!(key = event.map(Event::key), kind = ?event.map(|e| e.kind), error = %why,
+            "livedict: hook failed");
     }
 }
 
-/// An event about to be delivered, with every hook call it gets, decided now (hooks registered
-/// later do not see it).
-fn start_event(s: &Shared, hooks: &mut HookListCache, job: Job) -> Current {
-    let mut calls: Calls = s
+/// Makes `job` the lane's event in progress, with every hook call it gets, decided now (hooks
+/// registered later do not see it).
+fn start_event(s: &Shared, work: &mut Work, hooks: &mut HookListCache, job: Job) {
+    let mut calls: SmallVec<[u32; 8]> = s
         .registry
         .current(hooks)
         .iter()
-        .filter(|r| r.enabled.load(Relaxed) && r.hook.accepts(job.event.kind, job.event.key()))
-        .map(|r| {
-            (
-                r.hook.f.clone(),
-                r.hook.timeout.unwrap_or(s.settings.hook_timeout),
-            )
-        })
+        .enumerate()
+        .filter(|(_, r)| r.enabled.load(Relaxed) && r.hook.accepts(job.event.kind, job.event.key()))
+        .map(|(i, _)| i as u32)
         .collect();
-    if let Some(f) = job.entry_hook {
-        calls.push((f, s.settings.hook_timeout));
+    if !same_list(hooks.list(), work.hooks.as_ref()) {
+        work.hooks = hooks.list().cloned();
     }
     // Taken from the back.
     calls.reverse();
-    Current {
+    work.current = Some(Current {
         event: Arc::new(job.event),
         calls,
+        entry_hook: job.entry_hook,
         deadline: None,
         overran: false,
-    }
+    });
 }
 
 /// Whether some lane runs a hook call with a deadline.

@@ -62,11 +62,34 @@ impl Default for Registry {
     }
 }
 
+/// A snapshot of the store-wide hooks.
+pub(crate) type HookList = Arc<Vec<Arc<Registered>>>;
+
 /// A worker's copy of the store-wide hook list (see [`Registry::current`]).
 #[derive(Default)]
 pub(crate) struct HookListCache {
     version: u64,
-    list: Option<Arc<Vec<Arc<Registered>>>>,
+    list: Option<HookList>,
+}
+
+impl HookListCache {
+    /// A cache holding `list` until its next use, which reads the registry's list again.
+    pub(crate) fn stale(list: Option<HookList>) -> Self {
+        HookListCache {
+            version: u64::MAX,
+            list,
+        }
+    }
+
+    /// The list last read (by [`Registry::current`]).
+    pub(crate) fn list(&self) -> Option<&HookList> {
+        self.list.as_ref()
+    }
+
+    /// The hooks of the list last read.
+    pub(crate) fn hooks(&self) -> &[Arc<Registered>] {
+        self.list.as_deref().map_or(&[], |list| list.as_slice())
+    }
 }
 
 impl Registry {

@@ -404,6 +404,40 @@ pub fn overrunning_hook_times_out_and_others_go_on(h: &Harness) -> Result<()> {
     Ok(())
 }
 
+/// The hooks an event gets are those registered when its delivery began, also when a stuck hook
+/// hands the rest of it to a new worker: a hook registered meanwhile does not get it, one
+/// unregistered meanwhile still does, and both follow the change from the next event on.
+pub fn hook_changes_apply_from_the_next_event_across_a_stuck_hook(h: &Harness) -> Result<()> {
+    let store = h.build(|b| b.events(EventSettings::default().workers(1)));
+    let gate = Gate::new();
+    let g = gate.clone();
+    store.hook(
+        store
+            .new_hook(EventKind::Set, move |e: &Event| {
+                if e.key() == "stuck" {
+                    g.pass(); // held far past its timeout
+                }
+                Ok(())
+            })
+            .timeout(Duration::from_millis(50)),
+    )?;
+    let (earlier, later) = (Collector::new(), Collector::new());
+    let earlier_id = store.on(EventKind::Set, earlier.hook())?;
+    store.set("stuck", &0)?;
+    assert!(eventually(WAIT, || gate.waiting() == 1));
+    store.on(EventKind::Set, later.hook())?;
+    assert!(store.unregister_hook(earlier_id));
+    assert!(eventually(WAIT, || store.stats().hooks_timed_out == 1));
+    store.set("next", &1)?;
+    // `later` runs after where `earlier` was: once it has "next", `earlier` has had its chance.
+    let later_keys: Vec<String> = later.wait(1).into_iter().map(|s| s.key).collect();
+    let earlier_keys: Vec<String> = earlier.wait(1).into_iter().map(|s| s.key).collect();
+    assert_eq!(later_keys, ["next"]);
+    assert_eq!(earlier_keys, ["stuck"]);
+    gate.open();
+    Ok(())
+}
+
 fn gated_store(h: &Harness, policy: QueueFullPolicy) -> (Store, Arc<Gate>, Arc<Collector>) {
     let store = h.build(|b| {
         b.events(

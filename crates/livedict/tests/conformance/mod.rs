@@ -261,6 +261,7 @@ macro_rules! conformance_suite {
             failing_and_panicking_hooks_are_isolated,
             set_returns_while_a_hook_is_blocked,
             overrunning_hook_times_out_and_others_go_on,
+            hook_changes_apply_from_the_next_event_across_a_stuck_hook,
             full_queue_drops_newest,
             full_queue_drops_oldest,
             events_no_hook_accepts_take_no_room,
