@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use parking_lot::{RwLock, RwLockWriteGuard};
 
 use super::{
@@ -207,8 +208,9 @@ impl Shard {
             timers,
             hasher,
         } = self;
-        match table.find_entry(hash, |s| s.holds(key)) {
-            Ok(mut occupied) => {
+        // One probe finds the key or the place for it (growing the table first if it is full).
+        match table.entry(hash, |s| s.holds(key), |s| hasher.hash_one(s.key.as_str())) {
+            Entry::Occupied(mut occupied) => {
                 let slot = occupied.get_mut();
                 let live = slot.is_live(now);
                 if live && condition == Condition::IfAbsent {
@@ -259,17 +261,14 @@ impl Shard {
                     }
                 }
             }
-            Err(absent) => {
+            Entry::Vacant(vacant) => {
                 if condition == Condition::IfPresent {
                     return Written::default();
                 }
                 let (deadline, sliding) = expiry.expiry.deadline_at(now);
                 let key = Key::new(key);
                 let timer = deadline.map(|d| timers.schedule(d, hash));
-                let slot = Slot::new(key, value, deadline, sliding, now, timer);
-                absent
-                    .into_table()
-                    .insert_unique(hash, slot, |s| hasher.hash_one(s.key.as_str()));
+                vacant.insert(Slot::new(key, value, deadline, sliding, now, timer));
                 Written {
                     written: true,
                     ..Written::default()
