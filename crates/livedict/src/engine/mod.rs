@@ -275,7 +275,7 @@ impl Engine {
     /// The payload of a raw value read with its head: when the backend kept a copy of the header
     /// and it says plain raw bytes (which this store may return as they are), the payload is cut
     /// from the value without reading its buffer; otherwise as [`decode_raw`](Self::decode_raw).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn decode_raw_found(
         &self,
         key: &str,
