@@ -145,6 +145,8 @@ pub struct Event {
     pub(crate) previous: Option<Bytes>,
     pub(crate) time: Millis,
     pub(crate) sealer: Option<crate::crypto::Sealer>,
+    /// Whether the values (up to 1 KiB) are slices of the batch's buffer.
+    pub(crate) shares_batch: bool,
 }
 
 impl fmt::Debug for Event {
@@ -164,10 +166,11 @@ impl Clone for Event {
             kind: self.kind,
             cause: self.cause,
             key: self.key.clone(),
-            value: self.value.as_ref().map(queue::detached),
-            previous: self.previous.as_ref().map(queue::detached),
+            value: self.value.as_ref().map(|v| self.own(v)),
+            previous: self.previous.as_ref().map(|v| self.own(v)),
             time: self.time,
             sealer: self.sealer.clone(),
+            shares_batch: false,
         }
     }
 }
@@ -215,11 +218,25 @@ impl Event {
     /// # Errors
     /// [`Error::Decode`](crate::Error::Decode) if it is a typed value.
     pub fn value_bytes(&self) -> Result<Option<Bytes>> {
-        Ok(self
+        let encrypted = self
+            .value
+            .as_deref()
+            .is_some_and(crate::crypto::is_encrypted);
+        let bytes = self
             .opened(&self.value)?
             .map(codec::decode_raw)
-            .transpose()?
-            .map(|b| queue::detached(&b)))
+            .transpose()?;
+        // A decrypted value is a buffer of its own already.
+        Ok(bytes.map(|b| if encrypted { b } else { self.own(&b) }))
+    }
+
+    /// `v`, one of this event's values (or a part of one), as a buffer a hook may keep.
+    fn own(&self, v: &Bytes) -> Bytes {
+        if self.shares_batch {
+            queue::detached(v)
+        } else {
+            v.clone()
+        }
     }
 
     /// A value as stored, decrypted if need be.

@@ -305,8 +305,8 @@ impl Batch {
     }
 }
 
-/// `value` as a hook may keep it: values up to [`INLINE_MAX`] bytes are slices of a whole
-/// batch's buffer, and are copied.
+/// `value` of an event that shares its batch's buffer, as a hook may keep it: values up to
+/// [`INLINE_MAX`] bytes are slices of that buffer, and are copied.
 pub(crate) fn detached(value: &Bytes) -> Bytes {
     if value.len() <= INLINE_MAX {
         Bytes::copy_from_slice(value)
@@ -363,6 +363,13 @@ struct Reader<'a> {
     beside: &'a mut VecDeque<Beside>,
 }
 
+/// Where a record's value is.
+enum Located {
+    Absent,
+    Beside(Bytes),
+    InLog(std::ops::Range<usize>),
+}
+
 /// A record's header, read.
 struct Header {
     kind: u8,
@@ -395,26 +402,35 @@ impl Reader<'_> {
         })
     }
 
-    /// The value `i` (0: value, 1: previous) of the record whose header is `h`.
-    fn value(&mut self, h: &Header, i: usize) -> Option<Option<Bytes>> {
+    /// Passes over the value `i` (0: value, 1: previous) of the record whose header is `h`:
+    /// where it is, without building it.
+    fn locate(&mut self, h: &Header, i: usize) -> Option<Located> {
         let (has, beside) = [(HAS_VALUE, VALUE_BESIDE), (HAS_PREVIOUS, PREVIOUS_BESIDE)][i];
         if h.flags & has == 0 {
-            return Some(None);
+            return Some(Located::Absent);
         }
         if h.flags & beside != 0 {
             match self.beside.pop_front()? {
-                Beside::Value(v) => Some(Some(v)),
+                Beside::Value(v) => Some(Located::Beside(v)),
                 Beside::Hook(_) => None,
             }
         } else {
             let start = self.at;
-            let shared = self.shared;
-            let b = self.take(h.lens[i])?;
-            Some(Some(match shared {
-                Some(shared) => shared.slice(start..start + b.len()),
-                None => Bytes::copy_from_slice(b),
-            }))
+            self.take(h.lens[i])?;
+            Some(Located::InLog(start..self.at))
         }
+    }
+
+    /// The value `i` (0: value, 1: previous) of the record whose header is `h`.
+    fn value(&mut self, h: &Header, i: usize) -> Option<Option<Bytes>> {
+        Some(match self.locate(h, i)? {
+            Located::Absent => None,
+            Located::Beside(v) => Some(v),
+            Located::InLog(range) => Some(match self.shared {
+                Some(shared) => shared.slice(range),
+                None => Bytes::copy_from_slice(&self.bytes[range]),
+            }),
+        })
     }
 
     fn hook(&mut self, flags: u8) -> Option<Option<HookFn>> {
@@ -444,6 +460,7 @@ impl Reader<'_> {
                 previous,
                 time: h.time,
                 sealer: sealer.cloned(),
+                shares_batch: self.shared.is_some(),
             },
             entry_hook,
         })
@@ -453,21 +470,8 @@ impl Reader<'_> {
     fn skip_record(&mut self) -> Option<()> {
         let h = self.header()?;
         self.take(h.key_len)?;
-        for (i, (has, beside)) in [(HAS_VALUE, VALUE_BESIDE), (HAS_PREVIOUS, PREVIOUS_BESIDE)]
-            .into_iter()
-            .enumerate()
-        {
-            if h.flags & has == 0 {
-                continue;
-            }
-            if h.flags & beside != 0 {
-                match self.beside.pop_front()? {
-                    Beside::Value(_) => {}
-                    Beside::Hook(_) => return None,
-                }
-            } else {
-                self.take(h.lens[i])?;
-            }
+        for i in 0..2 {
+            self.locate(&h, i)?;
         }
         self.hook(h.flags)?;
         Some(())
@@ -566,6 +570,7 @@ mod tests {
         let buffer = batch.as_ptr_range();
         let in_batch = |b: &Bytes| buffer.contains(&b.as_ptr());
         let event = &jobs[0].event;
+        assert!(event.shares_batch);
         assert!(in_batch(event.value.as_ref().unwrap()));
         assert!(in_batch(event.previous.as_ref().unwrap()));
         // What a hook can keep is its own.
@@ -622,7 +627,7 @@ mod tests {
         let buffer = batch.as_ptr_range();
         assert!(jobs.iter().all(|j| {
             let v = j.event.value.as_ref().unwrap();
-            v == &value && !buffer.contains(&v.as_ptr())
+            !j.event.shares_batch && v == &value && !buffer.contains(&v.as_ptr())
         }));
         assert!(batch.is_unique());
     }

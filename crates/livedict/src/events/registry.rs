@@ -178,7 +178,7 @@ impl Registry {
             cache.version = self.version.load(Ordering::Acquire);
             cache.list = Some(hooks.clone());
         }
-        cache.list.as_deref().map_or(&[], |list| list.as_slice())
+        cache.hooks()
     }
 
     pub(crate) fn entries(&self) -> &EntryHookTable {
