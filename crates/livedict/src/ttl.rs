@@ -135,7 +135,7 @@ impl WriteOptions {
     where
         F: Fn(&Event) -> HookResult + Send + Sync + 'static,
     {
-        self.hooks.on_access = Some(std::sync::Arc::new(f));
+        self.hooks.on_access = Some(crate::events::hook_fn(f));
         self
     }
 
@@ -146,7 +146,7 @@ impl WriteOptions {
     where
         F: Fn(&Event) -> HookResult + Send + Sync + 'static,
     {
-        self.hooks.on_expire = Some(std::sync::Arc::new(f));
+        self.hooks.on_expire = Some(crate::events::hook_fn(f));
         self
     }
 }

@@ -19,7 +19,7 @@ use parking_lot::{Condvar, Mutex};
 use smallvec::SmallVec;
 use spin::mutex::SpinMutex;
 
-use super::queue::{Batch, EventLog, Job, Published, reclaim};
+use super::queue::{Batch, EventLog, Job, Published, SHARED_BATCH_MAX, reclaim};
 use super::registry::{HookList, HookListCache, Registry};
 use super::{Event, HookFn};
 use crate::crypto::Sealer;
@@ -568,7 +568,30 @@ fn spawn_worker(shared: &Arc<Shared>, lane: usize, start: WorkerStart) -> std::i
                     }
                 },
             };
-            if worker(&s, lane, generation) {
+            // A panic outside a hook call (a hook's closure dropped for the last time when the
+            // worker lets go of an old hook list) must not end the lane's deliveries: it counts
+            // as a failed hook, and the worker goes on with the lane's work.
+            let leaving = loop {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| worker(&s, lane, generation))) {
+                    Ok(leaving) => break leaving,
+                    Err(payload) => {
+                        std::mem::forget(payload);
+                        let mut work = s.lanes[lane].work.lock();
+                        if s.lanes[lane].generation.load(SeqCst) == generation
+                            && let Some(c) = work.current.as_mut()
+                        {
+                            c.deadline = None;
+                        }
+                        drop(work);
+                        s.counters.failed.fetch_add(1, Relaxed);
+                        tracing::error!(
+                            lane,
+                            "livedict: a hook's value panicked when dropped; its worker goes on"
+                        );
+                    }
+                }
+            };
+            if leaving {
                 leave(&s);
             }
         });
@@ -626,10 +649,14 @@ fn refill(s: &Shared, lane: &Lane, generation: u64) -> bool {
     wait_for_batch(s, lane);
     // The work list is empty here: this worker finished it, and the watchdog takes work only
     // from a running hook call.
-    let last = std::mem::take(&mut lane.work.lock().rest);
-    let mut spare = reclaim(last.into_buffer());
-    if spare.capacity() > SPARE_MAX {
-        // A backlog's buffer: not kept once it is drained.
+    let last = std::mem::take(&mut lane.work.lock().rest).into_buffer();
+    let drained = last.len();
+    let mut spare = reclaim(last);
+    // A backlog's buffer is not kept once the backlog is gone: past `SPARE_MAX` it is not worth
+    // keeping, and past `SHARED_BATCH_MAX` the small batches written into it would not be shared.
+    if spare.capacity() > SPARE_MAX
+        || (spare.capacity() > SHARED_BATCH_MAX && drained <= SHARED_BATCH_MAX)
+    {
         spare = Vec::new();
     }
     loop {
@@ -697,6 +724,28 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
     // The event being delivered (shared with the work list's `current`).
     let mut event: Option<Arc<Event>> = None;
     loop {
+        // A call that failed is settled before the next call's deadline is set: formatting and
+        // dropping its error (the hook's code) and logging it (the application's subscriber) may
+        // take any time, which must not count against the next hook.
+        if let Some(r) = returned.take_if(|r| !r.succeeded()) {
+            let failure = r.settle();
+            let mut work = lane.work.lock();
+            if lane.generation.load(SeqCst) != generation {
+                // The watchdog gave up on that call and counted it; this thread is abandoned.
+                drop(work);
+                s.abandoned.fetch_sub(1, SeqCst);
+                return WorkEnd::Abandoned;
+            }
+            let count = !overran(&mut work);
+            // The call is over: no verdict of the watchdog's can come for it any more.
+            if let Some(c) = work.current.as_mut() {
+                c.deadline = None;
+            }
+            drop(work);
+            if count {
+                failure.count(s, event.as_deref());
+            }
+        }
         let (next, count_returned) = {
             let mut work = lane.work.lock();
             if lane.generation.load(SeqCst) != generation {
@@ -707,21 +756,15 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
                 }
                 return WorkEnd::Abandoned;
             }
-            // A call the watchdog counted as timed out without abandoning its worker (too many
-            // were stuck already) is not counted again.
-            let count_returned = !work
-                .current
-                .as_mut()
-                .is_some_and(|c| std::mem::take(&mut c.overran));
+            let count_returned = !overran(&mut work);
             (
                 next_call(s, &mut work, hooks, event.as_ref()),
                 count_returned,
             )
         };
-        if let Some(r) = returned.take()
-            && count_returned
-        {
-            r.count(s, event.as_deref());
+        // Only a delivered call is left here: counting it runs no code of the application's.
+        if returned.take().is_some() && count_returned {
+            s.counters.delivered.fetch_add(1, Relaxed);
         }
         let Some(next) = next else {
             // The batch's buffer goes back to the publishers only once no event holds it.
@@ -735,17 +778,23 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
             // `next_call` gives the event with its first call to this worker.
             unreachable!("a hook call without its event");
         };
-        let f = match &next.call {
-            Call::Listed(i) => &hooks.hooks()[*i].hook.f,
-            Call::Entry(f) => f,
-        };
+        let call = next.call;
         // SeqCst, after the work lock is released: the watchdog sets the flag (SeqCst) and then
         // looks at the lanes once more before it sleeps long, so either it sees this call's
         // deadline or this load sees the flag.
         if s.watchdog_deep.load(SeqCst) {
             wake_watchdog(s);
         }
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(current)));
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let result = match &call {
+                Call::Listed(i) => (hooks.hooks()[*i].hook.f)(current),
+                Call::Entry(f) => f(current),
+            };
+            // An entry hook's closure may be dropped here for the last time: its captures'
+            // drops are the application's code too.
+            drop(call);
+            result
+        }));
         returned = Some(Returned { outcome });
     }
 }
@@ -820,31 +869,64 @@ struct Returned {
     outcome: std::thread::Result<crate::events::HookResult>,
 }
 
+/// A failed hook call, its error or panic message formatted.
+struct Failure {
+    why: String,
+}
+
 impl Returned {
-    /// Counts the call as delivered or failed, and logs a failure (the hook's error or panic
-    /// message is formatted under `catch_unwind` too: it is the application's code). `event`:
-    /// the event of the call.
-    fn count(self, s: &Shared, event: Option<&Event>) {
+    fn succeeded(&self) -> bool {
+        matches!(self.outcome, Ok(Ok(())))
+    }
+
+    /// The failure of a call that did not succeed, its error or panic payload formatted and
+    /// dropped under `catch_unwind`: both are the application's code (a `Display` or a `Drop`
+    /// may panic). What a panic while doing so leaves behind is leaked, not dropped.
+    fn settle(self) -> Failure {
         let why = match self.outcome {
-            Ok(Ok(())) => {
-                s.counters.delivered.fetch_add(1, Relaxed);
-                return;
-            }
-            Ok(Err(e)) => std::panic::catch_unwind(AssertUnwindSafe(|| e.to_string()))
-                .unwrap_or_else(|_| "an error whose message panicked".into()),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic".into());
-                format!("panicked: {msg}")
-            }
+            Ok(Ok(())) => unreachable!("settle: the call succeeded"),
+            Ok(Err(e)) => contained(move || e.to_string(), "an error whose message panicked"),
+            Err(panic) => contained(
+                move || {
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic".into());
+                    format!("panicked: {msg}")
+                },
+                "panicked, with a payload that panicked when dropped",
+            ),
         };
+        Failure { why }
+    }
+}
+
+/// `f()` (which drops what it captured), or `fallback` if that panics; the panic's payload is
+/// leaked rather than dropped, since dropping it may panic again.
+fn contained(f: impl FnOnce() -> String, fallback: &str) -> String {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        std::mem::forget(payload);
+        fallback.into()
+    })
+}
+
+impl Failure {
+    /// Counts the call as failed and logs it. `event`: the event of the call.
+    fn count(self, s: &Shared, event: Option<&Event>) {
         s.counters.failed.fetch_add(1, Relaxed);
-        tracing::warn!(key = event.map(Event::key), kind = ?event.map(|e| e.kind), error = %why,
+        tracing::warn!(key = event.map(Event::key), kind = ?event.map(|e| e.kind), error = %self.why,
             "livedict: hook failed");
     }
+}
+
+/// Whether the lane's call in progress was counted as timed out by the watchdog without its
+/// worker being given up (too many were stuck already): then it is not counted again. Clears
+/// the mark.
+fn overran(work: &mut Work) -> bool {
+    work.current
+        .as_mut()
+        .is_some_and(|c| std::mem::take(&mut c.overran))
 }
 
 /// Makes `job` the lane's event in progress, with every hook call it gets, decided now (hooks
@@ -1031,6 +1113,151 @@ mod tests {
         assert_eq!(
             (st.hooks_timed_out, st.hooks_delivered, st.events_dropped),
             (1, 5, 0)
+        );
+        Ok(())
+    }
+
+    /// An error whose `Display` panics when dropped, or is slow.
+    #[derive(Debug)]
+    struct AwkwardError {
+        format_takes: Duration,
+        panics_on_drop: bool,
+    }
+
+    impl std::fmt::Display for AwkwardError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            std::thread::sleep(self.format_takes);
+            f.write_str("awkward")
+        }
+    }
+
+    impl std::error::Error for AwkwardError {}
+
+    impl Drop for AwkwardError {
+        fn drop(&mut self) {
+            if self.panics_on_drop {
+                panic!("an error that panics when dropped");
+            }
+        }
+    }
+
+    /// Panics when dropped.
+    struct PanicsOnDrop;
+
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("a hook's capture that panics when dropped");
+        }
+    }
+
+    /// Waits until `seen` holds `n` keys (or 30 s pass) and returns them.
+    fn wait_for(seen: &std::sync::Mutex<Vec<String>>, n: usize) -> Vec<String> {
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while seen.lock().unwrap().len() < n && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        seen.lock().unwrap().clone()
+    }
+
+    /// Formatting a failed call's error is the failing hook's time, not the next hook's: the
+    /// next call's deadline is set only once the failure is settled. (Before, a slow `Display`
+    /// got the next, quick hook counted as timed out, its worker given up, and the key's events
+    /// delivered to it out of order by the replacement.)
+    #[test]
+    fn a_slow_error_message_is_not_the_next_hooks_time() -> crate::Result<()> {
+        let store = LiveDict::builder()
+            .events(EventSettings::default().workers(1))
+            .build()?;
+        store.on(EventKind::Set, |e| {
+            if e.key() == "k" && e.value::<u32>()? == Some(1) {
+                return Err(Box::new(AwkwardError {
+                    format_takes: Duration::from_millis(600),
+                    panics_on_drop: false,
+                }));
+            }
+            Ok(())
+        })?;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        store.hook(
+            crate::Hook::new(EventKind::Set, move |e| {
+                s.lock().unwrap().push(format!("{:?}", e.value::<u32>()?));
+                Ok(())
+            })
+            .timeout(Duration::from_millis(150)),
+        )?;
+        store.set("k", &1u32)?;
+        store.set("k", &2u32)?;
+        assert_eq!(wait_for(&seen, 2), ["Some(1)", "Some(2)"]);
+        store.close();
+        let st = store.stats();
+        assert_eq!(
+            (st.hooks_delivered, st.hooks_failed, st.hooks_timed_out),
+            (3, 1, 0)
+        );
+        Ok(())
+    }
+
+    /// A hook's error that panics when dropped is a failed call like any other: counted, and the
+    /// lane goes on. (Before, the panic ended the lane's worker: later events were never
+    /// delivered and `close` waited out its grace period.)
+    #[test]
+    fn an_error_that_panics_when_dropped_is_counted_and_the_lane_goes_on() -> crate::Result<()> {
+        let store = LiveDict::builder()
+            .events(EventSettings::default().workers(1))
+            .build()?;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        store.on(EventKind::Set, move |e| {
+            s.lock().unwrap().push(e.key().to_owned());
+            if e.key() == "bad" {
+                return Err(Box::new(AwkwardError {
+                    format_takes: Duration::ZERO,
+                    panics_on_drop: true,
+                }));
+            }
+            Ok(())
+        })?;
+        store.set("bad", &1)?;
+        store.set("after", &2)?;
+        assert_eq!(wait_for(&seen, 2), ["bad", "after"]);
+        store.close();
+        let st = store.stats();
+        assert_eq!(
+            (st.hooks_delivered, st.hooks_failed, st.events_dropped),
+            (1, 1, 0)
+        );
+        Ok(())
+    }
+
+    /// A hook whose closure panics when dropped, for the last time on the worker (which still
+    /// held it in its copy of the hook list when it was unregistered), leaves delivery working.
+    #[test]
+    fn a_hook_that_panics_when_dropped_leaves_delivery_working() -> crate::Result<()> {
+        let store = LiveDict::builder()
+            .events(EventSettings::default().workers(1))
+            .build()?;
+        let guard = PanicsOnDrop;
+        let doomed = store.on(EventKind::Set, move |_| {
+            let _ = &guard;
+            Ok(())
+        })?;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        store.on(EventKind::Set, move |e| {
+            s.lock().unwrap().push(e.key().to_owned());
+            Ok(())
+        })?;
+        store.set("a", &1)?;
+        assert_eq!(wait_for(&seen, 1), ["a"]);
+        assert!(store.unregister_hook(doomed));
+        store.set("b", &2)?;
+        assert_eq!(wait_for(&seen, 2), ["a", "b"]);
+        store.close();
+        let st = store.stats();
+        assert_eq!(
+            (st.hooks_delivered, st.hooks_failed, st.events_dropped),
+            (3, 0, 0)
         );
         Ok(())
     }

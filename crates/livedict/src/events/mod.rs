@@ -305,6 +305,36 @@ pub type HookResult = Result<(), BoxError>;
 /// The callable part of a hook.
 pub(crate) type HookFn = Arc<dyn Fn(&Event) -> HookResult + Send + Sync>;
 
+/// `f` as a [`HookFn`] whose drop never panics: wherever its last reference goes (a hook
+/// worker letting go of an old hook list, a caller overwriting an entry), dropping what `f`
+/// captured is the application's code, so it runs under `catch_unwind`, and what a panic there
+/// leaves is leaked.
+pub(crate) fn hook_fn<F>(f: F) -> HookFn
+where
+    F: Fn(&Event) -> HookResult + Send + Sync + 'static,
+{
+    let f = DropContained(Some(f));
+    Arc::new(move |event: &Event| match &f.0 {
+        Some(f) => f(event),
+        None => unreachable!("a hook function called while being dropped"),
+    })
+}
+
+/// A value dropped under `catch_unwind` (see [`hook_fn`]).
+struct DropContained<T>(Option<T>);
+
+impl<T> Drop for DropContained<T> {
+    fn drop(&mut self) {
+        let inner = self.0.take();
+        if let Err(payload) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(inner)))
+        {
+            std::mem::forget(payload);
+            tracing::error!("livedict: a hook's function panicked when dropped");
+        }
+    }
+}
+
 /// Which keys a store-wide hook hears about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum KeyFilter {
@@ -372,7 +402,7 @@ impl Hook {
             kinds: kinds.into_iter().fold(0, |m, k| m | k.bit()),
             filter: KeyFilter::All,
             timeout: None,
-            f: Arc::new(f),
+            f: hook_fn(f),
         }
     }
 

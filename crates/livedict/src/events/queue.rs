@@ -7,7 +7,7 @@
 //! itself, was most of an event's cost on the caller's thread. Here a publisher appends a record
 //! (kind, cause, time, key, value, previous value) to the lane's log; the worker takes the whole
 //! log at once and rebuilds [`Event`]s from it on its own thread, one at a time. Their values
-//! are slices of the log's buffer (unless the log grew past [`SHARED_BATCH_MAX`]), and the buffer
+//! are slices of the log's buffer (unless that buffer is larger than [`SHARED_BATCH_MAX`]), and the buffer
 //! goes back to the publishers once no event holds it. Values larger than [`INLINE_MAX`] and
 //! entry hooks travel beside the log, in order.
 
@@ -28,7 +28,7 @@ pub(crate) const INLINE_MAX: usize = 1024;
 /// The largest batch whose events share its buffer. A hook call the watchdog gives up on keeps
 /// its event, and with it a shared buffer, for as long as it runs: this bounds what it can keep
 /// (a batch is ~64 events, ~7 KiB, unless a backlog built up; a backlog's events are copies).
-const SHARED_BATCH_MAX: usize = 256 * 1024;
+pub(crate) const SHARED_BATCH_MAX: usize = 256 * 1024;
 
 const HAS_VALUE: u8 = 1;
 const VALUE_BESIDE: u8 = 2;
@@ -234,7 +234,9 @@ impl EventLog {
     pub(crate) fn into_batch(mut self) -> Batch {
         let left = self.len();
         let at = self.past_dropped().at;
-        let share = self.bytes.len() <= SHARED_BATCH_MAX;
+        // By the buffer's capacity, not the log's length: a shared buffer is kept whole by any
+        // event that lives on, and a publisher may be writing into a backlog's large buffer.
+        let share = self.bytes.capacity() <= SHARED_BATCH_MAX;
         Batch {
             bytes: Bytes::from(std::mem::take(&mut self.bytes)),
             share,
@@ -630,6 +632,21 @@ mod tests {
             !j.event.shares_batch && v == &value && !buffer.contains(&v.as_ptr())
         }));
         assert!(batch.is_unique());
+    }
+
+    /// A small batch written into a backlog's large buffer (reused by the publishers) is not
+    /// shared either: an event that lives on would keep the whole buffer. (Sharing was decided
+    /// by the batch's length, and such an event pinned megabytes.)
+    #[test]
+    fn a_small_batch_in_a_large_buffer_gives_its_events_copies() {
+        let value = Bytes::from_static(b"v");
+        let mut log = EventLog::default();
+        drop(log.take(Vec::with_capacity(2 * SHARED_BATCH_MAX)));
+        log.push(published("k", Some(&value), None));
+        let mut batch = log.take(Vec::new()).into_batch();
+        let jobs = read_all(&mut batch);
+        assert!(jobs.iter().all(|j| !j.event.shares_batch));
+        assert!(batch.into_buffer().is_unique());
     }
 
     #[test]
