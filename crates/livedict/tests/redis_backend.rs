@@ -668,6 +668,113 @@ fn an_undecodable_entry_is_reported_and_kept() -> Result<()> {
     Ok(())
 }
 
+/// An entry that does not decode, due to expire, does not stop expiry for the rest of the
+/// store: the sweep leaves it as it is and passes it by, and every other entry due expires with
+/// its event. (Before, the one entry made every sweep script fail, for every bucket, forever.)
+#[test]
+fn an_undecodable_due_entry_does_not_stop_the_sweep() -> Result<()> {
+    let prefix = fresh_prefix();
+    let clock = livedict::ManualClock::new();
+    let backend = RedisBackend::open_with(
+        &server_url(),
+        RedisOptions::new().prefix(&prefix).server_clock(false),
+    )?;
+    let key = backend.redis_key("bad");
+    let store = LiveDict::builder()
+        .backend(backend)
+        .clock(livedict::Clock::Manual(clock.clone()))
+        .active_expiry(false)
+        .build()?;
+    let expired = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = expired.clone();
+    store.on(livedict::EventKind::Expire, move |e| {
+        seen.lock().unwrap().push(e.key().to_owned());
+        Ok(())
+    })?;
+    let ttl = Duration::from_secs(1);
+    store.set_with("bad", &0, ttl)?;
+    const N: usize = 100;
+    for i in 0..N {
+        store.set_with(&format!("ok:{i}"), &i, ttl)?;
+    }
+    let mut conn = raw();
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("garbage")
+        .query::<()>(&mut conn)
+        .unwrap();
+    clock.advance(2 * ttl);
+    assert_eq!(store.sweep_expired()?, N);
+    assert_eq!(store.sweep_expired()?, 0, "passed by from now on");
+    store.close();
+    let mut expired = expired.lock().unwrap().clone();
+    expired.sort();
+    let mut expected: Vec<String> = (0..N).map(|i| format!("ok:{i}")).collect();
+    expected.sort();
+    assert_eq!(expired, expected);
+    let kept: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    assert_eq!(kept, b"garbage", "left as it was");
+    Ok(())
+}
+
+/// An update whose read found the entry live applies its change as of that read, even when
+/// the entry's deadline (on the server's clock) passes while the closure runs: the new value
+/// keeps the TTL, and so is already expired, as in the memory and SQLite backends. (Before,
+/// the commit judged the entry expired at its own time, found no TTL to keep, and left the new
+/// value without one: a counter with a TTL became permanent.)
+#[test]
+fn an_update_across_the_deadline_keeps_the_ttl_it_read() -> Result<()> {
+    let store = open(&fresh_prefix())?;
+    store.set_with("k", &0, Duration::from_millis(200))?;
+    let new = store.update("k", |old: Option<i32>| {
+        std::thread::sleep(Duration::from_millis(400));
+        old.unwrap_or(100) + 1
+    })?;
+    assert_eq!(new, 1, "the closure saw the live value");
+    assert_eq!(store.get::<i32>("k")?, None, "the kept deadline has passed");
+    assert!(!store.contains("k")?);
+    Ok(())
+}
+
+/// A clear waits for an update in progress on one of its keys (of another process: another
+/// store on the same prefix) instead of landing between the update's read and its commit, which
+/// left the update's value behind as if the clear had never seen the key.
+#[test]
+fn a_clear_waits_for_an_update_in_progress() -> Result<()> {
+    let prefix = fresh_prefix();
+    let updater = open(&prefix)?;
+    let clearer = open(&prefix)?;
+    updater.set("c", &5)?;
+    let (reading, read) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let cleared = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| -> Result<()> {
+        let updater = &updater;
+        let update = scope.spawn(move || {
+            updater.update("c", move |old: Option<i32>| {
+                reading.send(()).unwrap();
+                released.recv().unwrap();
+                old.unwrap_or(0) + 1
+            })
+        });
+        read.recv().unwrap(); // the update holds the key's lock
+        let clear = scope.spawn(|| {
+            let r = clearer.clear();
+            cleared.store(true, Ordering::SeqCst);
+            r
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let cleared_meanwhile = cleared.load(Ordering::SeqCst);
+        release.send(()).unwrap();
+        assert!(!cleared_meanwhile, "the clear waits for the update");
+        assert_eq!(update.join().unwrap()?, 6);
+        clear.join().unwrap()?;
+        Ok(())
+    })?;
+    assert_eq!(clearer.get::<i32>("c")?, None, "cleared after the update");
+    Ok(())
+}
+
 /// An entry as format 2 kept it: a hash with fields `v`, `d`, `s`, `a`, made from the entry
 /// string that format 3 wrote under `key` (with its native TTL).
 fn to_format_2_hash(conn: &mut redis::Connection, key: &str) {

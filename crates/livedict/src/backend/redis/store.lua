@@ -447,15 +447,17 @@ local function run(KEYS, ARGV)
     local p, x = delete(KEYS[1], KEYS[2], ARGV[4])
     return { 1, p, x }
   elseif op == 'lock_read' then
-    -- KEYS: data, lock. ARGV: token, lease ms. Takes the key's lock and returns its live value.
+    -- KEYS: data, lock. ARGV: token, lease ms. Takes the key's lock and returns its live value
+    -- and the time it was judged at, which the update's commit is judged at too: an entry live
+    -- when the update read it is live when its change is applied, as in one atomic step.
     local e = load(KEYS[1])
     if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[5]) then
       return { -1 }
     end
     if live(e) then
-      return { 1, e.v }
+      return { 1, e.v, fmt(now) }
     end
-    return { 1, false }
+    return { 1, false, fmt(now) }
   elseif op == 'commit' then
     -- KEYS: data, index, lock. ARGV: member, token, change (keep|write|delete|replace), value,
     -- ttl, sliding, keep. Applies an update's change and releases the lock it holds.
@@ -729,8 +731,12 @@ local function run(KEYS, ARGV)
     -- The budget is shared: each index first gets its part, so that early scores piling up in
     -- one bucket do not hold back the due entries of the others; what is left then goes to the
     -- indexes that had more, in order.
+    -- An entry that does not decode is left as it is and does not stop the sweep (one such entry
+    -- would otherwise stop expiry for the whole store): its member's score becomes '+inf', so
+    -- that later sweeps pass it by, and its member is listed after the count of such entries in
+    -- the reply, for the caller to report. Every other read of it is still an error.
     local left = tonumber(ARGV[4])
-    local plan = {}
+    local plan, undecodable = {}, {}
     local function take(index, offset, count)
       local base = base_of(index)
       local due = redis.call('ZRANGEBYSCORE', index, '-inf', fmt(now), 'LIMIT', offset, count)
@@ -738,7 +744,16 @@ local function run(KEYS, ARGV)
       for _, m in ipairs(due) do
         if redis.call('EXISTS', base .. 'lock:' .. m) == 0 then
           local k = base .. 'k:' .. m
-          plan[#plan + 1] = { index, k, m, load(k) or false }
+          local ok, e = pcall(load, k)
+          if ok then
+            plan[#plan + 1] = { index, k, m, e or false }
+          elseif string.find(type(e) == 'table' and tostring(e.err) or tostring(e),
+              'LIVEDICT undecodable entry', 1, true) then
+            -- (The error reaches pcall as a table or, from a function library, as its text.)
+            undecodable[#undecodable + 1] = { index, m }
+          else
+            error(e)
+          end
         end
       end
       return #due
@@ -756,8 +771,13 @@ local function run(KEYS, ARGV)
       end
       take(f[1], f[2], left)
     end
-    -- First: 1 when the budget ran out with work done (the caller calls again), else 0.
-    local out = { (left <= 0 and #plan > 0) and 1 or 0 }
+    -- First: 1 when the budget ran out with work done (the caller calls again), else 0; then
+    -- the number of undecodable entries passed by, and their members.
+    local out = { (left <= 0 and (#plan > 0 or #undecodable > 0)) and 1 or 0, #undecodable }
+    for _, u in ipairs(undecodable) do
+      redis.call('ZADD', u[1], '+inf', u[2])
+      out[#out + 1] = u[2]
+    end
     for _, p in ipairs(plan) do
       local index, k, m, e = p[1], p[2], p[3], p[4]
       if not e then
@@ -811,7 +831,9 @@ local function run(KEYS, ARGV)
     return { more }
   elseif op == 'clear' then
     -- KEYS: indexes. ARGV: limit. Removes up to limit entries; returns { live removed, more, then
-    -- member, value, deadline of each dead entry removed }.
+    -- member, value, deadline of each dead entry removed }, or { -1, member } (nothing removed)
+    -- while an update or a batch holds the lock of one of them: the caller waits and calls
+    -- again, so that a clear never lands between an update's read and its commit.
     local left = tonumber(ARGV[4])
     local plan = {}
     local more = 0
@@ -819,6 +841,9 @@ local function run(KEYS, ARGV)
       local base = base_of(index)
       local members = redis.call('ZRANGE', index, 0, left - 1)
       for _, m in ipairs(members) do
+        if redis.call('EXISTS', base .. 'lock:' .. m) == 1 then
+          return { -1, m }
+        end
         local k = base .. 'k:' .. m
         plan[#plan + 1] = { index, k, m, load(k) or false }
       end
