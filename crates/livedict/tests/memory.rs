@@ -174,3 +174,77 @@ fn an_overrun_waited_for_is_counted_once() -> livedict::Result<()> {
     );
     Ok(())
 }
+
+/// `get_or_compute` on a namespace handle locks the key under the namespace's prefix once. (The
+/// lock's name had the prefix twice, so a long prefix made a valid key refused as too long.)
+#[test]
+fn get_or_compute_in_a_namespace_prefixes_its_lock_once() -> livedict::Result<()> {
+    let store = livedict::LiveDict::new();
+    let ns = livedict::Namespace::new(&format!("{}:{{id}}:", "p".repeat(400)))?;
+    let scoped = store.namespace_one(&ns, "1")?;
+    let key = "k".repeat(300);
+    assert_eq!(
+        scoped.get_or_compute(&key, || Ok::<_, livedict::Error>(7))?,
+        7
+    );
+    assert_eq!(
+        store.get::<i32>(&format!("{}{key}", scoped.prefix()))?,
+        Some(7)
+    );
+    Ok(())
+}
+
+/// A loader that panics leaves the key unlocked: the panic goes on to the caller, and the next
+/// caller (or anyone taking the key's lock) does not wait for the lock's 30 s lease.
+#[test]
+fn a_panicking_loader_releases_the_key() -> livedict::Result<()> {
+    let store = livedict::LiveDict::new();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.get_or_compute("k", || -> Result<i32, livedict::Error> { panic!("loader") })
+    }));
+    assert!(panicked.is_err(), "the panic reaches the caller");
+    assert!(
+        store.lock("k", std::time::Duration::ZERO)?.is_some(),
+        "the key's lock was released"
+    );
+    Ok(())
+}
+
+/// A value whose `Serialize` reads the store it is being written to (see the test below).
+struct ReadsTheStore(i32);
+
+static READ_FROM_SERIALIZE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+static STORE_OF_SERIALIZE: std::sync::OnceLock<livedict::LiveDict> = std::sync::OnceLock::new();
+
+impl serde::Serialize for ReadsTheStore {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let read = STORE_OF_SERIALIZE.get().unwrap().get::<i32>("other");
+        *READ_FROM_SERIALIZE.lock().unwrap() = Some(format!("{read:?}"));
+        s.serialize_i32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ReadsTheStore {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        i32::deserialize(d).map(ReadsTheStore)
+    }
+}
+
+/// An update's value type is the application's code too: its `Serialize` touching the store
+/// (while the backend holds the key) is `Error::Reentrant`, as in the update's closure. (It ran
+/// outside the re-entrancy guard: a read of another key went through under the key's write
+/// lock, and one of a key of the same shard deadlocked.)
+#[test]
+fn an_update_values_serialize_touching_the_store_is_reentrant() -> livedict::Result<()> {
+    let store = STORE_OF_SERIALIZE.get_or_init(livedict::LiveDict::new);
+    store.set("k", &1)?;
+    let new = store.update("k", |old: Option<ReadsTheStore>| {
+        ReadsTheStore(old.map_or(0, |v| v.0) + 1)
+    })?;
+    assert_eq!(new.0, 2);
+    assert_eq!(
+        READ_FROM_SERIALIZE.lock().unwrap().as_deref(),
+        Some("Err(Reentrant)")
+    );
+    Ok(())
+}

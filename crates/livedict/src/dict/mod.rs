@@ -75,6 +75,19 @@ pub(crate) struct HeldLock {
     pub(crate) fence: u64,
 }
 
+/// `f`'s output, or the panic that polling it raised.
+async fn catch_unwind<F: Future>(f: F) -> std::thread::Result<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    })
+    .await
+}
+
 /// A fresh owner token: 128 random bits.
 fn lock_owner() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -1013,10 +1026,12 @@ impl<'s, P: Port> Dict<'s, P> {
         if let Some(v) = self.get(key).await? {
             return Ok(v);
         }
-        let full = self.allowed(Operation::Update, key)?;
+        self.allowed(Operation::Update, key)?;
         let lock = loop {
+            // `acquire_lock` takes the key as the caller gave it (a namespace adds its prefix
+            // there, once).
             if let Some(lock) = self
-                .acquire_lock(&full, COMPUTE_LOCK_WAIT, COMPUTE_LEASE)
+                .acquire_lock(key, COMPUTE_LOCK_WAIT, COMPUTE_LEASE)
                 .await?
             {
                 break lock;
@@ -1026,7 +1041,10 @@ impl<'s, P: Port> Dict<'s, P> {
                 return Ok(v);
             }
         };
-        let outcome = async {
+        // A loader that panics must not leave the key locked for the lease's 30 s: the lock is
+        // released first, then the panic goes on. (An async caller that drops the call while
+        // the loader runs does leave it locked until the lease ends.)
+        let outcome = catch_unwind(async {
             if let Some(v) = self.get(key).await? {
                 return Ok(v);
             }
@@ -1034,10 +1052,10 @@ impl<'s, P: Port> Dict<'s, P> {
             let prepared = self.prepare_set(key, &value, options);
             self.write(prepared?).await?;
             Ok(value)
-        }
+        })
         .await;
         let released = self.release_lock(&lock).await;
-        let value = outcome?;
+        let value = outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         released?;
         Ok(value)
     }

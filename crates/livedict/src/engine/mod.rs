@@ -578,12 +578,13 @@ impl Engine {
         E: Into<BoxError>,
         F: FnOnce(Option<T>) -> Result<Option<T>, E>,
     {
+        // The guard covers `T`'s `Deserialize` and `Serialize` too: they are the application's
+        // code, run while the backend may hold the key (a shard's write lock), so touching the
+        // store from them must be `Error::Reentrant`, not a deadlock.
+        let _guard = reentrancy::Guard::enter(self.id);
         let old = self.decode_opt::<T>(key, current.cloned())?;
         let secret = current.is_some_and(|b| crate::crypto::is_encrypted(b));
-        let new = {
-            let _guard = reentrancy::Guard::enter(self.id);
-            f(old).map_err(|e| Error::Aborted(e.into()))?
-        };
+        let new = f(old).map_err(|e| Error::Aborted(e.into()))?;
         let change = match &new {
             Some(v) => Change::Write {
                 value: self.encode(key, v, secret)?,
