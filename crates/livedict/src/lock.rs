@@ -13,6 +13,19 @@ use crate::dict::{HeldLock, run_ready};
 use crate::error::Result;
 use crate::sync::LiveDict;
 
+/// A fresh owner token for a lock, an update or a batch: 128 bits from the operating system, as
+/// 32 hex digits. Not from the thread's generator, which a forked child inherits (rand does not
+/// reseed it on fork): parent and child would draw the same tokens, and one could release the
+/// other's lock.
+pub(crate) fn owner_token() -> String {
+    let mut bits = [0u8; 16];
+    if getrandom::fill(&mut bits).is_err() {
+        // No randomness from the OS (it has never happened on Linux): the thread's generator.
+        bits = rand::random();
+    }
+    format!("{:032x}", u128::from_be_bytes(bits))
+}
+
 /// The lease of a lock taken by `lock` (`lock_with` sets another).
 pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
 

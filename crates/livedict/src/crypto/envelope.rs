@@ -11,7 +11,7 @@
 //! a ciphertext copied to another key, a changed header, or any flipped bit fails to decrypt.
 
 use aes_gcm::Nonce;
-use aes_gcm::aead::{Aead, Generate as _, Payload};
+use aes_gcm::aead::{Aead, Payload};
 use bytes::Bytes;
 
 use super::keyring::Keyring;
@@ -46,9 +46,14 @@ pub(crate) fn seal(keyring: &Keyring, key: &str, plain: &[u8]) -> Result<Bytes> 
     }
     .to_bytes();
     let key_id = id.to_be_bytes();
-    // A fresh random nonce from the thread's CSPRNG (ChaCha, seeded by the operating system): as
-    // unpredictable as asking the OS every time, without a system call per write.
-    let nonce = Nonce::generate_from_rng(&mut rand::rng());
+    // A fresh random nonce from the operating system, for every write. Not from the thread's
+    // CSPRNG: a forked child inherits that generator's state (rand does not reseed it on fork),
+    // and parent and child would then seal with the same nonces under the same key, which
+    // breaks AES-GCM. A system call per encrypted write is the price.
+    let mut nonce_bytes = [0u8; 12];
+    getrandom::fill(&mut nonce_bytes)
+        .map_err(|e| Error::Crypto(format!("no randomness for a nonce: {e}")))?;
+    let nonce = Nonce::from(nonce_bytes);
     let sealed = material
         .cipher
         .encrypt(

@@ -88,11 +88,6 @@ async fn catch_unwind<F: Future>(f: F) -> std::thread::Result<F::Output> {
     .await
 }
 
-/// A fresh owner token: 128 random bits.
-fn lock_owner() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
 /// How a namespace's parameters are given.
 pub(crate) enum Binding<'p> {
     /// By name.
@@ -984,7 +979,7 @@ impl<'s, P: Port> Dict<'s, P> {
     ) -> Result<Option<HeldLock>> {
         let name = self.allowed(Operation::Lock, key)?.into_owned();
         let lease = ttl::to_millis(lease)?;
-        let owner = lock_owner();
+        let owner = crate::lock::owner_token();
         let give_up = Instant::now().checked_add(timeout);
         let mut pause = LOCK_BACKOFF_MIN;
         loop {

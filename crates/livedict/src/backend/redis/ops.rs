@@ -385,7 +385,7 @@ impl<T: Transport> Ops<'_, T> {
         let b = layout.bucket(key);
         let data = layout.data_key(b, key);
         let lock = layout.lock_key(b, key);
-        let token = format!("{:032x}", rand::random::<u128>());
+        let token = crate::lock::owner_token();
         let lease_ms = self.store.lease.as_millis() as u64;
         let mut take = self.cmd("lock_read", now, &[&data, &lock]);
         take.arg(&token).arg(lease_ms);
@@ -792,7 +792,7 @@ impl<T: Transport> Ops<'_, T> {
     /// batch is not all-or-nothing (see the module documentation).
     async fn apply_batch_across_slots(&self, ops: &[BatchOp], now: Millis) -> Result<Vec<Removed>> {
         let by_bucket = self.by_bucket(ops);
-        let token = format!("b:{:032x}", rand::random::<u128>());
+        let token = format!("b:{}", crate::lock::owner_token());
         let mut backoff = Backoff::new(self.store);
         while !self.prepare_batch(ops, &by_bucket, &token, now).await? {
             backoff.pause(self.io, ops[0].key()).await?;
