@@ -775,6 +775,34 @@ fn a_clear_waits_for_an_update_in_progress() -> Result<()> {
     Ok(())
 }
 
+/// An entry whose deadline passes while an update holds its key is not removed by Redis's own
+/// expiry meanwhile (the sweep passes locked entries by, so no process would see its
+/// `Expire`): taking the lock makes its native TTL outlast the lease by the grace.
+#[test]
+fn a_locked_entry_outlives_its_native_expiry_until_the_update_ends() -> Result<()> {
+    let prefix = fresh_prefix();
+    let backend = RedisBackend::open_with(
+        &server_url(),
+        RedisOptions::new()
+            .prefix(&prefix)
+            .expiry_grace(Duration::from_millis(500)),
+    )?;
+    let key = backend.redis_key("k");
+    let store = LiveDict::builder().backend(backend).build()?;
+    store.set_with("k", &0, Duration::from_millis(100))?;
+    let mut conn = raw();
+    let mut exists = false;
+    let value = store.update("k", |old: Option<i32>| {
+        // Past the deadline (100 ms) and the native expiry (at most 100 + 750 ms).
+        std::thread::sleep(Duration::from_millis(1500));
+        exists = redis::cmd("EXISTS").arg(&key).query(&mut conn).unwrap();
+        old.unwrap_or(-1) + 1
+    })?;
+    assert_eq!(value, 1, "the update read the live value");
+    assert!(exists, "Redis kept the locked entry");
+    Ok(())
+}
+
 /// An entry as format 2 kept it: a hash with fields `v`, `d`, `s`, `a`, made from the entry
 /// string that format 3 wrote under `key` (with its native TTL).
 fn to_format_2_hash(conn: &mut redis::Connection, key: &str) {

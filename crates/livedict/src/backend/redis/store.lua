@@ -454,6 +454,16 @@ local function run(KEYS, ARGV)
     if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[5]) then
       return { -1 }
     end
+    -- The sweep passes a locked entry by; Redis's own expiry must not remove it meanwhile (no
+    -- process would see its `Expire`): its native TTL is made to outlast the lock's lease by the
+    -- grace. (Longer than the head's record of it, which only makes Redis's removal later.)
+    if e and e.d and not e.hash then
+      local pttl = redis.call('PTTL', KEYS[1])
+      local want = tonumber(ARGV[5]) + grace
+      if pttl >= 0 and pttl < want then
+        redis.call('PEXPIRE', KEYS[1], want)
+      end
+    end
     if live(e) then
       return { 1, e.v, fmt(now) }
     end
