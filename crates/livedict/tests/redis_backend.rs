@@ -706,14 +706,28 @@ fn an_undecodable_due_entry_does_not_stop_the_sweep() -> Result<()> {
     clock.advance(2 * ttl);
     assert_eq!(store.sweep_expired()?, N);
     assert_eq!(store.sweep_expired()?, 0, "passed by from now on");
+    let mut conn2 = raw();
+    let kept: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn2).unwrap();
+    assert_eq!(kept, b"garbage", "left as it was");
+    // Looked at again a minute later: gone by then (removed by hand), its member goes too.
+    redis::cmd("DEL").arg(&key).query::<()>(&mut conn2).unwrap();
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(store.sweep_expired()?, 0);
+    let members: usize = (0..16)
+        .map(|b| {
+            redis::cmd("ZCARD")
+                .arg(format!("{prefix}:{{{b}}}:index"))
+                .query::<usize>(&mut conn2)
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(members, 0, "no member left behind");
     store.close();
     let mut expired = expired.lock().unwrap().clone();
     expired.sort();
     let mut expected: Vec<String> = (0..N).map(|i| format!("ok:{i}")).collect();
     expected.sort();
     assert_eq!(expired, expected);
-    let kept: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
-    assert_eq!(kept, b"garbage", "left as it was");
     Ok(())
 }
 
@@ -800,6 +814,84 @@ fn a_locked_entry_outlives_its_native_expiry_until_the_update_ends() -> Result<(
     })?;
     assert_eq!(value, 1, "the update read the live value");
     assert!(exists, "Redis kept the locked entry");
+    Ok(())
+}
+
+/// A read renewing a sliding deadline while an update holds the key does not shorten the native
+/// TTL that taking the lock extended (with the caller's clock every renewal sets one).
+#[test]
+fn a_sliding_read_during_an_update_keeps_the_extended_native_ttl() -> Result<()> {
+    let prefix = fresh_prefix();
+    let options = || {
+        RedisOptions::new()
+            .prefix(&prefix)
+            .server_clock(false)
+            .expiry_grace(Duration::from_millis(500))
+    };
+    let backend = RedisBackend::open_with(&server_url(), options())?;
+    let key = backend.redis_key("k");
+    let store = LiveDict::builder().backend(backend).build()?;
+    let reader = LiveDict::builder()
+        .backend(RedisBackend::open_with(&server_url(), options())?)
+        .build()?;
+    store.set_with(
+        "k",
+        &0,
+        WriteOptions::ttl(Duration::from_millis(300)).sliding(true),
+    )?;
+    let mut conn = raw();
+    let mut exists = false;
+    store.update("k", |old: Option<i32>| {
+        // Renews the deadline to now + 300 ms; a native TTL set from it would end within
+        // 300 + 750 ms.
+        assert_eq!(reader.get::<i32>("k").unwrap(), Some(0));
+        std::thread::sleep(Duration::from_millis(1500));
+        exists = redis::cmd("EXISTS").arg(&key).query(&mut conn).unwrap();
+        old.unwrap_or(-1) + 1
+    })?;
+    assert!(exists, "Redis kept the locked entry");
+    Ok(())
+}
+
+/// A clear goes on past a key an update holds, removes everything else, and takes that key once
+/// the update is done.
+#[test]
+fn a_clear_removes_the_rest_while_one_key_is_held() -> Result<()> {
+    let prefix = fresh_prefix();
+    let updater = open(&prefix)?;
+    let clearer = open(&prefix)?;
+    for i in 0..50 {
+        updater.set(&format!("k{i}"), &i)?;
+    }
+    let (reading, read) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| -> Result<()> {
+        let updater = &updater;
+        let update = scope.spawn(move || {
+            updater.update("k7", move |old: Option<i32>| {
+                reading.send(()).unwrap();
+                released.recv().unwrap();
+                old.unwrap_or(0) + 1
+            })
+        });
+        read.recv().unwrap();
+        let clear = scope.spawn(|| clearer.clear());
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        let mut left = usize::MAX;
+        while std::time::Instant::now() < give_up {
+            left = clearer.keys()?.len();
+            if left == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        release.send(()).unwrap();
+        assert_eq!(left, 1, "everything but the held key went first");
+        assert_eq!(update.join().unwrap()?, 8);
+        clear.join().unwrap()?;
+        Ok(())
+    })?;
+    assert!(clearer.keys()?.is_empty());
     Ok(())
 }
 

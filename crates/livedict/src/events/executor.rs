@@ -568,9 +568,10 @@ fn spawn_worker(shared: &Arc<Shared>, lane: usize, start: WorkerStart) -> std::i
                     }
                 },
             };
-            // A panic outside a hook call (a hook's closure dropped for the last time when the
-            // worker lets go of an old hook list) must not end the lane's deliveries: it counts
-            // as a failed hook, and the worker goes on with the lane's work.
+            // A panic outside a hook call (the application's log subscriber, or anything else
+            // the worker runs of the application's) must not end the lane's deliveries: the
+            // worker goes on with the lane's work. (Hook functions never panic when dropped:
+            // `events::hook_fn`.)
             let leaving = loop {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| worker(&s, lane, generation))) {
                     Ok(leaving) => break leaving,
@@ -583,11 +584,14 @@ fn spawn_worker(shared: &Arc<Shared>, lane: usize, start: WorkerStart) -> std::i
                             c.deadline = None;
                         }
                         drop(work);
-                        s.counters.failed.fetch_add(1, Relaxed);
-                        tracing::error!(
-                            lane,
-                            "livedict: a hook's value panicked when dropped; its worker goes on"
-                        );
+                        // Logged under `catch_unwind` too: the panic may have come from the
+                        // application's log subscriber.
+                        let _ = std::panic::catch_unwind(|| {
+                            tracing::error!(
+                                lane,
+                                "livedict: a hook worker panicked outside a hook call; it goes on"
+                            );
+                        });
                     }
                 }
             };
@@ -785,16 +789,13 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
         if s.watchdog_deep.load(SeqCst) {
             wake_watchdog(s);
         }
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let result = match &call {
-                Call::Listed(i) => (hooks.hooks()[*i].hook.f)(current),
-                Call::Entry(f) => f(current),
-            };
-            // An entry hook's closure may be dropped here for the last time: its captures'
-            // drops are the application's code too.
-            drop(call);
-            result
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match &call {
+            Call::Listed(i) => (hooks.hooks()[*i].hook.f)(current),
+            Call::Entry(f) => f(current),
         }));
+        // An entry hook's closure may be dropped here for the last time: after the call (not
+        // while a panic of the hook unwinds), and never panicking (see `events::hook_fn`).
+        drop(call);
         returned = Some(Returned { outcome });
     }
 }

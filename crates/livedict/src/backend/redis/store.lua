@@ -38,6 +38,8 @@
 -- native-expiry grace (ms).
 local op, now, server_time, grace
 local ACCESS_GRANULARITY = 1000
+-- How long (ms) the sweep leaves an undecodable due entry before it looks at it again.
+local UNDECODABLE_REVISIT = 60000
 
 -- Numbers are passed to redis.call as they are: the server writes a whole number below 2^53
 -- (every time, deadline and TTL here: MAX_TTL and the grace are capped well below) as its
@@ -188,7 +190,10 @@ end
 
 -- Writes the deadline, sliding TTL and last access of entry e (loaded from k) and the native TTL
 -- they ask for: in place for a string, whole for a hash of format 2.
-local function rewrite_head(k, e)
+-- With `only_later` (a read renewing a sliding deadline, which only moves it later), the key's
+-- native TTL is never shortened: an update in progress may have extended it past its lease
+-- (lock_read), and the read must not undo that.
+local function rewrite_head(k, e, only_later)
   if e.hash then
     store_entry(k, e)
   elseif not e.d then
@@ -198,7 +203,10 @@ local function rewrite_head(k, e)
     local n, px = native(e.d, e.n)
     redis.call('SETRANGE', k, D_AT, struct.pack('>dddd', e.d, e.s, e.a, n))
     if px then
-      redis.call('PEXPIRE', k, px)
+      local current = only_later and redis.call('PTTL', k) or -1
+      if current < px then
+        redis.call('PEXPIRE', k, px)
+      end
     end
   end
 end
@@ -353,7 +361,7 @@ local function touch(k, index, m, e)
   if e.s > 0 then
     local d, old_d = now + e.s, e.d
     e.d, e.a = d, now
-    rewrite_head(k, e)
+    rewrite_head(k, e, true)
     if not score_holds(old_d, d) then
       redis.call('ZADD', index, d, m)
     end
@@ -742,9 +750,10 @@ local function run(KEYS, ARGV)
     -- one bucket do not hold back the due entries of the others; what is left then goes to the
     -- indexes that had more, in order.
     -- An entry that does not decode is left as it is and does not stop the sweep (one such entry
-    -- would otherwise stop expiry for the whole store): its member's score becomes '+inf', so
-    -- that later sweeps pass it by, and its member is listed after the count of such entries in
-    -- the reply, for the caller to report. Every other read of it is still an error.
+    -- would otherwise stop expiry for the whole store): its member's score moves a minute on,
+    -- so that sweeps look at it again only then (and drop the member once its key is gone),
+    -- and its member is listed after the count of such entries in the reply, for the caller to
+    -- report. Every other read of it is still an error.
     local left = tonumber(ARGV[4])
     local plan, undecodable = {}, {}
     local function take(index, offset, count)
@@ -785,7 +794,7 @@ local function run(KEYS, ARGV)
     -- the number of undecodable entries passed by, and their members.
     local out = { (left <= 0 and (#plan > 0 or #undecodable > 0)) and 1 or 0, #undecodable }
     for _, u in ipairs(undecodable) do
-      redis.call('ZADD', u[1], '+inf', u[2])
+      redis.call('ZADD', u[1], now + UNDECODABLE_REVISIT, u[2])
       out[#out + 1] = u[2]
     end
     for _, p in ipairs(plan) do
@@ -841,27 +850,35 @@ local function run(KEYS, ARGV)
     return { more }
   elseif op == 'clear' then
     -- KEYS: indexes. ARGV: limit. Removes up to limit entries; returns { live removed, more, then
-    -- member, value, deadline of each dead entry removed }, or { -1, member } (nothing removed)
-    -- while an update or a batch holds the lock of one of them: the caller waits and calls
-    -- again, so that a clear never lands between an update's read and its commit.
+    -- member, value, deadline of each dead entry removed }. An entry whose key an update or a
+    -- batch holds is left for a later call (a clear never lands between an update's read and
+    -- its commit), and `more` is then 1; { -1, member } (nothing removed) when all it found
+    -- are held: the caller waits, then calls again.
     local left = tonumber(ARGV[4])
-    local plan = {}
+    local plan, held = {}, nil
     local more = 0
     for _, index in ipairs(KEYS) do
       local base = base_of(index)
       local members = redis.call('ZRANGE', index, 0, left - 1)
       for _, m in ipairs(members) do
         if redis.call('EXISTS', base .. 'lock:' .. m) == 1 then
-          return { -1, m }
+          held = held or m
+        else
+          local k = base .. 'k:' .. m
+          plan[#plan + 1] = { index, k, m, load(k) or false }
         end
-        local k = base .. 'k:' .. m
-        plan[#plan + 1] = { index, k, m, load(k) or false }
       end
       left = left - #members
       if left <= 0 then
         more = 1
         break
       end
+    end
+    if held then
+      if #plan == 0 then
+        return { -1, held }
+      end
+      more = 1
     end
     local removed, out = 0, { 0, more }
     for _, p in ipairs(plan) do
