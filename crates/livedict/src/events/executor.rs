@@ -21,7 +21,7 @@ use spin::mutex::SpinMutex;
 
 use super::queue::{Batch, EventLog, Job, Published, SHARED_BATCH_MAX, reclaim};
 use super::registry::{HookList, HookListCache, Registry};
-use super::{Event, HookFn};
+use super::{Event, HookFn, contain};
 use crate::crypto::Sealer;
 
 /// What publishing does when the event queue is full.
@@ -573,27 +573,22 @@ fn spawn_worker(shared: &Arc<Shared>, lane: usize, start: WorkerStart) -> std::i
             // worker goes on with the lane's work. (Hook functions never panic when dropped:
             // `events::hook_fn`.)
             let leaving = loop {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| worker(&s, lane, generation))) {
-                    Ok(leaving) => break leaving,
-                    Err(payload) => {
-                        std::mem::forget(payload);
-                        let mut work = s.lanes[lane].work.lock();
-                        if s.lanes[lane].generation.load(SeqCst) == generation
-                            && let Some(c) = work.current.as_mut()
-                        {
-                            c.deadline = None;
-                        }
-                        drop(work);
-                        // Logged under `catch_unwind` too: the panic may have come from the
-                        // application's log subscriber.
-                        let _ = std::panic::catch_unwind(|| {
-                            tracing::error!(
-                                lane,
-                                "livedict: a hook worker panicked outside a hook call; it goes on"
-                            );
-                        });
-                    }
+                if let Some(leaving) = contain(|| worker(&s, lane, generation)) {
+                    break leaving;
                 }
+                let mut work = s.lanes[lane].work.lock();
+                if s.lanes[lane].generation.load(SeqCst) == generation {
+                    end_call(&mut work);
+                }
+                drop(work);
+                // Logged under `catch_unwind` too: the panic may have come from the
+                // application's log subscriber.
+                contain(|| {
+                    tracing::error!(
+                        lane,
+                        "livedict: a hook worker panicked outside a hook call; it goes on"
+                    );
+                });
             };
             if leaving {
                 leave(&s);
@@ -731,8 +726,8 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
         // A call that failed is settled before the next call's deadline is set: formatting and
         // dropping its error (the hook's code) and logging it (the application's subscriber) may
         // take any time, which must not count against the next hook.
-        if let Some(r) = returned.take_if(|r| !r.succeeded()) {
-            let failure = r.settle();
+        if let Some(Returned::Failed(why)) = returned.take_if(|r| matches!(r, Returned::Failed(_)))
+        {
             let mut work = lane.work.lock();
             if lane.generation.load(SeqCst) != generation {
                 // The watchdog gave up on that call and counted it; this thread is abandoned.
@@ -740,14 +735,12 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
                 s.abandoned.fetch_sub(1, SeqCst);
                 return WorkEnd::Abandoned;
             }
-            let count = !overran(&mut work);
-            // The call is over: no verdict of the watchdog's can come for it any more.
-            if let Some(c) = work.current.as_mut() {
-                c.deadline = None;
-            }
+            let count = !end_call(&mut work);
             drop(work);
             if count {
-                failure.count(s, event.as_deref());
+                s.counters.failed.fetch_add(1, Relaxed);
+                tracing::warn!(key = event.as_deref().map(Event::key),
+                    kind = ?event.as_deref().map(|e| e.kind), error = %why, "livedict: hook failed");
             }
         }
         let (next, count_returned) = {
@@ -760,7 +753,7 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
                 }
                 return WorkEnd::Abandoned;
             }
-            let count_returned = !overran(&mut work);
+            let count_returned = !end_call(&mut work);
             (
                 next_call(s, &mut work, hooks, event.as_ref()),
                 count_returned,
@@ -796,7 +789,7 @@ fn run_work(s: &Shared, lane: &Lane, generation: u64, hooks: &mut HookListCache)
         // An entry hook's closure may be dropped here for the last time: after the call (not
         // while a panic of the hook unwinds), and never panicking (see `events::hook_fn`).
         drop(call);
-        returned = Some(Returned { outcome });
+        returned = Some(Returned::of(outcome));
     }
 }
 
@@ -866,68 +859,43 @@ fn same_list(a: Option<&HookList>, b: Option<&HookList>) -> bool {
 }
 
 /// How a hook call ended.
-struct Returned {
-    outcome: std::thread::Result<crate::events::HookResult>,
-}
-
-/// A failed hook call, its error or panic message formatted.
-struct Failure {
-    why: String,
+enum Returned {
+    Delivered,
+    /// With the hook's error or panic message.
+    Failed(String),
 }
 
 impl Returned {
-    fn succeeded(&self) -> bool {
-        matches!(self.outcome, Ok(Ok(())))
-    }
-
-    /// The failure of a call that did not succeed, its error or panic payload formatted and
-    /// dropped under `catch_unwind`: both are the application's code (a `Display` or a `Drop`
-    /// may panic). What a panic while doing so leaves behind is leaked, not dropped.
-    fn settle(self) -> Failure {
-        let why = match self.outcome {
-            Ok(Ok(())) => unreachable!("settle: the call succeeded"),
-            Ok(Err(e)) => contained(move || e.to_string(), "an error whose message panicked"),
-            Err(panic) => contained(
-                move || {
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "non-string panic".into());
-                    format!("panicked: {msg}")
-                },
-                "panicked, with a payload that panicked when dropped",
-            ),
+    /// What `outcome` says, its error or panic payload formatted and dropped right after the
+    /// call, under `catch_unwind` (a `Display` or a `Drop` is the application's code, and may be
+    /// slow: this happens before the next call's deadline is set).
+    fn of(outcome: std::thread::Result<crate::events::HookResult>) -> Returned {
+        let why = match outcome {
+            Ok(Ok(())) => return Returned::Delivered,
+            Ok(Err(e)) => contain(move || e.to_string())
+                .unwrap_or_else(|| "an error whose message panicked".into()),
+            Err(panic) => contain(move || {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                format!("panicked: {msg}")
+            })
+            .unwrap_or_else(|| "panicked, with a payload that panicked when dropped".into()),
         };
-        Failure { why }
+        Returned::Failed(why)
     }
 }
 
-/// `f()` (which drops what it captured), or `fallback` if that panics; the panic's payload is
-/// leaked rather than dropped, since dropping it may panic again.
-fn contained(f: impl FnOnce() -> String, fallback: &str) -> String {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        std::mem::forget(payload);
-        fallback.into()
+/// Ends the lane's call in progress: no verdict of the watchdog's can come for it any more.
+/// Whether the watchdog already counted it as timed out without giving its worker up (too
+/// many were stuck already): then it is not counted again.
+fn end_call(work: &mut Work) -> bool {
+    work.current.as_mut().is_some_and(|c| {
+        c.deadline = None;
+        std::mem::take(&mut c.overran)
     })
-}
-
-impl Failure {
-    /// Counts the call as failed and logs it. `event`: the event of the call.
-    fn count(self, s: &Shared, event: Option<&Event>) {
-        s.counters.failed.fetch_add(1, Relaxed);
-        tracing::warn!(key = event.map(Event::key), kind = ?event.map(|e| e.kind), error = %self.why,
-            "livedict: hook failed");
-    }
-}
-
-/// Whether the lane's call in progress was counted as timed out by the watchdog without its
-/// worker being given up (too many were stuck already): then it is not counted again. Clears
-/// the mark.
-fn overran(work: &mut Work) -> bool {
-    work.current
-        .as_mut()
-        .is_some_and(|c| std::mem::take(&mut c.overran))
 }
 
 /// Makes `job` the lane's event in progress, with every hook call it gets, decided now (hooks

@@ -326,13 +326,19 @@ struct DropContained<T>(Option<T>);
 impl<T> Drop for DropContained<T> {
     fn drop(&mut self) {
         let inner = self.0.take();
-        if let Err(payload) =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(inner)))
-        {
-            std::mem::forget(payload);
+        if contain(move || drop(inner)).is_none() {
             tracing::error!("livedict: a hook's function panicked when dropped");
         }
     }
+}
+
+/// Runs `f`, the application's code (a hook's `Display`, `Drop`, log subscriber...), under
+/// `catch_unwind`: its result, or `None` if it panicked. The panic's payload is leaked, not
+/// dropped: dropping it may panic again.
+pub(crate) fn contain<R>(f: impl FnOnce() -> R) -> Option<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(std::mem::forget)
+        .ok()
 }
 
 /// Which keys a store-wide hook hears about.

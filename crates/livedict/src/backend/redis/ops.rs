@@ -197,22 +197,19 @@ impl<T: Transport> Drop for HeldLock<'_, T> {
 impl<T: Transport> Ops<'_, T> {
     /// An `FCALL` (or `EVALSHA`) of operation `op` over `keys`; the operation's arguments follow.
     fn cmd<K: AsRef<str>>(&self, op: &str, now: Millis, keys: &[K]) -> redis::Cmd {
-        let mut cmd = self.store.script.command(keys, may_grow(op));
-        cmd.arg(op);
-        if self.store.server_clock {
-            cmd.arg("");
-        } else {
-            cmd.arg(now);
-        }
-        cmd.arg(self.store.grace_ms);
-        cmd
+        self.cmd_at(op, (!self.store.server_clock).then_some(now), keys)
     }
 
     /// [`cmd`](Self::cmd) judged at `time` (ms since the epoch) whichever clock the store
-    /// follows.
-    fn cmd_at<K: AsRef<str>>(&self, op: &str, time: Millis, keys: &[K]) -> redis::Cmd {
+    /// follows, or by the server's clock (`TIME`) if `None`.
+    fn cmd_at<K: AsRef<str>>(&self, op: &str, time: Option<Millis>, keys: &[K]) -> redis::Cmd {
         let mut cmd = self.store.script.command(keys, may_grow(op));
-        cmd.arg(op).arg(time).arg(self.store.grace_ms);
+        cmd.arg(op);
+        match time {
+            Some(t) => cmd.arg(t),
+            None => cmd.arg(""),
+        };
+        cmd.arg(self.store.grace_ms);
         cmd
     }
 
@@ -432,7 +429,11 @@ impl<T: Transport> Ops<'_, T> {
         // Judged at the time the read was (the server's, by default): an entry whose deadline
         // passed while `f` ran is still the live value `f` replaced, not an expired one whose
         // TTL a keep-TTL change could not keep.
-        let mut commit = self.cmd_at("commit", read_at, &[data.as_str(), layout.index(b), &lock]);
+        let mut commit = self.cmd_at(
+            "commit",
+            Some(read_at),
+            &[data.as_str(), layout.index(b), &lock],
+        );
         commit.arg(key).arg(&token);
         match &change {
             Change::Keep => {
@@ -629,7 +630,7 @@ impl<T: Transport> Ops<'_, T> {
                 let mut items = array(self.run(&cmd).await?)?.into_iter();
                 let removed = int(&items.next().ok_or_else(|| unexpected("clear"))?)?;
                 if removed == -1 {
-                    // A key of the chunk is locked by an update or a batch: wait for it.
+                    // Every entry the chunk found is held by an update or a batch: wait.
                     let key = text(items.next().unwrap_or(Value::Nil))?.unwrap_or_default();
                     backoff.pause(self.io, &key).await?;
                     continue;
@@ -894,7 +895,7 @@ impl<T: Transport> Ops<'_, T> {
                 tracing::error!(
                     key = key.as_deref().unwrap_or("?"),
                     "livedict: an entry due to expire does not decode; it is left as it is, and \
-                     later sweeps pass it by (every other call on it is an error)"
+                     sweeps look at it again a minute later (every other call on it is an error)"
                 );
             }
             expired_entries(reply, out)?;
