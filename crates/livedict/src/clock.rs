@@ -201,11 +201,16 @@ impl CounterWall {
     }
 }
 
+/// How often the ticker refreshes the cached time (and measures the counter's offset).
+const TICK: Duration = Duration::from_millis(10);
+/// Ticks between two looks at whether the cached time was used: a second's worth.
+const TICKS_PER_USE_CHECK: u32 = 100;
+
 /// How stale the cached time may be and still answer "is this deadline ahead?". The ticker
-/// refreshes it every millisecond; the margin covers a ticker delayed by scheduling.
+/// refreshes it every [`TICK`]; the margin covers a ticker delayed by scheduling.
 pub(crate) const RECENT_MARGIN: Millis = 1000;
 
-/// A process-wide cache of the wall clock, refreshed every millisecond by one background thread
+/// A process-wide cache of the wall clock, refreshed every [`TICK`] (10 ms) by one background thread
 /// ("livedict-clock") while stores read it; the thread parks after a second without readers and
 /// is woken by the next one.
 struct RecentClock {
@@ -279,9 +284,9 @@ impl RecentClock {
             self.refresh();
             self.ticking.store(true, Ordering::Release);
             COUNTER_WALL.get_or_init(CounterWall::new);
-            for _ in 0..1000 {
+            for _ in 0..TICKS_PER_USE_CHECK {
                 self.refresh();
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(TICK);
             }
             if !self.used.swap(false, Ordering::Relaxed) {
                 // Nobody read the time for a second: park until a reader wakes us.
@@ -326,7 +331,7 @@ impl RecentClock {
 /// Reading a clock (`clock_gettime`, even the kernel's coarse clock) stops the CPU from
 /// overlapping one lookup's cache misses with the next: with a miss per lookup it made reads two
 /// to three times slower. Most reads only need to know that an entry's deadline is not yet
-/// reached, which a cached time (refreshed every millisecond by one thread) answers when the
+/// reached, which a cached time (refreshed every 10 ms by one thread) answers when the
 /// deadline is more than a second away; the precise clock is read only near a deadline,
 /// for a sliding TTL, or when asked. A manual clock is always read exactly (an atomic load).
 #[derive(Debug)]

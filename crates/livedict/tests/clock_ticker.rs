@@ -45,7 +45,7 @@ fn the_clock_ticker_parks_when_the_store_is_idle() -> livedict::Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         let now = ticker_switches().expect("the ticker thread stays");
         if now == last {
-            break; // parked: no wake-up in half a second, where it ticks every millisecond
+            break; // parked: no wake-up in half a second, where it ticks every 10 ms
         }
         assert!(
             started.elapsed() < Duration::from_secs(15),
