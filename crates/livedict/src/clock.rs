@@ -113,7 +113,7 @@ fn precise_now() -> Millis {
 /// The wall clock read from the processor's time-stamp counter, through `quanta` (which
 /// calibrates the counter against the OS's monotonic clock, and falls back to that clock where
 /// the counter is not invariant), at an offset from the wall clock that the ticker measures every
-/// millisecond (so clock adjustments reach it within a tick, and the counter's drift, a few
+/// tick (10 ms: so clock adjustments reach it within a tick, and the counter's drift, a few
 /// microseconds a second here, never accumulates).
 ///
 /// Why not `SystemTime::now` on every write: the system clock (`clock_gettime` through the vDSO)
@@ -378,8 +378,8 @@ impl<'a> Now<'a> {
         }
     }
 
-    /// A time no later than [`exact`](Self::exact), and normally within a few milliseconds of
-    /// it: the cached time when it is available.
+    /// A time no later than [`exact`](Self::exact), and normally within about ten milliseconds
+    /// of it: the cached time when it is available.
     #[inline]
     pub fn recent(&self) -> Millis {
         match (self.known(), self.clock) {

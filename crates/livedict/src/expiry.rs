@@ -41,6 +41,8 @@ use crate::engine::Engine;
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Longest sleep on a shared backend, where other processes add deadlines.
 const SHARED_POLL: Duration = Duration::from_millis(100);
+/// Shortest sleep before a deadline not yet come (see `run`).
+const MIN_WAIT: Duration = Duration::from_micros(250);
 /// Pause after a failed sweep (a backend that went away).
 const ERROR_BACKOFF: Duration = Duration::from_millis(250);
 /// First and longest pause when a due entry outlived a sweep (doubled each time): short, since
@@ -314,11 +316,15 @@ async fn run<P: Port>(dict: &Dict<'_, P>) {
             }
             let poll_in = poll_at.saturating_duration_since(Instant::now());
             let wait = match &engine.clock {
+                // At least `MIN_WAIT`: the time that judged `wake_at` not come is the counter's,
+                // which may lag the system clock's by up to a tick after the wall clock steps
+                // forward; without a floor, rounds would follow each other until the next tick.
                 Clock::System => Duration::from_micros(
                     wake_at
                         .saturating_mul(1000)
                         .saturating_sub(micros_since_epoch()),
                 )
+                .max(MIN_WAIT)
                 .min(poll_in),
                 // A manual clock kicks the driver when it moves.
                 Clock::Manual(_) => poll_in,

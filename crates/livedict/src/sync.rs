@@ -1075,32 +1075,69 @@ mod driver_tests {
         Ok(())
     }
 
-    /// A write whose deadline is earlier than the planned one still wakes the driver in time:
-    /// the entry is removed, without a read, as soon as a manual clock passes its deadline, not
-    /// at the driver's next poll or planned wake-up an hour on.
+    /// Waits until the driver of `store` sleeps after a round that planned a wake-up, with its
+    /// next poll about a second away.
+    fn wait_for_a_planned_sleep(store: &LiveDict) {
+        let expiry = &store.inner.engine.expiry;
+        let rounds = || expiry.rounds.load(SeqCst);
+        let (first, started) = (rounds(), Instant::now());
+        loop {
+            assert!(started.elapsed() < Duration::from_secs(10), "no plan");
+            let r = rounds();
+            if r != first && expiry.planned() != u64::MAX {
+                // A round takes microseconds: one that began before this look is over by now.
+                std::thread::sleep(Duration::from_millis(20));
+                if rounds() == r && expiry.planned() != u64::MAX {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A write whose deadline is earlier than the planned one wakes the driver in time: the entry
+    /// is removed, without a read, as soon as a manual clock passes its deadline, not at the
+    /// driver's next poll (a second on) or its planned wake-up (an hour on).
     #[test]
     fn an_earlier_deadline_written_while_the_driver_sleeps_is_swept_on_time() -> crate::Result<()> {
         let (clock, manual) = crate::Clock::manual();
         let store = LiveDict::builder().clock(clock).build()?;
         store.set_bytes_with("late", b"v", Duration::from_secs(3600))?;
-        // Just after a round has planned its wake-up (for "late"), so that the driver's next
-        // poll is about a second away.
-        let rounds = || store.inner.engine.expiry.rounds.load(SeqCst);
-        let (first, settled) = (rounds(), Instant::now());
-        while rounds() == first || store.inner.engine.expiry.planned() == u64::MAX {
-            assert!(settled.elapsed() < Duration::from_secs(10), "no plan");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for_a_planned_sleep(&store);
         let written = Instant::now();
         store.set_bytes_with("soon", b"v", Duration::from_secs(10))?;
         manual.advance(Duration::from_secs(11));
         while store.stats().expirations == 0 {
             assert!(
-                written.elapsed() < Duration::from_millis(900),
+                written.elapsed() < Duration::from_millis(500),
                 "not swept before the driver's one-second poll"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
+        assert_eq!(store.len()?, 1);
+        Ok(())
+    }
+
+    /// The same on the system clock: the driver lowers its planned wake-up to the reported
+    /// deadline and sleeps until then.
+    #[test]
+    fn an_earlier_deadline_on_the_system_clock_is_swept_on_time() -> crate::Result<()> {
+        let store = LiveDict::new();
+        store.set_bytes_with("late", b"v", Duration::from_secs(3600))?;
+        wait_for_a_planned_sleep(&store);
+        let written = Instant::now();
+        store.set_bytes_with("soon", b"v", Duration::from_millis(50))?;
+        while store.stats().expirations == 0 {
+            assert!(
+                written.elapsed() < Duration::from_millis(500),
+                "not swept before the driver's one-second poll"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            written.elapsed() >= Duration::from_millis(50),
+            "swept early"
+        );
         assert_eq!(store.len()?, 1);
         Ok(())
     }
