@@ -28,7 +28,9 @@ pub enum Operation {
     Delete,
     /// Change a deadline (`expire`, `persist`).
     Expire,
-    /// List or count (`keys`, `values`, `items`, `iter`, `len`, `export`); the key is the prefix.
+    /// List or count (`keys`, `values`, `items`, `iter`, `len`, `export`), or register a hook;
+    /// the key is the prefix (a hook's: the key or prefix it listens to, under the handle's
+    /// namespace; `""` for every key).
     Scan,
     /// Remove everything under a prefix (`clear`, `cleanup_inactive`, `sweep_expired`).
     Clear,

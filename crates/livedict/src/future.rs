@@ -904,22 +904,22 @@ impl AsyncLiveDict {
     /// # Errors
     /// [`Error::Backend`] if the hook threads cannot be started.
     pub fn hook(&self, hook: Hook) -> Result<HookId> {
-        self.engine().register_hook(hook)
+        self.dict().register_hook(hook)
     }
 
     /// Re-enables a disabled hook; false if no hook has this id.
     pub fn enable_hook(&self, id: HookId) -> bool {
-        self.engine().events.registry.set_enabled(id, true)
+        self.dict().set_hook_enabled(id, true)
     }
 
     /// Disables a hook; false if no hook has this id.
     pub fn disable_hook(&self, id: HookId) -> bool {
-        self.engine().events.registry.set_enabled(id, false)
+        self.dict().set_hook_enabled(id, false)
     }
 
     /// Removes a hook for good; false if no hook has this id.
     pub fn unregister_hook(&self, id: HookId) -> bool {
-        self.engine().events.registry.unregister(id)
+        self.dict().unregister_hook(id)
     }
 
     /// Stops the store and waits until queued events are delivered (up to the hook grace

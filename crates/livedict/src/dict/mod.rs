@@ -192,6 +192,28 @@ impl<'s, P: Port> Dict<'s, P> {
         self.scope.map_or("", |s| s.prefix.as_str())
     }
 
+    /// Registers `hook` through this handle: under a namespace it hears only keys under the
+    /// prefix (its key or prefix filter taken as relative to it), once the policy allows
+    /// [`Operation::Scan`] on what it listens to (its key, its prefix, or the handle's prefix).
+    pub(crate) fn register_hook(&self, hook: crate::events::Hook) -> Result<crate::events::HookId> {
+        let hook = hook.scoped(self.prefix());
+        self.engine.allow(Operation::Scan, hook.watched())?;
+        self.engine.register_hook(hook)
+    }
+
+    /// Enables or disables a hook registered through this handle or a namespace inside it.
+    pub(crate) fn set_hook_enabled(&self, id: crate::events::HookId, enabled: bool) -> bool {
+        self.engine
+            .events
+            .registry
+            .set_enabled(id, enabled, self.prefix())
+    }
+
+    /// Unregisters a hook registered through this handle or a namespace inside it.
+    pub(crate) fn unregister_hook(&self, id: crate::events::HookId) -> bool {
+        self.engine.events.registry.unregister(id, self.prefix())
+    }
+
     /// An empty batch whose keys are under this handle's namespace.
     pub(crate) fn batch(&self, scope: Option<Arc<Scope>>) -> Batch {
         Batch::new(self.engine.clone(), scope)

@@ -384,6 +384,8 @@ impl KeyFilter {
 pub struct Hook {
     pub(crate) kinds: u8,
     filter: KeyFilter,
+    /// The prefix of the namespace handle it was registered through (`""`: the whole store).
+    scope: String,
     pub(crate) timeout: Option<Duration>,
     pub(crate) f: HookFn,
 }
@@ -407,6 +409,7 @@ impl Hook {
         Hook {
             kinds: kinds.into_iter().fold(0, |m, k| m | k.bit()),
             filter: KeyFilter::All,
+            scope: String::new(),
             timeout: None,
             f: hook_fn(f),
         }
@@ -483,6 +486,36 @@ impl Hook {
     pub fn timeout(mut self, timeout: Duration) -> Hook {
         self.timeout = Some(timeout);
         self
+    }
+
+    /// This hook as registered through a handle whose namespace prefix is `prefix`: it hears only
+    /// keys under the prefix (its key or prefix filter is taken as relative to it, as the
+    /// handle's keys are).
+    pub(crate) fn scoped(mut self, prefix: &str) -> Hook {
+        if !prefix.is_empty() {
+            self.filter = match self.filter {
+                KeyFilter::All => KeyFilter::Prefix(prefix.to_owned()),
+                KeyFilter::Key(k) => KeyFilter::Key(format!("{prefix}{k}")),
+                KeyFilter::Prefix(p) => KeyFilter::Prefix(format!("{prefix}{p}")),
+            };
+            self.scope = prefix.to_owned();
+        }
+        self
+    }
+
+    /// What the hook listens to, as the access policy is asked about it: its key, its prefix,
+    /// or `""` for every key.
+    pub(crate) fn watched(&self) -> &str {
+        match &self.filter {
+            KeyFilter::All => "",
+            KeyFilter::Key(k) | KeyFilter::Prefix(k) => k,
+        }
+    }
+
+    /// Whether a handle whose namespace prefix is `prefix` may enable, disable or unregister
+    /// this hook: one registered through it or through a namespace inside it.
+    pub(crate) fn registered_within(&self, prefix: &str) -> bool {
+        self.scope.starts_with(prefix)
     }
 
     pub(crate) fn accepts(&self, kind: EventKind, key: &str) -> bool {

@@ -140,10 +140,15 @@ impl Registry {
         id
     }
 
-    pub(crate) fn unregister(&self, id: HookId) -> bool {
+    /// Removes the hook `id` if it was registered within the namespace `prefix` (`""`: any).
+    pub(crate) fn unregister(&self, id: HookId, prefix: &str) -> bool {
         let mut hooks = self.hooks.write();
         let before = hooks.len();
-        let list: Vec<_> = hooks.iter().filter(|r| r.id != id).cloned().collect();
+        let list: Vec<_> = hooks
+            .iter()
+            .filter(|r| r.id != id || !r.hook.registered_within(prefix))
+            .cloned()
+            .collect();
         let removed = list.len() != before;
         *hooks = Arc::new(list);
         self.version.fetch_add(1, Ordering::Release);
@@ -151,9 +156,13 @@ impl Registry {
         removed
     }
 
-    pub(crate) fn set_enabled(&self, id: HookId, enabled: bool) -> bool {
+    /// Enables or disables the hook `id` if it was registered within the namespace `prefix`
+    /// (`""`: any).
+    pub(crate) fn set_enabled(&self, id: HookId, enabled: bool, prefix: &str) -> bool {
         let hooks = self.hooks.write();
-        let found = hooks.iter().find(|r| r.id == id);
+        let found = hooks
+            .iter()
+            .find(|r| r.id == id && r.hook.registered_within(prefix));
         if let Some(r) = found {
             r.enabled.store(enabled, Ordering::Release);
         }

@@ -51,6 +51,14 @@ pub(crate) fn parse(template: &str) -> Result<Vec<Segment>> {
                 }
                 segments.push(Segment::Param(name.to_owned()));
                 rest = &after[end + 1..];
+                // A parameter ends its part of the prefix: two bindings must never give the
+                // same prefix, and the separator is the one character a value cannot hold (it
+                // is escaped). With `t:{a}{b}` or `t:{a}-{b}`, `a=1,b=23` and `a=12,b=3` would.
+                if !(rest.is_empty() || rest.starts_with(SEPARATOR)) {
+                    return Err(bad(&format!(
+                        "parameter {name:?} must be followed by {SEPARATOR:?} or end the template"
+                    )));
+                }
             }
         }
     }

@@ -287,6 +287,7 @@ macro_rules! conformance_suite {
             namespace_cleanup_inactive_stays_under_its_prefix,
             namespace_parameter_values_are_escaped_text,
             namespace_binding_errors_name_the_parameter,
+            namespace_hooks_hear_only_their_namespace,
             namespace_ttls_inherit_and_keys_override,
             namespace_describe_lists_the_schema,
             typed_keys_carry_type_default_ttl_and_secrecy,

@@ -151,10 +151,74 @@ pub fn namespace_binding_errors_name_the_parameter(h: &Harness) -> Result<()> {
         Namespace::new("a:{x}:{x}"),
         Err(Error::Namespace(_))
     ));
+    // A parameter ends its part of the prefix, so that no two bindings give the same one (with
+    // `t:{a}{b}`, a=1,b=23 and a=12,b=3 would both be `t:123:`).
+    for template in ["t:{a}{b}", "t:{a}-{b}", "{a}x", "t:{a}%"] {
+        match Namespace::new(template) {
+            Err(Error::Namespace(m)) => assert!(m.contains("\"a\""), "{m}"),
+            other => panic!("{template}: expected Error::Namespace, got {other:?}"),
+        }
+    }
+    assert!(Namespace::new("t:{a}:{b}").is_ok() && Namespace::new("x{a}:y").is_ok());
     let s = store.namespace(&session, &[("sid", "s1"), ("user_id", "7")])?;
     s.set("token", &1)?;
     assert!(store.contains("app:user:7:session:s1:token")?);
     assert!(!store.is_empty()?);
+    Ok(())
+}
+
+/// A hook registered through a namespace handle hears only keys under its prefix (a key or
+/// prefix filter is relative to the handle, as its keys are), and the handle can enable, disable
+/// or unregister only hooks registered through it or a namespace inside it.
+pub fn namespace_hooks_hear_only_their_namespace(h: &Harness) -> Result<()> {
+    let store = h.store();
+    let user = Namespace::new("user:{id}")?;
+    let u1 = store.namespace_one(&user, "1")?;
+    let u2 = store.namespace_one(&user, "2")?;
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let record = |tag: &'static str| {
+        let heard = heard.clone();
+        move |e: &livedict::Event| {
+            heard.lock().unwrap().push(format!("{tag} {}", e.key()));
+            Ok(())
+        }
+    };
+    let all = u1.on(EventKind::Set, record("all"))?;
+    u1.hook(u1.new_hook(EventKind::Set, record("key")).key("name"))?;
+    u1.hook(u1.new_hook(EventKind::Set, record("prefix")).prefix("n"))?;
+    let everything = store.on(EventKind::Set, record("store"))?;
+    store.set("other:password", &"hunter2")?;
+    store.set("user:10:name", &"x")?;
+    u2.set("name", &"y")?;
+    u1.set("name", &"ann")?;
+    let want = [
+        "all user:1:name",
+        "key user:1:name",
+        "prefix user:1:name",
+        "store other:password",
+        "store user:10:name",
+        "store user:1:name",
+        "store user:2:name",
+    ];
+    let give_up = std::time::Instant::now() + secs(20);
+    loop {
+        let mut got = heard.lock().unwrap().clone();
+        got.sort();
+        if got == want {
+            break;
+        }
+        assert!(
+            got.len() < want.len() && std::time::Instant::now() < give_up,
+            "heard {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!u2.disable_hook(all), "not registered through u2");
+    assert!(!u2.unregister_hook(all));
+    assert!(!u1.disable_hook(everything), "a store-wide hook");
+    assert!(!u1.unregister_hook(everything));
+    assert!(u1.disable_hook(all) && u1.enable_hook(all) && u1.unregister_hook(all));
+    assert!(store.unregister_hook(everything));
     Ok(())
 }
 
@@ -277,6 +341,18 @@ pub fn access_policy_is_asked_before_every_operation(h: &Harness) -> Result<()> 
         store.namespace_one(&ns, "1"),
         Err(Error::PermissionDenied { .. })
     ));
+    // A hook listening to refused keys is refused too (it would hear their values).
+    let hook = |filter: &str| {
+        store
+            .hook(
+                store
+                    .new_hook(EventKind::Set, |_| Ok(()))
+                    .prefix(filter.to_owned()),
+            )
+            .map(drop)
+    };
+    assert!(denied(hook("secret")));
+    hook("open")?;
     // Refusals changed nothing.
     assert_eq!(names(store.keys()?), ["open", "open2"]);
     assert_eq!(store.get::<i32>("open")?, Some(1));
