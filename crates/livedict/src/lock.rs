@@ -83,7 +83,11 @@ impl LockGuard {
     ///
     /// # Errors
     /// [`Error::Backend`](crate::Error::Backend) (the lease frees the lock anyway).
+    /// [`Error::Reentrant`](crate::Error::Reentrant) inside one of the store's update closures;
+    /// the guard is then released once the update is done, as when dropped there.
     pub fn release(mut self) -> Result<bool> {
+        // On an error here, the guard's drop releases the lock from another thread.
+        self.store.dict().check_reentrancy()?;
         match self.held.take() {
             Some(held) => run_ready(self.store.dict().release_lock(&held)),
             None => Ok(false),
@@ -93,11 +97,36 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let Some(held) = self.held.take()
-            && let Err(e) = run_ready(self.store.dict().release_lock(&held))
-        {
-            tracing::warn!(error = %e, key = %held.name, "livedict: cannot release a lock; its lease will");
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        match run_ready(self.store.dict().release_lock(&held)) {
+            // Dropped inside one of the store's update closures: released from another thread,
+            // once the update is done (on SQLite the release waits for the update's write lock).
+            Err(crate::Error::Reentrant) => {
+                let store = self.store.clone();
+                let name = held.name.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("livedict-unlock".into())
+                    .spawn(move || released(run_ready(store.dict().release_lock(&held)), &held));
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, key = %name, "livedict: cannot release a lock; its lease will");
+                }
+            }
+            outcome => released(outcome, &held),
         }
+    }
+}
+
+/// Logs what a guard's drop could not do: release the lock (its lease will), or release it
+/// before its lease ran out (another owner may have held it meanwhile).
+fn released(outcome: Result<bool>, held: &HeldLock) {
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(key = %held.name,
+            "livedict: a lock's lease ran out before its guard released it; another owner may have held it"),
+        Err(e) => tracing::warn!(error = %e, key = %held.name,
+            "livedict: cannot release a lock; its lease will"),
     }
 }
 
@@ -159,9 +188,7 @@ impl Drop for AsyncLockGuard {
         if let Some(held) = self.held.take() {
             let store = self.store.clone();
             drop(store.runtime().clone().spawn(async move {
-                if let Err(e) = store.dict().release_lock(&held).await {
-                    tracing::warn!(error = %e, key = %held.name, "livedict: cannot release a lock; its lease will");
-                }
+                released(store.dict().release_lock(&held).await, &held);
             }));
         }
     }

@@ -108,6 +108,25 @@ fn a_file_that_is_not_a_store_is_refused_and_left_alone() -> Result<()> {
     );
     assert!(!Path::new(&format!("{}-wal", other.display())).exists());
 
+    // Another application's database with no table yet: a view only, or identifiers only.
+    for setup in [
+        "CREATE VIEW answer AS SELECT 42 AS value;",
+        "PRAGMA application_id = 1234; PRAGMA user_version = 7;",
+    ] {
+        let other = fresh_path();
+        {
+            let c = rusqlite::Connection::open(&other).unwrap();
+            c.execute_batch(setup).unwrap();
+        }
+        let before = std::fs::read(&other).unwrap();
+        match SqliteBackend::open(&other) {
+            Err(Error::Format(msg)) => assert!(msg.contains("not a livedict store"), "{msg}"),
+            other => panic!("{setup}: expected a format error, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(&other).unwrap(), before, "{setup}: changed");
+        assert!(!Path::new(&format!("{}-wal", other.display())).exists());
+    }
+
     // A livedict store of a newer format.
     let newer = fresh_path();
     drop(open(&newer)?);
@@ -564,5 +583,36 @@ fn openers_racing_on_a_new_file_all_succeed() -> Result<()> {
             .build()?;
         assert_eq!(store.len()?, OPENERS, "round {round}");
     }
+    Ok(())
+}
+
+/// A lock guard dropped inside an update closure is released once the update is done. (Before,
+/// its release waited for the write lock that the closure's own transaction held, for ever.)
+/// Releasing it by hand there is `Error::Reentrant`, as every other use of the store inside the
+/// closure is.
+#[test]
+fn a_lock_guard_dropped_inside_an_update_is_released_after_it() -> Result<()> {
+    let store = LiveDict::builder()
+        .backend(SqliteBackend::open(fresh_path())?)
+        .build()?;
+    let guard = store.lock("job", Duration::ZERO)?.expect("free");
+    assert_eq!(
+        store.update("n", move |old: Option<i32>| {
+            drop(guard);
+            old.unwrap_or(0) + 1
+        })?,
+        1
+    );
+    assert!(
+        store.lock("job", Duration::from_secs(10))?.is_some(),
+        "released after the update"
+    );
+    let guard = store.lock("job", Duration::ZERO)?.expect("free");
+    let released = store.update("n", move |old: Option<i32>| {
+        assert!(matches!(guard.release(), Err(Error::Reentrant)));
+        old.unwrap_or(0) + 1
+    })?;
+    assert_eq!(released, 2);
+    assert!(store.lock("job", Duration::from_secs(10))?.is_some());
     Ok(())
 }

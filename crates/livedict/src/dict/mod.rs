@@ -658,6 +658,12 @@ impl<'s, P: Port> Dict<'s, P> {
     /// Applies a batch all-or-nothing.
     pub(crate) async fn apply(&self, batch: Batch) -> Result<()> {
         let engine = self.engine;
+        if !Arc::ptr_eq(&batch.engine, engine) {
+            // Its values are encoded with that store's codec, header and keys.
+            return Err(Error::Format(
+                "a batch is applied by the store that built it (or a handle of it)".into(),
+            ));
+        }
         let mut now = engine.begin()?;
         if batch.ops.is_empty() {
             return Ok(());
@@ -1018,9 +1024,17 @@ impl<'s, P: Port> Dict<'s, P> {
         }
     }
 
+    /// `Err(Error::Reentrant)` inside one of this store's update closures.
+    pub(crate) fn check_reentrancy(&self) -> Result<()> {
+        self.engine.check_reentrancy()
+    }
+
     /// Releases a lock taken by [`acquire_lock`](Self::acquire_lock); false if its lease had run
-    /// out (someone else may hold it now).
+    /// out (someone else may hold it now). [`Error::Reentrant`] inside one of this store's
+    /// update closures: on SQLite the release waits for the write lock the closure's transaction
+    /// holds.
     pub(crate) async fn release_lock(&self, lock: &HeldLock) -> Result<bool> {
+        self.engine.check_reentrancy()?;
         let now = self.engine.clock.now();
         self.port.unlock(&lock.name, &lock.owner, now).await
     }

@@ -102,6 +102,12 @@ impl Engine {
         Ok(self.clock.now_of_operation())
     }
 
+    /// `Err(Error::Reentrant)` inside one of this store's update closures (what
+    /// [`begin`](Self::begin) checks besides closing).
+    pub(crate) fn check_reentrancy(&self) -> Result<()> {
+        reentrancy::check(self.id)
+    }
+
     /// [`begin`](Self::begin) plus key validation.
     #[inline]
     pub(crate) fn begin_key(&self, key: &str) -> Result<Millis> {

@@ -621,6 +621,13 @@ pub fn batch_is_all_or_nothing(h: &Harness) -> Result<()> {
     clock.advance(secs(5));
     assert!(!store.contains("b")?);
     store.apply(store.batch())?; // empty batch is fine
+    // A batch is applied by the store that built it: another's values are encoded with its
+    // codec and keys, which this store may not read.
+    let other = h.store();
+    let mut foreign = other.batch();
+    foreign.set("foreign", &1)?;
+    assert!(matches!(store.apply(foreign), Err(Error::Format(_))));
+    assert!(!store.contains("foreign")?);
     Ok(())
 }
 

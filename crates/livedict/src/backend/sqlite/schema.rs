@@ -75,17 +75,42 @@ CREATE TABLE IF NOT EXISTS livedict_locks (
 ///
 /// `patience` bounds how long it retries while other processes hold the file (see [`use_wal`]).
 pub(crate) fn check_or_create(conn: &mut Connection, patience: Duration) -> Result<()> {
-    let tables: Vec<String> = {
+    // Every schema object, in one statement (one snapshot: another process may be making the
+    // store meanwhile).
+    let objects: Vec<(String, String)> = {
         let mut stmt = conn
-            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
+            .prepare("SELECT type, name FROM sqlite_schema")
             .map_err(db_error)?;
         let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
             .map_err(db_error)?;
         rows.collect::<std::result::Result<_, _>>()
             .map_err(db_error)?
     };
+    let tables: Vec<String> = objects
+        .iter()
+        .filter(|(kind, _)| kind == "table")
+        .map(|(_, name)| name.clone())
+        .collect();
     if tables.is_empty() {
+        // Empty only if nothing at all was made in it: another application's database may hold
+        // views or triggers before any table, or have set its identifiers (which livedict never
+        // sets).
+        let (application_id, user_version): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT application_id FROM pragma_application_id), \
+                        (SELECT user_version FROM pragma_user_version)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db_error)?;
+        let objects = objects.len();
+        if (objects, application_id, user_version) != (0, 0, 0) {
+            return Err(Error::Format(format!(
+                "the database is not a livedict store (no tables, but {objects} schema objects, \
+                 application_id {application_id}, user_version {user_version})"
+            )));
+        }
         // An empty database: make it a livedict store (WAL is a property of the file).
         use_wal(conn, patience)?;
         let tx = conn
