@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::backend::{AsyncBackend, KeyTtl};
 use crate::batch::Batch;
 use crate::crypto::Keyring;
-use crate::dict::{AsyncPort, Binding, Dict};
+use crate::dict::{AsyncPort, Binding, Dict, PreparedWrite};
 use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
 use crate::events::{Event, EventKind, Hook, HookId, HookResult};
@@ -60,7 +60,13 @@ impl WeakAsyncLiveDict {
 ///
 /// A future dropped before it completes changes nothing if it had not reached its backend yet;
 /// one dropped while its backend works may have applied its change (as with any request already
-/// sent to a server). An `update` closure runs at most once either way.
+/// sent to a server). An `update` closure runs at most once either way. On SQLite and Redis the
+/// writes (`set` and its forms, `replace`, `setdefault`, `apply`, `set_many`, `incr`, `delete`,
+/// `pop`, `clear`, `expire`, `persist`, `cleanup_inactive`, `sweep_expired`) and `lock` run as
+/// tasks of their own, which a dropped future leaves to finish: a change that is made gets its
+/// events, and a lock taken after the caller gave up is released. `update` and its forms,
+/// `merge`, `popitem`, `get_or_compute` and the password calls run in the caller's task: one of
+/// them dropped while its backend works may apply its change without its events.
 ///
 /// # Examples
 /// ```
@@ -131,6 +137,35 @@ impl fmt::Debug for AsyncLiveDict {
             .field("backend", &self.inner.backend)
             .finish_non_exhaustive()
     }
+}
+
+/// `$op`, an expression over `$dict` (this handle's `Dict`), `$store: &AsyncLiveDict` and the
+/// listed `&str` arguments, run whole: here on a backend whose operations complete when called
+/// (memory), else as a task of its own ([`AsyncLiveDict::detach`]), so that dropping the
+/// caller's future cannot separate a write that reached the backend from its events,
+/// statistics and hook bookkeeping.
+macro_rules! whole {
+    ($self:ident, [$($arg:ident),*], |$store:ident, $dict:ident| $op:expr) => {{
+        if $self.completes_inline() {
+            let ($store, $dict) = ($self, $self.dict());
+            let _ = $store;
+            $op.await
+        } else {
+            let owned = $self.clone();
+            $(let $arg = $arg.to_owned();)*
+            $self
+                .detach(async move {
+                    let ($store, $dict) = (&owned, owned.dict());
+                    let _ = $store;
+                    $(let $arg: &str = &$arg;)*
+                    // Boxed as `dyn Future + Send`: rustc cannot prove some of these futures
+                    // `Send` for every lifetime otherwise (rust-lang/rust#100013).
+                    let op: crate::backend::BoxFuture<'_, _> = Box::pin($op);
+                    op.await
+                })
+                .await
+        }
+    }};
 }
 
 impl AsyncLiveDict {
@@ -417,9 +452,8 @@ impl AsyncLiveDict {
         value: &T,
         options: impl Into<WriteOptions>,
     ) -> impl Future<Output = Result<()>> + Send + 'a {
-        let dict = self.dict();
-        let prepared = dict.prepare_set(key, value, options.into());
-        async move { dict.write_prepared(prepared).await }
+        let prepared = self.dict().prepare_set(key, value, options.into());
+        self.write_prepared(prepared)
     }
 
     /// Stores raw bytes with the default TTL.
@@ -444,9 +478,19 @@ impl AsyncLiveDict {
         value: &[u8],
         options: impl Into<WriteOptions>,
     ) -> impl Future<Output = Result<()>> + Send + 'a {
-        let dict = self.dict();
-        let prepared = dict.prepare_set_bytes(key, value, options.into());
-        async move { dict.write_prepared(prepared).await }
+        let prepared = self.dict().prepare_set_bytes(key, value, options.into());
+        self.write_prepared(prepared)
+    }
+
+    /// Applies a prepared write whole (see [`whole!`]).
+    async fn write_prepared(&self, prepared: Result<PreparedWrite<'_>>) -> Result<()> {
+        if self.completes_inline() {
+            return self.dict().write_prepared(prepared).await;
+        }
+        let prepared = prepared?.into_owned();
+        let store = self.clone();
+        self.detach(async move { store.dict().write_prepared(Ok(prepared)).await })
+            .await
     }
 
     /// Stores `value` and returns the value it replaced, atomically.
@@ -458,9 +502,18 @@ impl AsyncLiveDict {
         key: &'a str,
         value: &T,
     ) -> impl Future<Output = Result<Option<T>>> + Send + 'a {
-        let dict = self.dict();
-        let prepared = dict.prepare_replace(key, value);
-        async move { dict.replace_prepared(key, prepared).await }
+        let prepared = self.dict().prepare_replace(key, value);
+        async move {
+            if self.completes_inline() {
+                return self.dict().replace_prepared(key, prepared).await;
+            }
+            let prepared = prepared?.into_owned();
+            let store = self.clone();
+            let written = self
+                .detach(async move { store.dict().write(prepared).await })
+                .await?;
+            self.dict().decode_previous(key, written.previous)
+        }
     }
 
     /// The value under `key`, or `default` stored and returned, atomically.
@@ -472,7 +525,15 @@ impl AsyncLiveDict {
         key: &str,
         default: T,
     ) -> Result<T> {
-        self.dict().setdefault(key, default).await
+        if self.completes_inline() {
+            return self.dict().setdefault(key, default).await;
+        }
+        let prepared = self.dict().prepare_setdefault(key, &default)?.into_owned();
+        let store = self.clone();
+        let written = self
+            .detach(async move { store.dict().write(prepared).await })
+            .await?;
+        self.dict().setdefault_result(key, written, default)
     }
 
     /// Stores many pairs all-or-nothing.
@@ -485,7 +546,7 @@ impl AsyncLiveDict {
         I: IntoIterator<Item = (&'k str, T)>,
     {
         let batch = Batch::of_pairs(self.inner.engine.clone(), self.scope.clone(), pairs);
-        async move { self.dict().apply(batch?).await }
+        async move { self.apply(batch?).await }
     }
 
     /// A new, empty [`Batch`] of writes for this store.
@@ -498,7 +559,7 @@ impl AsyncLiveDict {
     /// # Errors
     /// [`Error::Backend`] (nothing is applied).
     pub async fn apply(&self, batch: Batch) -> Result<()> {
-        self.dict().apply(batch).await
+        whole!(self, [], |_store, dict| dict.apply(batch))
     }
 
     // ---- atomic read-modify-write -------------------------------------------------------------
@@ -561,7 +622,7 @@ impl AsyncLiveDict {
     /// # Errors
     /// As [`LiveDict::incr`](crate::LiveDict::incr).
     pub async fn incr(&self, key: &str, delta: i64) -> Result<i64> {
-        self.dict().incr(key, delta).await
+        whole!(self, [key], |_store, dict| dict.incr(key, delta))
     }
 
     /// Sets the fields of `patch` into the map under `key`, atomically.
@@ -597,8 +658,12 @@ impl AsyncLiveDict {
         timeout: Duration,
         lease: Duration,
     ) -> Result<Option<AsyncLockGuard>> {
-        let held = self.dict().acquire_lock(key, timeout, lease).await?;
-        Ok(held.map(|h| AsyncLockGuard::new(self.clone(), h)))
+        // The guard is made where the lock is taken: dropped with the task's result when the
+        // caller gave up meanwhile, it releases the lock.
+        whole!(self, [key], |store, dict| async {
+            let held = dict.acquire_lock(key, timeout, lease).await?;
+            Ok(held.map(|h| AsyncLockGuard::new(store.clone(), h)))
+        })
     }
 
     /// The value under `key`, or else the async `loader`'s, stored and returned; the loader runs
@@ -644,6 +709,31 @@ impl AsyncLiveDict {
         &self.inner.runtime
     }
 
+    /// Whether the backend's operations complete when called (see [`whole!`]).
+    fn completes_inline(&self) -> bool {
+        self.inner.backend.completes_inline()
+    }
+
+    /// Runs `op` as a task of its own on the store's runtime and waits for it. Dropping the
+    /// returned future leaves the task to finish: what it wrote gets its events, and a lock it
+    /// took is released (the task's result, a guard, is dropped).
+    async fn detach<T: Send + 'static>(
+        &self,
+        op: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        // Here, on the caller's thread: the task runs on another, where the check that the store
+        // is not used from inside one of its own update closures would find nothing.
+        self.dict().check_reentrancy()?;
+        match self.inner.runtime.spawn(op).await {
+            Ok(result) => result,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // The runtime is shutting down.
+                Err(_) => Err(Error::Closed),
+            },
+        }
+    }
+
     // ---- removing -----------------------------------------------------------------------------
 
     /// Removes `key`; true if a live value was there.
@@ -651,7 +741,7 @@ impl AsyncLiveDict {
     /// # Errors
     /// [`Error::InvalidKey`]; [`Error::Backend`].
     pub async fn delete(&self, key: &str) -> Result<bool> {
-        Ok(self.dict().remove(key).await?.is_some())
+        Ok(whole!(self, [key], |_store, dict| dict.remove(key))?.is_some())
     }
 
     /// Removes `key` and returns its value.
@@ -659,7 +749,8 @@ impl AsyncLiveDict {
     /// # Errors
     /// As [`LiveDict::pop`](crate::LiveDict::pop).
     pub async fn pop<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.dict().pop(key).await
+        let removed = whole!(self, [key], |_store, dict| dict.remove(key))?;
+        self.dict().decode_previous(key, removed)
     }
 
     /// Removes and returns some entry, or `None` if the store is empty.
@@ -675,7 +766,7 @@ impl AsyncLiveDict {
     /// # Errors
     /// [`Error::Backend`].
     pub async fn clear(&self) -> Result<usize> {
-        self.dict().clear().await
+        whole!(self, [], |_store, dict| dict.clear())
     }
 
     // ---- time to live -------------------------------------------------------------------------
@@ -685,7 +776,7 @@ impl AsyncLiveDict {
     /// # Errors
     /// As [`LiveDict::expire`](crate::LiveDict::expire).
     pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
-        self.dict().expire_with(key, WriteOptions::ttl(ttl)).await
+        self.expire_with(key, WriteOptions::ttl(ttl)).await
     }
 
     /// Gives `key` a new expiry from [`WriteOptions`].
@@ -693,7 +784,8 @@ impl AsyncLiveDict {
     /// # Errors
     /// As [`LiveDict::expire_with`](crate::LiveDict::expire_with).
     pub async fn expire_with(&self, key: &str, options: impl Into<WriteOptions>) -> Result<bool> {
-        self.dict().expire_with(key, options.into()).await
+        let options = options.into();
+        whole!(self, [key], |_store, dict| dict.expire_with(key, options))
     }
 
     /// Removes the deadline of `key`; false if there is no live value.
@@ -701,7 +793,7 @@ impl AsyncLiveDict {
     /// # Errors
     /// [`Error::InvalidKey`]; [`Error::Backend`].
     pub async fn persist(&self, key: &str) -> Result<bool> {
-        self.dict().persist(key).await
+        whole!(self, [key], |_store, dict| dict.persist(key))
     }
 
     /// Removes entries not read or written for longer than `idle`; returns how many.
@@ -709,7 +801,7 @@ impl AsyncLiveDict {
     /// # Errors
     /// As [`LiveDict::cleanup_inactive`](crate::LiveDict::cleanup_inactive).
     pub async fn cleanup_inactive(&self, idle: Duration) -> Result<usize> {
-        self.dict().cleanup_inactive(idle).await
+        whole!(self, [], |_store, dict| dict.cleanup_inactive(idle))
     }
 
     /// Removes every entry whose deadline has passed now and returns how many.
@@ -717,7 +809,7 @@ impl AsyncLiveDict {
     /// # Errors
     /// [`Error::Backend`].
     pub async fn sweep_expired(&self) -> Result<usize> {
-        self.dict().sweep_expired().await
+        whole!(self, [], |_store, dict| dict.sweep_expired())
     }
 
     // ---- waiting ------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ mod sqlite {
         incr_from_64_tasks_loses_nothing_on_sqlite,
         update_closure_runs_once_per_call_under_contention_on_sqlite,
         dropped_futures_leave_sqlite_consistent,
+        a_call_given_up_on_sqlite_is_done_whole,
     );
 }
 
@@ -570,5 +571,63 @@ async fn dropped_futures_leave_sqlite_consistent() -> Result<()> {
     assert!(written.contains(&reopened.get::<String>("k")?.unwrap()));
     assert_eq!(reopened.get::<i64>("n")?, Some(n + 1));
     assert_eq!(reopened.len()?, 3);
+    Ok(())
+}
+
+/// Holds `path`'s write lock from another connection for `held`, from a thread of its own;
+/// returns once the lock is taken.
+#[cfg(feature = "sqlite")]
+fn hold_write_lock(path: std::path::PathBuf, held: Duration) -> std::thread::JoinHandle<()> {
+    let (taken, is_taken) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(path).unwrap();
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        taken.send(()).unwrap();
+        std::thread::sleep(held);
+        c.execute_batch("COMMIT").unwrap();
+    });
+    is_taken.recv().unwrap();
+    holder
+}
+
+/// A call whose future is dropped while it waits for SQLite (here for another connection's
+/// write lock) is done whole or not at all: a delete that goes on fires its `Delete` event, and
+/// a lock taken after the caller gave up is released. (Before, the blocking task went on and
+/// deleted the key, but the accounting after it was dropped with the future: no event, no
+/// statistics; and the lock stayed held for its 30-second lease.)
+#[cfg(feature = "sqlite")]
+async fn a_call_given_up_on_sqlite_is_done_whole() -> Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir)?;
+    let deleted = Arc::new(Mutex::new(Vec::new()));
+    let seen = deleted.clone();
+    store.on(EventKind::Delete, move |e| {
+        seen.lock().unwrap().push(e.key().to_owned());
+        Ok(())
+    })?;
+    store.set("k", &1).await?;
+    let holder = hold_write_lock(dir.path().join("store.db"), Duration::from_millis(300));
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), store.delete("k")).await;
+    assert!(gave_up.is_err(), "the delete waited for the write lock");
+    let holder = tokio::task::spawn_blocking(move || holder.join().unwrap());
+    holder.await.unwrap();
+    assert!(
+        eventually(|| *deleted.lock().unwrap() == ["k"]).await,
+        "the delete went on, with its event: {:?}",
+        deleted.lock().unwrap()
+    );
+    assert!(!store.contains("k").await?);
+    assert_eq!(store.stats().deletes, 1);
+
+    let holder = hold_write_lock(dir.path().join("store.db"), Duration::from_millis(300));
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), store.lock("job", WAIT)).await;
+    assert!(gave_up.is_err(), "the lock waited for the write lock");
+    let holder = tokio::task::spawn_blocking(move || holder.join().unwrap());
+    holder.await.unwrap();
+    let again = store.lock("job", Duration::from_secs(10)).await?;
+    assert!(
+        again.is_some(),
+        "the lock taken after the caller gave up was released"
+    );
     Ok(())
 }

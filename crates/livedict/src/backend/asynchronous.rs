@@ -111,6 +111,14 @@ pub trait AsyncBackend: Send + Sync + fmt::Debug + 'static {
         ))))
     }
     fn is_shared(&self) -> bool;
+
+    /// Whether every operation's future is ready when returned (the operation ran when called),
+    /// as [`impl_async_via_sync!`](crate::impl_async_via_sync) makes them. The async front-end
+    /// runs a write over any other backend as a task of its own, so that dropping the caller's
+    /// future cannot separate the write from its events.
+    fn completes_inline(&self) -> bool {
+        false
+    }
 }
 
 /// Implements [`AsyncBackend`] for a type whose [`Backend`](crate::Backend) operations never
@@ -288,6 +296,9 @@ macro_rules! impl_async_via_sync {
             }
             fn is_shared(&self) -> bool {
                 $crate::Backend::is_shared(self)
+            }
+            fn completes_inline(&self) -> bool {
+                true
             }
         }
     };

@@ -34,7 +34,7 @@ use crate::batch::Batch;
 use crate::clock::{Millis, Now};
 use crate::engine::Engine;
 use crate::error::{BoxError, Error, Result};
-use crate::events::{Cause, EntryHooks, EntryLock, EventKind};
+use crate::events::{Cause, EntryHookTable, EntryHooks, EntryLock, EventKind};
 use crate::namespace::{Key, KeyKind, Namespace, Scope};
 use crate::transfer::Exported;
 use crate::ttl::{self, TtlPolicy, WriteOptions};
@@ -115,6 +115,21 @@ pub(crate) struct PreparedWrite<'k> {
     secret: bool,
     condition: Condition,
     hooks: EntryHooks,
+}
+
+impl PreparedWrite<'_> {
+    /// The same write, owning its key (to run on another task).
+    pub(crate) fn into_owned(self) -> PreparedWrite<'static> {
+        PreparedWrite {
+            key: Cow::Owned(self.key.into_owned()),
+            now: self.now,
+            value: self.value,
+            expiry: self.expiry,
+            secret: self.secret,
+            condition: self.condition,
+            hooks: self.hooks,
+        }
+    }
 }
 
 impl<'s, P: Port> Dict<'s, P> {
@@ -235,7 +250,18 @@ impl<'s, P: Port> Dict<'s, P> {
     #[inline(always)]
     fn lock_entry(&self, key: &str) -> impl Future<Output = EntryLock<'s>> + Send + 's {
         let table = self.engine.events.registry.entries();
-        let stripe = table.stripe(key);
+        Self::lock_stripe(table, table.stripe(key))
+    }
+
+    /// Locks one stripe of the entry-hook table. A future that names only the store's lifetime
+    /// (`'s`): awaited in a loop over the stripes, the acquisition written inline made the
+    /// caller's future one that rustc cannot prove `Send` for every lifetime
+    /// (rust-lang/rust#100013), which the async front-end needs to run it as a task.
+    #[allow(clippy::manual_async_fn)] // as an `async fn` its future would name `P`'s lifetime
+    fn lock_stripe(
+        table: &'s EntryHookTable,
+        stripe: &'s async_lock::Mutex<std::collections::HashMap<String, EntryHooks>>,
+    ) -> impl Future<Output = EntryLock<'s>> + Send + 's {
         async move { EntryLock::new(table, P::acquire(stripe).await) }
     }
 
@@ -630,9 +656,17 @@ impl<'s, P: Port> Dict<'s, P> {
         key: &str,
         prepared: Result<PreparedWrite<'_>>,
     ) -> Result<Option<T>> {
-        let key = self.full(key)?;
         let written = self.write(prepared?).await?;
-        self.engine.decode_opt(&key, written.previous)
+        self.decode_previous(key, written.previous)
+    }
+
+    /// The value a write or removal of `key` replaced, decoded.
+    pub(crate) fn decode_previous<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        previous: Option<Bytes>,
+    ) -> Result<Option<T>> {
+        self.engine.decode_opt(&self.full(key)?, previous)
     }
 
     /// `setdefault`: the value under `key`, or `default` stored and returned.
@@ -641,16 +675,33 @@ impl<'s, P: Port> Dict<'s, P> {
         key: &str,
         default: T,
     ) -> Result<T> {
-        let prepared = self.prepare_write(
+        let written = self.write(self.prepare_setdefault(key, &default)?).await?;
+        self.setdefault_result(key, written, default)
+    }
+
+    /// The write of `setdefault`: `default` stored unless the key has a value.
+    pub(crate) fn prepare_setdefault<'k, T: Serialize>(
+        &self,
+        key: &'k str,
+        default: &T,
+    ) -> Result<PreparedWrite<'k>> {
+        self.prepare_write(
             key,
-            |e, key, _| e.encode(key, &default, false),
+            |e, key, _| e.encode(key, default, false),
             WriteOptions::new(),
             Condition::IfAbsent,
-        )?;
-        let full = prepared.key.clone().into_owned();
-        let written = self.write(prepared).await?;
+        )
+    }
+
+    /// What `setdefault` returns once its write is done: the value found, else `default`.
+    pub(crate) fn setdefault_result<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        written: Written,
+        default: T,
+    ) -> Result<T> {
         match written.previous {
-            Some(existing) if !written.written => self.engine.decode(&full, existing),
+            Some(existing) if !written.written => self.engine.decode(&self.full(key)?, existing),
             _ => Ok(default),
         }
     }
@@ -786,7 +837,7 @@ impl<'s, P: Port> Dict<'s, P> {
 
     pub(crate) async fn pop<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let removed = self.remove(key).await?;
-        self.engine.decode_opt(&self.full(key)?, removed)
+        self.decode_previous(key, removed)
     }
 
     pub(crate) async fn popitem<T: DeserializeOwned>(&self) -> Result<Option<(String, T)>> {
@@ -841,7 +892,7 @@ impl<'s, P: Port> Dict<'s, P> {
         self.expired(&cleared.expired, false).await;
         let table = self.engine.events.registry.entries();
         for stripe in table.stripes() {
-            EntryLock::new(table, P::acquire(stripe).await).clear_all();
+            Self::lock_stripe(table, stripe).await.clear_all();
         }
         self.engine.cleared(&cleared, now);
         Ok(cleared.removed)

@@ -33,7 +33,7 @@ pub(crate) use executor::Executor;
 pub use executor::{EventSettings, QueueFullPolicy};
 pub(crate) use hub::EventHub;
 pub(crate) use queue::KeptValue;
-pub(crate) use registry::{EntryLock, Registry};
+pub(crate) use registry::{EntryHookTable, EntryLock, Registry};
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
