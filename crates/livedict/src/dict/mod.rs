@@ -117,6 +117,7 @@ pub(crate) struct PreparedWrite<'k> {
     hooks: EntryHooks,
 }
 
+#[cfg(feature = "async")]
 impl PreparedWrite<'_> {
     /// The same write, owning its key (to run on another task).
     pub(crate) fn into_owned(self) -> PreparedWrite<'static> {

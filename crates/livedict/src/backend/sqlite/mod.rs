@@ -158,10 +158,61 @@ pub struct SqliteBackend {
 
 impl Drop for SqliteBackend {
     fn drop(&mut self) {
+        if self.pending_access.get_mut().is_empty() {
+            return;
+        }
+        // Inside an async runtime (the last handle of an `AsyncLiveDict` dropped on a worker, or
+        // its expiry task ending), the flush, which may wait for another process's write lock
+        // for up to the busy timeout, runs on a thread of its own with this connection.
+        #[cfg(feature = "async")]
+        if tokio::runtime::Handle::try_current().is_ok()
+            && let Ok(stand_in) = Connection::open_in_memory()
+        {
+            let mut writer = std::mem::replace(self.writer.get_mut(), stand_in);
+            let pending = std::mem::take(self.pending_access.get_mut());
+            let spawned = std::thread::Builder::new()
+                .name("livedict-sqlite-close".into())
+                .spawn(move || record_access(&mut writer, &pending));
+            match spawned {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "livedict: could not record the last reads");
+                    return;
+                }
+            }
+        }
         if let Err(e) = self.flush_access() {
             tracing::warn!(error = %e, "livedict: could not record the last reads");
         }
     }
+}
+
+/// Writes last-access times in one transaction on `conn`; logs a failure.
+#[cfg(feature = "async")]
+fn record_access(conn: &mut Connection, pending: &HashMap<String, Millis>) {
+    let written = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_error)
+        .and_then(|tx| {
+            write_access_times(&tx, pending)?;
+            tx.commit().map_err(db_error)
+        });
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "livedict: could not record the last reads");
+    }
+}
+
+/// The statements of a flush of last-access times (in the caller's transaction).
+fn write_access_times(c: &Connection, pending: &HashMap<String, Millis>) -> Result<()> {
+    let mut stmt = c
+        .prepare_cached(
+            "UPDATE livedict_entries SET last_access = max(last_access, ?2) WHERE key = ?1",
+        )
+        .map_err(db_error)?;
+    for (key, at) in pending {
+        stmt.execute(params![key, *at as i64]).map_err(db_error)?;
+    }
+    Ok(())
 }
 
 impl fmt::Debug for SqliteBackend {
@@ -431,15 +482,7 @@ impl SqliteBackend {
             // included, can look at the times: taken earlier, they were invisible to it for a
             // moment, and an entry just read could be removed as idle.
             let pending = std::mem::take(&mut *self.pending_access.lock());
-            let mut stmt = c
-                .prepare_cached(
-                    "UPDATE livedict_entries SET last_access = max(last_access, ?2) WHERE key = ?1",
-                )
-                .map_err(db_error)?;
-            for (key, at) in &pending {
-                stmt.execute(params![key, *at as i64]).map_err(db_error)?;
-            }
-            Ok(())
+            write_access_times(c, &pending)
         })
     }
 
