@@ -63,8 +63,10 @@ impl WeakAsyncLiveDict {
 /// sent to a server). An `update` closure runs at most once either way. On SQLite and Redis the
 /// writes (`set` and its forms, `replace`, `setdefault`, `apply`, `set_many`, `incr`, `delete`,
 /// `pop`, `clear`, `expire`, `persist`, `cleanup_inactive`, `sweep_expired`) and `lock` run as
-/// tasks of their own, which a dropped future leaves to finish: a change that is made gets its
-/// events, and a lock taken after the caller gave up is released. `update` and its forms,
+/// tasks of their own, on the runtime that polls the caller, which a dropped future leaves to
+/// finish: once polled, such a call is done whole even if its future is dropped (a write not yet
+/// sent is still made, after the caller gave up), with its events, and a lock taken after the
+/// caller gave up is released (a `lock` that still waits stops at its next attempt). `update` and its forms,
 /// `merge`, `popitem`, `get_or_compute` and the password calls run in the caller's task: one of
 /// them dropped while its backend works may apply its change without its events.
 ///
@@ -106,6 +108,15 @@ struct Inner {
     backend: Arc<dyn AsyncBackend>,
     driver: Mutex<Option<ExpiryDriver>>,
     runtime: tokio::runtime::Handle,
+}
+
+/// Sets its flag when dropped (a caller that gave up).
+struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl Drop for Inner {
@@ -659,9 +670,14 @@ impl AsyncLiveDict {
         lease: Duration,
     ) -> Result<Option<AsyncLockGuard>> {
         // The guard is made where the lock is taken: dropped with the task's result when the
-        // caller gave up meanwhile, it releases the lock.
+        // caller gave up meanwhile, it releases the lock. A caller that gives up also ends the
+        // task's waiting (at its next attempt), which holds the store.
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _gave_up = SetOnDrop(abandoned.clone());
         whole!(self, [key], |store, dict| async {
-            let held = dict.acquire_lock(key, timeout, lease).await?;
+            let held = dict
+                .acquire_lock_unless(key, timeout, lease, Some(&abandoned))
+                .await?;
             Ok(held.map(|h| AsyncLockGuard::new(store.clone(), h)))
         })
     }
@@ -724,12 +740,18 @@ impl AsyncLiveDict {
         // Here, on the caller's thread: the task runs on another, where the check that the store
         // is not used from inside one of its own update closures would find nothing.
         self.dict().check_reentrancy()?;
-        match self.inner.runtime.spawn(op).await {
+        // On the runtime that polls the caller (the store's may not be driven now, or be gone).
+        let runtime =
+            tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.runtime().clone());
+        match runtime.spawn(op).await {
             Ok(result) => result,
             Err(e) => match e.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
-                // The runtime is shutting down.
-                Err(_) => Err(Error::Closed),
+                // Its runtime shut down while it ran.
+                Err(_) => Err(Error::Backend(
+                    "the runtime stopped while the call ran: it may or may not have been applied"
+                        .into(),
+                )),
             },
         }
     }

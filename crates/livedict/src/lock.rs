@@ -175,6 +175,8 @@ impl AsyncLockGuard {
     /// # Errors
     /// [`Error::Backend`](crate::Error::Backend) (the lease frees the lock anyway).
     pub async fn release(mut self) -> Result<bool> {
+        // On an error here, the guard's drop releases the lock (from a task).
+        self.store.dict().check_reentrancy()?;
         match self.held.take() {
             Some(held) => self.store.dict().release_lock(&held).await,
             None => Ok(false),

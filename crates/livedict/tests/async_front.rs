@@ -56,7 +56,33 @@ mod sqlite {
         dropped_futures_leave_sqlite_consistent,
         a_call_given_up_on_sqlite_is_done_whole,
         dropping_the_last_sqlite_handle_while_the_file_is_locked_returns_promptly,
+        a_lock_given_up_on_sqlite_stops_waiting_and_lets_the_store_go,
     );
+
+    /// A store built on a runtime that is no longer driven still writes when called from
+    /// another: a write's task runs on the caller's runtime. (With the task on the store's
+    /// runtime, this `set` never finished.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_built_on_an_idle_runtime_writes_from_another() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let idle = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = std::thread::scope(|s| {
+            s.spawn(|| idle.block_on(async { sqlite_store(&dir) }))
+                .join()
+                .unwrap()
+        })?;
+        let set = tokio::time::timeout(Duration::from_secs(10), store.set("k", &1)).await;
+        assert!(matches!(set, Ok(Ok(()))), "{set:?}");
+        assert_eq!(store.get::<i32>("k").await?, Some(1));
+        drop(store);
+        tokio::task::spawn_blocking(move || drop(idle))
+            .await
+            .unwrap();
+        Ok(())
+    }
 }
 
 /// Waits (bounded, without blocking the runtime) until `condition` holds.
@@ -674,5 +700,30 @@ async fn dropping_the_last_sqlite_handle_while_the_file_is_locked_returns_prompt
         eventually(|| recorded() > at_write).await,
         "the last read's time was recorded"
     );
+    Ok(())
+}
+
+/// A `lock` whose caller gives up while another holder keeps the lock stops waiting at its next
+/// attempt: the task it runs in holds the store, which must not outlive its last handle by the
+/// caller's whole timeout (a minute here).
+#[cfg(feature = "sqlite")]
+async fn a_lock_given_up_on_sqlite_stops_waiting_and_lets_the_store_go() -> Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir)?;
+    let other = sqlite_store(&dir)?;
+    let held = other.lock("L", Duration::ZERO).await?.expect("free");
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        store.lock("L", Duration::from_secs(60)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the lock is held");
+    let weak = store.downgrade();
+    drop(store);
+    assert!(
+        eventually(|| weak.upgrade().is_none()).await,
+        "the store outlived its last handle"
+    );
+    drop(held);
     Ok(())
 }

@@ -1057,6 +1057,18 @@ impl<'s, P: Port> Dict<'s, P> {
         timeout: Duration,
         lease: Duration,
     ) -> Result<Option<HeldLock>> {
+        self.acquire_lock_unless(key, timeout, lease, None).await
+    }
+
+    /// [`acquire_lock`](Self::acquire_lock) that also gives up, between attempts, once
+    /// `abandoned` is set (its caller is gone).
+    pub(crate) async fn acquire_lock_unless(
+        &self,
+        key: &str,
+        timeout: Duration,
+        lease: Duration,
+        abandoned: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<Option<HeldLock>> {
         let name = self.allowed(Operation::Lock, key)?.into_owned();
         let lease = ttl::to_millis(lease)?;
         let owner = crate::lock::owner_token();
@@ -1068,7 +1080,9 @@ impl<'s, P: Port> Dict<'s, P> {
                 return Ok(Some(HeldLock { name, owner, fence }));
             }
             let left = time_left(give_up);
-            if left.is_zero() {
+            if left.is_zero()
+                || abandoned.is_some_and(|a| a.load(std::sync::atomic::Ordering::Acquire))
+            {
                 return Ok(None);
             }
             P::sleep(pause.min(left)).await;

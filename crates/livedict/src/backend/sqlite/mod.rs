@@ -164,6 +164,19 @@ impl Drop for SqliteBackend {
         // Inside an async runtime (the last handle of an `AsyncLiveDict` dropped on a worker, or
         // its expiry task ending), the flush, which may wait for another process's write lock
         // for up to the busy timeout, runs on a thread of its own with this connection.
+        // It is tried first without waiting, so that a program that ends right after (its last
+        // handle dropped as `main` returns) has its reads recorded; only a flush that would wait
+        // goes to the thread, which the program's exit may cut short.
+        #[cfg(feature = "async")]
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let busy = self.options.busy_timeout;
+            let _ = self.writer.get_mut().busy_timeout(Duration::ZERO);
+            let flushed = self.flush_access();
+            let _ = self.writer.get_mut().busy_timeout(busy);
+            if flushed.is_ok() || self.pending_access.get_mut().is_empty() {
+                return;
+            }
+        }
         #[cfg(feature = "async")]
         if tokio::runtime::Handle::try_current().is_ok()
             && let Ok(stand_in) = Connection::open_in_memory()
