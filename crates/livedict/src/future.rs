@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{AsyncBackend, KeyTtl};
+use crate::backend::{AsyncBackend, KeyTtl, Written};
 use crate::batch::Batch;
 use crate::crypto::Keyring;
 use crate::dict::{AsyncPort, Binding, Dict, PreparedWrite};
@@ -464,7 +464,7 @@ impl AsyncLiveDict {
         options: impl Into<WriteOptions>,
     ) -> impl Future<Output = Result<()>> + Send + 'a {
         let prepared = self.dict().prepare_set(key, value, options.into());
-        self.write_prepared(prepared)
+        async move { self.write_whole(prepared?).await.map(drop) }
     }
 
     /// Stores raw bytes with the default TTL.
@@ -490,17 +490,18 @@ impl AsyncLiveDict {
         options: impl Into<WriteOptions>,
     ) -> impl Future<Output = Result<()>> + Send + 'a {
         let prepared = self.dict().prepare_set_bytes(key, value, options.into());
-        self.write_prepared(prepared)
+        async move { self.write_whole(prepared?).await.map(drop) }
     }
 
-    /// Applies a prepared write whole (see [`whole!`]).
-    async fn write_prepared(&self, prepared: Result<PreparedWrite<'_>>) -> Result<()> {
+    /// Applies a prepared write whole (see [`whole!`]): inline on a backend whose operations
+    /// complete when called, else in a task of its own that owns the write.
+    async fn write_whole(&self, prepared: PreparedWrite<'_>) -> Result<Written> {
         if self.completes_inline() {
-            return self.dict().write_prepared(prepared).await;
+            return self.dict().write(prepared).await;
         }
-        let prepared = prepared?.into_owned();
+        let prepared = prepared.into_owned();
         let store = self.clone();
-        self.detach(async move { store.dict().write_prepared(Ok(prepared)).await })
+        self.detach(async move { store.dict().write(prepared).await })
             .await
     }
 
@@ -515,14 +516,7 @@ impl AsyncLiveDict {
     ) -> impl Future<Output = Result<Option<T>>> + Send + 'a {
         let prepared = self.dict().prepare_replace(key, value);
         async move {
-            if self.completes_inline() {
-                return self.dict().replace_prepared(key, prepared).await;
-            }
-            let prepared = prepared?.into_owned();
-            let store = self.clone();
-            let written = self
-                .detach(async move { store.dict().write(prepared).await })
-                .await?;
+            let written = self.write_whole(prepared?).await?;
             self.dict().decode_previous(key, written.previous)
         }
     }
@@ -536,14 +530,8 @@ impl AsyncLiveDict {
         key: &str,
         default: T,
     ) -> Result<T> {
-        if self.completes_inline() {
-            return self.dict().setdefault(key, default).await;
-        }
-        let prepared = self.dict().prepare_setdefault(key, &default)?.into_owned();
-        let store = self.clone();
-        let written = self
-            .detach(async move { store.dict().write(prepared).await })
-            .await?;
+        let prepared = self.dict().prepare_setdefault(key, &default)?;
+        let written = self.write_whole(prepared).await?;
         self.dict().setdefault_result(key, written, default)
     }
 

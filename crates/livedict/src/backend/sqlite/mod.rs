@@ -161,38 +161,9 @@ impl Drop for SqliteBackend {
         if self.pending_access.get_mut().is_empty() {
             return;
         }
-        // Inside an async runtime (the last handle of an `AsyncLiveDict` dropped on a worker, or
-        // its expiry task ending), the flush, which may wait for another process's write lock
-        // for up to the busy timeout, runs on a thread of its own with this connection.
-        // It is tried first without waiting, so that a program that ends right after (its last
-        // handle dropped as `main` returns) has its reads recorded; only a flush that would wait
-        // goes to the thread, which the program's exit may cut short.
         #[cfg(feature = "async")]
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let busy = self.options.busy_timeout;
-            let _ = self.writer.get_mut().busy_timeout(Duration::ZERO);
-            let flushed = self.flush_access();
-            let _ = self.writer.get_mut().busy_timeout(busy);
-            if flushed.is_ok() || self.pending_access.get_mut().is_empty() {
-                return;
-            }
-        }
-        #[cfg(feature = "async")]
-        if tokio::runtime::Handle::try_current().is_ok()
-            && let Ok(stand_in) = Connection::open_in_memory()
-        {
-            let mut writer = std::mem::replace(self.writer.get_mut(), stand_in);
-            let pending = std::mem::take(self.pending_access.get_mut());
-            let spawned = std::thread::Builder::new()
-                .name("livedict-sqlite-close".into())
-                .spawn(move || record_access(&mut writer, &pending));
-            match spawned {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "livedict: could not record the last reads");
-                    return;
-                }
-            }
+        if tokio::runtime::Handle::try_current().is_ok() && self.flush_inside_runtime() {
+            return;
         }
         if let Err(e) = self.flush_access() {
             tracing::warn!(error = %e, "livedict: could not record the last reads");
@@ -200,19 +171,55 @@ impl Drop for SqliteBackend {
     }
 }
 
-/// Writes last-access times in one transaction on `conn`; logs a failure.
-#[cfg(feature = "async")]
-fn record_access(conn: &mut Connection, pending: &HashMap<String, Millis>) {
-    let written = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db_error)
-        .and_then(|tx| {
-            write_access_times(&tx, pending)?;
-            tx.commit().map_err(db_error)
-        });
-    if let Err(e) = written {
-        tracing::warn!(error = %e, "livedict: could not record the last reads");
+impl SqliteBackend {
+    /// The last flush when the backend is dropped inside an async runtime (the last handle of
+    /// an `AsyncLiveDict` dropped on a worker, or its expiry task ending), where waiting for
+    /// another process's write lock, up to the busy timeout, would hold the runtime up. It is
+    /// tried without waiting, so that a program that ends right after (its last handle dropped
+    /// as `main` returns) has its reads recorded; a flush that would wait goes to a thread of
+    /// its own with the writer connection, which the program's exit may cut short. False if
+    /// that thread could not be had (the caller then flushes here).
+    #[cfg(feature = "async")]
+    fn flush_inside_runtime(&mut self) -> bool {
+        let busy = self.options.busy_timeout;
+        let _ = self.writer.get_mut().busy_timeout(Duration::ZERO);
+        let flushed = self.flush_access();
+        let _ = self.writer.get_mut().busy_timeout(busy);
+        if flushed.is_ok() || self.pending_access.get_mut().is_empty() {
+            return true;
+        }
+        let Ok(stand_in) = Connection::open_in_memory() else {
+            return false;
+        };
+        let mut writer = std::mem::replace(self.writer.get_mut(), stand_in);
+        let pending = std::mem::take(self.pending_access.get_mut());
+        let spawned = std::thread::Builder::new()
+            .name("livedict-sqlite-close".into())
+            .spawn(move || {
+                if let Err(e) =
+                    in_write_transaction(&mut writer, |c| write_access_times(c, &pending))
+                {
+                    tracing::warn!(error = %e, "livedict: could not record the last reads");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "livedict: could not record the last reads");
+        }
+        true
     }
+}
+
+/// Runs `f` in an immediate (write) transaction on `conn`, committed if `f` succeeds.
+fn in_write_transaction<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_error)?;
+    let out = f(&tx)?;
+    tx.commit().map_err(db_error)?;
+    Ok(out)
 }
 
 /// The statements of a flush of last-access times (in the caller's transaction).
@@ -465,13 +472,7 @@ impl SqliteBackend {
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection; an error (or a
     /// panic) in `f` rolls it back.
     fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let mut conn = self.writer.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_error)?;
-        let out = f(&tx)?;
-        tx.commit().map_err(db_error)?;
-        Ok(out)
+        in_write_transaction(&mut self.writer.lock(), f)
     }
 
     /// Records that `key` was read at `now`; written later, in a batch.
